@@ -1,0 +1,71 @@
+//! The [`Backend`] trait: one target, however it is reached.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::{Destination, Error, ExecSpec, FileSystem, Process, Result};
+
+/// What a target runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Platform {
+    /// Operating system, lowercase (`linux`, `macos`, `windows`, `freebsd`).
+    pub os: String,
+    /// CPU architecture as `uname -m` names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// Distribution or flavour and version where known (`debian 12`, `alpine 3.20`).
+    pub variant: Option<String>,
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(variant) = &self.variant {
+            write!(f, " ({variant})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One target: the local host, an SSH server, a container, ...
+///
+/// Object safe and shared as `Arc<dyn Backend>`. A backend connects lazily: [`Backend::exec`]
+/// and [`Backend::fs`] connect first if needed, and [`Backend::connect`] is idempotent. One
+/// connection carries many processes at once.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The backend's scheme name (`local`, `ssh`, `docker`).
+    fn kind(&self) -> &'static str;
+    /// The destination this backend was made for.
+    fn destination(&self) -> &Destination;
+    /// The address actually used (for example `127.0.0.1:22` after config and DNS).
+    fn addr(&self) -> String;
+    /// The user commands run as.
+    fn user(&self) -> String;
+    /// Connects (and authenticates) if not connected; does nothing if connected.
+    async fn connect(&self) -> Result<()>;
+    /// Whether a connection is up (`local` always is).
+    fn is_connected(&self) -> bool;
+    /// The last transport error, if the connection broke.
+    fn last_error(&self) -> Option<Error>;
+    /// How often [`Backend::send_keepalive`] should be called, if the transport needs it.
+    fn keepalive_interval(&self) -> Option<Duration> {
+        None
+    }
+    /// Sends one keepalive; an error means the connection is dead.
+    async fn send_keepalive(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Checks end to end that the target answers (runs a trivial operation).
+    async fn health_check(&self) -> Result<()>;
+    /// Starts a command.
+    async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>>;
+    /// The target's files.
+    async fn fs(&self) -> Result<Arc<dyn FileSystem>>;
+    /// What the target runs on.
+    async fn platform(&self) -> Result<Platform>;
+    /// Closes the connection; running processes are torn down.
+    async fn close(&self) -> Result<()>;
+}

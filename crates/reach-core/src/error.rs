@@ -1,0 +1,241 @@
+//! One error type for every backend, with a kind a caller can branch on.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// A specialized `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a caller can act on.
+///
+/// New kinds may be added; match with a wildcard arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The target could not be reached (refused, no route, name not resolved).
+    Unreachable,
+    /// The target refused our credentials.
+    AuthFailed,
+    /// The target's host key is unknown, changed or revoked.
+    HostKeyRejected,
+    /// An operation did not finish within its time limit.
+    Timeout,
+    /// The transport closed before the operation finished (no exit status was received).
+    SessionDropped,
+    /// A file, directory, command or container does not exist.
+    NotFound,
+    /// The target refused the operation for lack of permission.
+    PermissionDenied,
+    /// The thing to create exists already.
+    AlreadyExists,
+    /// The backend cannot do this operation.
+    Unsupported,
+    /// The caller's input is malformed (a destination, a path, a mode).
+    InvalidInput,
+    /// The peer broke the protocol or answered something we do not understand.
+    Protocol,
+    /// Any other I/O failure.
+    Io,
+}
+
+impl ErrorKind {
+    /// A short lowercase name, stable for scripts (`--json` output uses it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::AuthFailed => "auth_failed",
+            ErrorKind::HostKeyRejected => "host_key_rejected",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::SessionDropped => "session_dropped",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Io => "io",
+        }
+    }
+
+    /// Whether this failure is of the transport rather than of the operation: the CLI exits
+    /// 255 for these, as `ssh` does.
+    pub fn is_transport(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Unreachable
+                | ErrorKind::AuthFailed
+                | ErrorKind::HostKeyRejected
+                | ErrorKind::SessionDropped
+                | ErrorKind::Protocol
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error from reach: a [`ErrorKind`], a message that names the thing concerned and what to
+/// do, and optionally the underlying cause.
+///
+/// Cheap to clone, so a backend can keep its last error for [`crate::Backend::last_error`].
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message for the user.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Maps an I/O error onto an [`ErrorKind`], with `context` naming what was being done
+    /// (for example ``"open `/etc/shadow` on local"``).
+    pub fn io(context: impl fmt::Display, err: std::io::Error) -> Self {
+        let kind = kind_of_io(&err);
+        Error::new(kind, format!("{context}: {err}")).with_source(err)
+    }
+
+    /// An [`ErrorKind::Unsupported`] error for `operation` on the backend `backend`.
+    pub fn unsupported(backend: &str, operation: &str) -> Self {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{operation} is not supported by the {backend} backend"),
+        )
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message for the user, without the kind.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether trying the same operation again may succeed (a dead connection, a timeout), as
+    /// opposed to failures that will repeat (bad credentials, a missing file).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Unreachable | ErrorKind::Timeout | ErrorKind::SessionDropped
+        )
+    }
+}
+
+/// Maps `std::io::ErrorKind` onto ours.
+fn kind_of_io(err: &std::io::Error) -> ErrorKind {
+    use std::io::ErrorKind as Io;
+    match err.kind() {
+        Io::NotFound => ErrorKind::NotFound,
+        Io::PermissionDenied => ErrorKind::PermissionDenied,
+        Io::AlreadyExists => ErrorKind::AlreadyExists,
+        Io::TimedOut => ErrorKind::Timeout,
+        Io::InvalidInput | Io::InvalidData => ErrorKind::InvalidInput,
+        Io::Unsupported => ErrorKind::Unsupported,
+        Io::ConnectionRefused | Io::HostUnreachable | Io::NetworkUnreachable => {
+            ErrorKind::Unreachable
+        }
+        Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof => {
+            ErrorKind::SessionDropped
+        }
+        _ => match err.raw_os_error() {
+            Some(code) if code == ENOTDIR || code == EISDIR || code == ENOTEMPTY => {
+                ErrorKind::InvalidInput
+            }
+            _ => ErrorKind::Io,
+        },
+    }
+}
+
+// Linux errno values; the io::ErrorKind variants for these are not all stable.
+const ENOTDIR: i32 = 20;
+const EISDIR: i32 = 21;
+const ENOTEMPTY: i32 = 39;
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(err: Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let kind = match err.kind {
+            ErrorKind::NotFound => Io::NotFound,
+            ErrorKind::PermissionDenied => Io::PermissionDenied,
+            ErrorKind::AlreadyExists => Io::AlreadyExists,
+            ErrorKind::Timeout => Io::TimedOut,
+            ErrorKind::InvalidInput => Io::InvalidInput,
+            ErrorKind::Unsupported => Io::Unsupported,
+            ErrorKind::SessionDropped => Io::ConnectionAborted,
+            ErrorKind::Unreachable => Io::ConnectionRefused,
+            _ => Io::Other,
+        };
+        std::io::Error::new(kind, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_kinds_and_keep_context() {
+        let err = Error::io(
+            "open `/x` on local",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().starts_with("open `/x` on local: "));
+        let enotdir = Error::io(
+            "read_dir `/etc/hosts`",
+            std::io::Error::from_raw_os_error(20),
+        );
+        assert_eq!(enotdir.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(Error::new(ErrorKind::Timeout, "t").is_retryable());
+        assert!(Error::new(ErrorKind::SessionDropped, "t").is_retryable());
+        assert!(!Error::new(ErrorKind::AuthFailed, "t").is_retryable());
+        assert!(!Error::new(ErrorKind::NotFound, "t").is_retryable());
+    }
+}

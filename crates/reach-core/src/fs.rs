@@ -1,0 +1,174 @@
+//! Files on a target: the [`FileSystem`] trait and its value types.
+//!
+//! Paths are UTF-8 strings in the target's own syntax: absolute, or relative to the login
+//! directory (the current directory for `local`).
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{BoxRead, BoxWrite, Error, Result};
+
+/// What kind of thing a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (only from [`FileSystem::symlink_metadata`] and [`FileSystem::read_dir`]).
+    Symlink,
+    /// Anything else: a device, a socket, a FIFO.
+    Other,
+}
+
+impl FileType {
+    /// A short lowercase name (`file`, `dir`, `symlink`, `other`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::File => "file",
+            FileType::Dir => "dir",
+            FileType::Symlink => "symlink",
+            FileType::Other => "other",
+        }
+    }
+}
+
+/// What a target tells about a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// The kind of thing.
+    pub file_type: FileType,
+    /// Size in bytes.
+    pub len: u64,
+    /// Permission bits (`0o755`), without the file-type bits.
+    pub mode: u32,
+    /// Last modification, where the target reports it.
+    pub modified: Option<SystemTime>,
+    /// Owner's numeric id, where the target has one.
+    pub uid: Option<u32>,
+    /// Group's numeric id, where the target has one.
+    pub gid: Option<u32>,
+}
+
+impl Metadata {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.file_type == FileType::Dir
+    }
+
+    /// Whether this is a regular file.
+    pub fn is_file(&self) -> bool {
+        self.file_type == FileType::File
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The file name, without the directory.
+    pub name: String,
+    /// The entry's metadata, not following a symlink.
+    pub metadata: Metadata,
+}
+
+/// How [`FileSystem::open_write`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Fail with [`crate::ErrorKind::AlreadyExists`] if the file exists.
+    pub create_new: bool,
+    /// Append instead of truncating.
+    pub append: bool,
+    /// Permission bits for a file that is created (`0o644` by default).
+    pub mode: u32,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            create_new: false,
+            append: false,
+            mode: 0o644,
+        }
+    }
+}
+
+/// Files on one target.
+///
+/// Operations a backend cannot offer return [`crate::ErrorKind::Unsupported`] with a message
+/// that says why; the optional fast paths (like [`FileSystem::sha256`]) do so by default so
+/// callers can fall back.
+#[async_trait]
+pub trait FileSystem: Send + Sync + std::fmt::Debug {
+    /// Opens a file for streaming reads.
+    async fn open_read(&self, path: &str) -> Result<BoxRead>;
+    /// Opens (creating or truncating, per `options`) a file for streaming writes. The data is
+    /// complete on the target once the stream's `shutdown` has returned `Ok`.
+    async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite>;
+    /// Metadata, following symlinks.
+    async fn metadata(&self, path: &str) -> Result<Metadata>;
+    /// Metadata of the path itself, not following a final symlink.
+    async fn symlink_metadata(&self, path: &str) -> Result<Metadata>;
+    /// The entries of a directory, sorted by name, without `.` and `..`.
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;
+    /// Creates one directory; its parent must exist.
+    async fn create_dir(&self, path: &str) -> Result<()>;
+    /// Creates a directory and any missing parents; succeeds if it exists already.
+    async fn create_dir_all(&self, path: &str) -> Result<()>;
+    /// Removes a file or symlink.
+    async fn remove_file(&self, path: &str) -> Result<()>;
+    /// Removes an empty directory.
+    async fn remove_dir(&self, path: &str) -> Result<()>;
+    /// Removes a directory and everything under it (symlinks are removed, not followed).
+    async fn remove_dir_all(&self, path: &str) -> Result<()>;
+    /// Renames `from` to `to`, replacing a file at `to` atomically.
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+    /// Sets the permission bits.
+    async fn set_permissions(&self, path: &str, mode: u32) -> Result<()>;
+    /// Cuts or extends a file to `len` bytes.
+    async fn truncate(&self, path: &str, len: u64) -> Result<()>;
+    /// The target of a symlink.
+    async fn read_link(&self, path: &str) -> Result<String>;
+    /// Creates a symlink at `link` pointing to `target`.
+    async fn symlink(&self, target: &str, link: &str) -> Result<()>;
+    /// The login (home) directory.
+    async fn home_dir(&self) -> Result<String>;
+    /// The SHA-256 of a file computed on the target, without moving its bytes.
+    /// [`crate::ErrorKind::Unsupported`] unless the backend has a fast path.
+    async fn sha256(&self, path: &str) -> Result<[u8; 32]> {
+        let _ = path;
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no remote SHA-256 on this backend",
+        ))
+    }
+}
+
+/// Whole-file helpers on top of [`FileSystem`].
+#[async_trait]
+pub trait FileSystemExt: FileSystem {
+    /// Reads a whole file into memory.
+    async fn read(&self, path: &str) -> Result<Vec<u8>> {
+        let mut stream = self.open_read(path).await?;
+        let mut buf = Vec::new();
+        stream
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| Error::io(format_args!("read `{path}`"), e))?;
+        Ok(buf)
+    }
+
+    /// Writes a whole file (created or truncated, mode 0644).
+    async fn write(&self, path: &str, data: &[u8]) -> Result<()> {
+        let mut stream = self.open_write(path, WriteOptions::default()).await?;
+        let context = || format!("write `{path}`");
+        stream
+            .write_all(data)
+            .await
+            .map_err(|e| Error::io(context(), e))?;
+        stream.shutdown().await.map_err(|e| Error::io(context(), e))
+    }
+}
+
+impl<F: FileSystem + ?Sized> FileSystemExt for F {}
