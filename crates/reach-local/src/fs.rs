@@ -1,0 +1,188 @@
+//! Local files through `tokio::fs`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use async_trait::async_trait;
+use reach_core::{
+    BoxRead, BoxWrite, DirEntry, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
+    WriteOptions,
+};
+
+/// This machine's files.
+#[derive(Debug, Clone, Default)]
+pub struct LocalFs {}
+
+impl LocalFs {
+    /// The local file system, as the current user.
+    pub fn new() -> Self {
+        LocalFs {}
+    }
+}
+
+fn err(op: &str, path: &str, e: std::io::Error) -> Error {
+    Error::io(format_args!("{op} `{path}` on local"), e)
+}
+
+fn convert(m: &std::fs::Metadata) -> Metadata {
+    let ft = m.file_type();
+    let file_type = if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_dir() {
+        FileType::Dir
+    } else if ft.is_file() {
+        FileType::File
+    } else {
+        FileType::Other
+    };
+    Metadata {
+        file_type,
+        len: m.len(),
+        mode: m.mode() & 0o7777,
+        modified: m.modified().ok(),
+        uid: Some(m.uid()),
+        gid: Some(m.gid()),
+    }
+}
+
+#[async_trait]
+impl FileSystem for LocalFs {
+    async fn open_read(&self, path: &str) -> Result<BoxRead> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| err("open", path, e))?;
+        let meta = file.metadata().await.map_err(|e| err("stat", path, e))?;
+        if meta.is_dir() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!("cannot read `{path}` on local: it is a directory"),
+            ));
+        }
+        Ok(Box::pin(file))
+    }
+
+    async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
+        let mut open = tokio::fs::OpenOptions::new();
+        open.write(true).mode(options.mode);
+        if options.create_new {
+            open.create_new(true);
+        } else {
+            open.create(true);
+        }
+        if options.append {
+            open.append(true);
+        } else {
+            open.truncate(true);
+        }
+        let file = open
+            .open(path)
+            .await
+            .map_err(|e| err("open for writing", path, e))?;
+        Ok(Box::pin(file))
+    }
+
+    async fn metadata(&self, path: &str) -> Result<Metadata> {
+        let m = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| err("stat", path, e))?;
+        Ok(convert(&m))
+    }
+
+    async fn symlink_metadata(&self, path: &str) -> Result<Metadata> {
+        let m = tokio::fs::symlink_metadata(path)
+            .await
+            .map_err(|e| err("lstat", path, e))?;
+        Ok(convert(&m))
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let mut dir = tokio::fs::read_dir(path)
+            .await
+            .map_err(|e| err("list", path, e))?;
+        let mut entries = Vec::new();
+        while let Some(entry) = dir.next_entry().await.map_err(|e| err("list", path, e))? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let m = match entry.metadata().await {
+                Ok(m) => m,
+                // Removed while we listed it: not an entry any more.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err("stat", &format!("{path}/{name}"), e)),
+            };
+            entries.push(DirEntry {
+                name,
+                metadata: convert(&m),
+            });
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    async fn create_dir(&self, path: &str) -> Result<()> {
+        tokio::fs::create_dir(path)
+            .await
+            .map_err(|e| err("create directory", path, e))
+    }
+
+    async fn create_dir_all(&self, path: &str) -> Result<()> {
+        tokio::fs::create_dir_all(path)
+            .await
+            .map_err(|e| err("create directory", path, e))
+    }
+
+    async fn remove_file(&self, path: &str) -> Result<()> {
+        tokio::fs::remove_file(path)
+            .await
+            .map_err(|e| err("remove", path, e))
+    }
+
+    async fn remove_dir(&self, path: &str) -> Result<()> {
+        tokio::fs::remove_dir(path)
+            .await
+            .map_err(|e| err("remove directory", path, e))
+    }
+
+    async fn remove_dir_all(&self, path: &str) -> Result<()> {
+        tokio::fs::remove_dir_all(path)
+            .await
+            .map_err(|e| err("remove directory tree", path, e))
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        tokio::fs::rename(from, to)
+            .await
+            .map_err(|e| err("rename", &format!("{from}` to `{to}"), e))
+    }
+
+    async fn set_permissions(&self, path: &str, mode: u32) -> Result<()> {
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .await
+            .map_err(|e| err("chmod", path, e))
+    }
+
+    async fn truncate(&self, path: &str, len: u64) -> Result<()> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .await
+            .map_err(|e| err("open for truncating", path, e))?;
+        file.set_len(len)
+            .await
+            .map_err(|e| err("truncate", path, e))
+    }
+
+    async fn read_link(&self, path: &str) -> Result<String> {
+        tokio::fs::read_link(path)
+            .await
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| err("read link", path, e))
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        tokio::fs::symlink(target, link)
+            .await
+            .map_err(|e| err("create symlink", link, e))
+    }
+
+    async fn home_dir(&self) -> Result<String> {
+        Ok(crate::current_user().dir.to_string_lossy().into_owned())
+    }
+}
