@@ -66,7 +66,9 @@ pub(crate) fn current_user() -> nix::unistd::User {
             uid,
             gid: nix::unistd::getgid(),
             gecos: Default::default(),
-            dir: std::env::var_os("HOME").unwrap_or_else(|| "/".into()).into(),
+            dir: std::env::var_os("HOME")
+                .unwrap_or_else(|| "/".into())
+                .into(),
             shell: std::env::var_os("SHELL")
                 .unwrap_or_else(|| "/bin/sh".into())
                 .into(),
@@ -154,8 +156,14 @@ mod tests {
     #[test]
     fn os_release() {
         let text = "PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\nVERSION_ID=\"12\"\n";
-        assert_eq!(super::os_release_variant(text).as_deref(), Some("debian 12"));
-        assert_eq!(super::os_release_variant("ID=arch\n").as_deref(), Some("arch"));
+        assert_eq!(
+            super::os_release_variant(text).as_deref(),
+            Some("debian 12")
+        );
+        assert_eq!(
+            super::os_release_variant("ID=arch\n").as_deref(),
+            Some("arch")
+        );
         assert_eq!(super::os_release_variant("NAME=x\n"), None);
     }
 }

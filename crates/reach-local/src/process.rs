@@ -192,7 +192,11 @@ fn command_for(command: &CommandLine) -> Result<(Command, String)> {
         CommandLine::LoginShell => {
             let user = crate::current_user();
             let shell = user.shell.to_string_lossy().into_owned();
-            let shell = if shell.is_empty() { "/bin/sh".to_owned() } else { shell };
+            let shell = if shell.is_empty() {
+                "/bin/sh".to_owned()
+            } else {
+                shell
+            };
             let base = shell.rsplit('/').next().unwrap_or("sh").to_owned();
             let mut cmd = Command::new(&shell);
             // A leading dash in argv[0] makes the shell a login shell.
