@@ -1,0 +1,195 @@
+//! reach-bench: measures reach side by side with a reference in the same run, and reports
+//! ratios (these machines are shared and noisy, so absolute times mean little on their own).
+//!
+//! Scenarios so far:
+//! - `local-exec`: `/bin/true` on `local`, through the library and through the `reach exec`
+//!   CLI, against spawning `/bin/true` directly (the physical floor). Samples of the three are
+//!   interleaved so that background noise hits them alike.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reach::{Backend, ExecSpec};
+
+/// Benchmarks reach and writes docs/BENCHMARKS.md.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Samples per measurement.
+    #[arg(long, default_value_t = 300)]
+    iterations: usize,
+    /// The `reach` binary to measure (default: next to this one).
+    #[arg(long)]
+    reach_bin: Option<PathBuf>,
+    /// Write the Markdown report here (for example docs/BENCHMARKS.md).
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// Timings of one measured thing.
+struct Series {
+    name: &'static str,
+    samples: Vec<Duration>,
+}
+
+impl Series {
+    fn new(name: &'static str) -> Self {
+        Series {
+            name,
+            samples: Vec::new(),
+        }
+    }
+
+    fn median(&self) -> Duration {
+        let mut sorted = self.samples.clone();
+        sorted.sort();
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    }
+
+    fn p90(&self) -> Duration {
+        let mut sorted = self.samples.clone();
+        sorted.sort();
+        sorted
+            .get(sorted.len() * 9 / 10)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+    let start = Instant::now();
+    let value = f();
+    (start.elapsed(), value)
+}
+
+fn run_ok(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} exited with {status}"))
+    }
+}
+
+fn local_exec(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Series>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let backend = reach::Registry::with_defaults()
+        .resolve("local")
+        .map_err(|e| e.to_string())?;
+    let library_once = |backend: &dyn Backend| {
+        runtime.block_on(async {
+            let process = backend.exec(ExecSpec::argv(["/bin/true"])).await?;
+            process.wait().await
+        })
+    };
+    let mut floor = Series::new("spawn /bin/true directly (floor)");
+    let mut library = Series::new("reach library: LocalBackend exec + wait");
+    let mut cli = Series::new("reach CLI: `reach exec local -- /bin/true`");
+    // Warm up caches and the page cache of the binaries.
+    for _ in 0..20 {
+        run_ok(&mut Command::new("/bin/true"))?;
+        run_ok(Command::new(reach_bin).args(["exec", "-n", "local", "--", "/bin/true"]))?;
+        library_once(backend.as_ref()).map_err(|e| e.to_string())?;
+    }
+    for _ in 0..args.iterations {
+        let (t, r) = time(|| run_ok(&mut Command::new("/bin/true")));
+        r?;
+        floor.samples.push(t);
+        let (t, r) = time(|| library_once(backend.as_ref()));
+        let status = r.map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("library exec of /bin/true gave {status}"));
+        }
+        library.samples.push(t);
+        let (t, r) = time(|| {
+            run_ok(Command::new(reach_bin).args(["exec", "-n", "local", "--", "/bin/true"]))
+        });
+        r?;
+        cli.samples.push(t);
+    }
+    Ok(vec![floor, library, cli])
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, Linux {}", kernel.trim())
+}
+
+fn report(args: &Args, series: &[Series]) -> String {
+    let floor = series.first().map(Series::median).unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Every figure comes from one run of `reach-bench`, measured side by side with its \
+         reference in the same run and reported as a ratio: the machines are shared and \
+         noisy, so absolute times are for orientation only.\n"
+    );
+    let _ = writeln!(out, "Reproduce:\n");
+    let _ = writeln!(
+        out,
+        "```sh\ncargo build --release -p reach-cli -p reach-bench\n\
+         target/release/reach-bench --iterations {} --write docs/BENCHMARKS.md\n```\n",
+        args.iterations
+    );
+    let _ = writeln!(out, "Machine: {}.\n", machine());
+    let _ = writeln!(out, "## local exec latency\n");
+    let _ = writeln!(
+        out,
+        "`/bin/true` on `local`, {} interleaved samples each. The floor is spawning \
+         `/bin/true` directly from a Rust program; the CLI figure includes starting the \
+         `reach` process itself.\n",
+        args.iterations
+    );
+    let _ = writeln!(out, "| what | median | p90 | ratio to floor (median) |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for s in series {
+        let ratio = s.median().as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON);
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} ms | {:.3} ms | {ratio:.2}x |",
+            s.name,
+            s.median().as_secs_f64() * 1000.0,
+            s.p90().as_secs_f64() * 1000.0
+        );
+    }
+    out
+}
+
+fn main() {
+    let args = Args::parse();
+    let reach_bin = args.reach_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("reach")))
+            .unwrap_or_else(|| PathBuf::from("reach"))
+    });
+    let series = match local_exec(&args, &reach_bin) {
+        Ok(series) => series,
+        Err(err) => {
+            eprintln!("reach-bench: local-exec failed: {err}");
+            std::process::exit(1);
+        }
+    };
+    let text = report(&args, &series);
+    print!("{text}");
+    if let Some(path) = &args.write {
+        if let Err(err) = std::fs::write(path, &text) {
+            eprintln!("reach-bench: cannot write {}: {err}", path.display());
+            std::process::exit(1);
+        }
+    }
+}

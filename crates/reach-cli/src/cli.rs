@@ -1,0 +1,224 @@
+//! The command line, as clap types. Commands turn these into work; nothing here runs anything.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run commands and move files on any machine: the local host (`local`), and soon SSH and
+/// Docker targets, through one interface.
+#[derive(Debug, Parser)]
+#[command(name = "reach", version, propagate_version = true)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command on a destination, streaming stdin, stdout and stderr.
+    ///
+    /// Exits with the command's exit code, 128+N if a signal N killed it, 124 if --timeout
+    /// expired, 127/126 if the command is missing/not executable, 255 if the transport failed
+    /// and 2 for usage errors. A single CMD word holding spaces or shell syntax runs through
+    /// the target's shell; several words run as argv, without a shell.
+    Exec(ExecArgs),
+    /// Open an interactive login shell on a destination (with a terminal when stdin is one).
+    Shell(ShellArgs),
+    /// Describe a destination: backend, address, user, platform, connect time.
+    Info(InfoArgs),
+    /// List a directory (DEST:PATH).
+    Ls(LsArgs),
+    /// Show the metadata of paths (DEST:PATH).
+    Stat(PathsArgs),
+    /// Print files (DEST:PATH) to stdout.
+    Cat(PathsArgs),
+    /// Write stdin to a file (DEST:PATH); the file is replaced only once all of stdin arrived.
+    Put(PutArgs),
+    /// Remove files, or directory trees with -r (DEST:PATH).
+    Rm(RmArgs),
+    /// Create directories (DEST:PATH).
+    Mkdir(MkdirArgs),
+    /// Rename a path on one destination (DEST:FROM DEST:TO).
+    Mv(MvArgs),
+    /// Change permission bits (octal MODE, DEST:PATH).
+    Chmod(ChmodArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Where to run: `local`, `ssh://[user@]host[:port]`, `[user@]host`, `docker://name`.
+    pub destination: String,
+    /// Set an environment variable (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Run in this directory.
+    #[arg(short = 'C', long = "cwd", value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Run under a pseudo-terminal (for interactive programs).
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Do not forward stdin (the command reads EOF at once).
+    #[arg(short = 'n', long = "no-stdin")]
+    pub no_stdin: bool,
+    /// Kill the command and what it started after this long (`500ms`, `10s`, `2m`, `1h`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Where to open the shell.
+    pub destination: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The destination to describe.
+    pub destination: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Long listing: type, mode, size, modification time.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// Include names starting with `.`.
+    #[arg(short = 'a')]
+    pub all: bool,
+    /// The directory (DEST:PATH).
+    pub location: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PathsArgs {
+    /// Paths (DEST:PATH).
+    #[arg(required = true)]
+    pub locations: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// Permission bits of the file, octal.
+    #[arg(short = 'm', long = "mode", value_parser = parse_mode, default_value = "644")]
+    pub mode: u32,
+    /// The file to write (DEST:PATH).
+    pub location: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove directories and everything in them.
+    #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+    pub recursive: bool,
+    /// Ignore paths that do not exist.
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+    /// Paths (DEST:PATH).
+    #[arg(required = true)]
+    pub locations: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MkdirArgs {
+    /// Create missing parents; no error if the directory exists.
+    #[arg(short = 'p', long = "parents")]
+    pub parents: bool,
+    /// Directories (DEST:PATH).
+    #[arg(required = true)]
+    pub locations: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MvArgs {
+    /// What to rename (DEST:PATH).
+    pub from: String,
+    /// The new name, on the same destination (DEST:PATH or a bare path on it).
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ChmodArgs {
+    /// Octal permission bits, like `755` or `0640`.
+    #[arg(value_parser = parse_mode)]
+    pub mode: u32,
+    /// Paths (DEST:PATH).
+    #[arg(required = true)]
+    pub locations: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not K=V (a variable name, `=`, a value)")),
+    }
+}
+
+/// `500ms`, `10s`, `2m`, `1h`, or a number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("`{s}` is not a duration: use 500ms, 10s, 2m, 1h or plain seconds");
+    let (number, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let seconds = value * scale;
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o7777 && !digits.is_empty() => Ok(mode),
+        _ => Err(format!(
+            "`{s}` is not an octal mode (like 755 or 0640; symbolic modes are not supported)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "0", "-1s", "5d", "abc", "NaN", "inf"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn modes_and_env() {
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert_eq!(parse_mode("0o4711"), Ok(0o4711));
+        assert!(parse_mode("u+x").unwrap_err().contains("symbolic"));
+        assert!(parse_mode("99999").is_err());
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

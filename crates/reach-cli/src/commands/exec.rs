@@ -1,0 +1,244 @@
+//! `reach exec` and `reach shell`: run a process and wire it to this terminal.
+
+use std::io::Read;
+use std::time::Instant;
+
+use reach::{
+    CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, ProcessExt, Signal, StdinMode,
+};
+use serde_json::{json, Map, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{ExecArgs, ShellArgs};
+use crate::{exit, output, term};
+
+/// Characters that make a single command word a shell line rather than a program name.
+const SHELL_SYNTAX: &[char] = &[
+    '|', '&', ';', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '[', '#', '~', '{',
+    '}', '=',
+];
+
+fn command_line(words: Vec<String>) -> CommandLine {
+    match words.as_slice() {
+        [only] if only.contains(char::is_whitespace) || only.contains(SHELL_SYNTAX) => {
+            CommandLine::Shell(only.clone())
+        }
+        _ => CommandLine::Argv(words),
+    }
+}
+
+pub async fn exec(args: ExecArgs, json: bool) -> reach::Result<i32> {
+    let destination = Destination::parse(&args.destination)?;
+    let mut spec = ExecSpec::new(command_line(args.command));
+    spec.env = args.env;
+    spec.cwd = args.cwd;
+    spec.timeout = args.timeout;
+    if !args.no_stdin {
+        spec.stdin = StdinMode::Piped;
+    }
+    if args.tty {
+        spec = spec.pty(term_name(), term::size());
+    }
+    run(&destination, spec, json).await
+}
+
+pub async fn shell(args: ShellArgs, json: bool) -> reach::Result<i32> {
+    let destination = Destination::parse(&args.destination)?;
+    let mut spec = ExecSpec::login_shell().stdin(StdinMode::Piped);
+    if term::stdin_is_tty() {
+        spec = spec.pty(term_name(), term::size());
+    }
+    run(&destination, spec, json).await
+}
+
+fn term_name() -> String {
+    std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".to_owned())
+}
+
+async fn run(destination: &Destination, spec: ExecSpec, json: bool) -> reach::Result<i32> {
+    let backend = super::connect(destination).await?;
+    let started = Instant::now();
+    let tty = spec.pty.is_some();
+    let piped = spec.stdin == StdinMode::Piped;
+    let process = match backend.exec(spec).await {
+        Ok(process) => process,
+        Err(err) => {
+            output::report_error(&err, json);
+            return Ok(exit::for_spawn_error(&err));
+        }
+    };
+    if piped {
+        if let Some(stdin) = process.take_stdin() {
+            tokio::spawn(pump_stdin(stdin));
+        }
+    }
+    if json {
+        let result = process.output().await;
+        return Ok(report_json(destination, result, started));
+    }
+    // Raw mode lives until this function returns, on every path.
+    let _raw = if tty { term::RawMode::enter() } else { None };
+    let stdout = process
+        .take_stdout()
+        .map(|s| tokio::spawn(pump(s, tokio::io::stdout())));
+    let stderr = process
+        .take_stderr()
+        .map(|s| tokio::spawn(pump(s, tokio::io::stderr())));
+    let status = wait_forwarding_signals(process.as_ref(), tty).await;
+    // Every byte the process wrote goes out before its status decides our exit.
+    for pump in [stdout, stderr].into_iter().flatten() {
+        let _ = pump.await;
+    }
+    match status {
+        Ok(status) => Ok(exit::for_status(&status)),
+        Err(err) if err.kind() == ErrorKind::Timeout => {
+            output::report_error(&err, false);
+            Ok(exit::TIMEOUT)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+fn report_json(
+    destination: &Destination,
+    result: reach::Result<reach::Output>,
+    started: Instant,
+) -> i32 {
+    let mut object = Map::new();
+    object.insert("destination".into(), json!(destination.to_string()));
+    object.insert(
+        "duration_ms".into(),
+        json!(started.elapsed().as_secs_f64() * 1000.0),
+    );
+    let code = match result {
+        Ok(out) => {
+            let status = match &out.status {
+                reach::ExitStatus::Code(code) => json!({"code": code}),
+                reach::ExitStatus::Signal {
+                    signal,
+                    core_dumped,
+                } => json!({"signal": signal.name(), "core_dumped": core_dumped}),
+            };
+            object.insert("status".into(), status);
+            output::put_bytes(&mut object, "stdout", &out.stdout);
+            output::put_bytes(&mut object, "stderr", &out.stderr);
+            exit::for_status(&out.status)
+        }
+        Err(err) => {
+            object.insert(
+                "error".into(),
+                json!({"kind": err.kind().as_str(), "message": err.to_string()}),
+            );
+            if err.kind() == ErrorKind::Timeout {
+                exit::TIMEOUT
+            } else {
+                exit::for_error(&err)
+            }
+        }
+    };
+    output::print_json(&Value::Object(object));
+    code
+}
+
+/// Waits for the process while forwarding the signals a user sends to reach. Under a PTY,
+/// Ctrl-C travels as a byte through the terminal instead, and window size changes follow.
+async fn wait_forwarding_signals(
+    process: &dyn Process,
+    tty: bool,
+) -> reach::Result<reach::ExitStatus> {
+    let listen = |kind: SignalKind| signal(kind).map_err(|e| Error::io("listen for signals", e));
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut hangup = listen(SignalKind::hangup())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let mut winch = listen(SignalKind::window_change())?;
+    let wait = process.wait();
+    tokio::pin!(wait);
+    loop {
+        let forward = tokio::select! {
+            status = &mut wait => return status,
+            _ = interrupt.recv() => Signal::INT,
+            _ = terminate.recv() => Signal::TERM,
+            _ = hangup.recv() => Signal::HUP,
+            _ = quit.recv() => Signal::from_name("QUIT"),
+            _ = winch.recv() => {
+                if tty {
+                    let _ = process.resize(term::size()).await;
+                }
+                continue;
+            }
+        };
+        if let Err(err) = process.signal(forward.clone()).await {
+            eprintln!("reach: could not forward {forward}: {err}");
+        }
+    }
+}
+
+/// Copies a process stream to ours, flushing each chunk so output is never held back.
+async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Forwards our stdin to the process, then closes its stdin (EOF). Reads happen on a plain
+/// thread so that a read blocked on a terminal never keeps reach from exiting.
+async fn pump_stdin(mut to: reach::BoxWrite) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let spawned = std::thread::Builder::new()
+        .name("reach-stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        return;
+    }
+    while let Some(chunk) = rx.recv().await {
+        if to.write_all(&chunk).await.is_err() || to.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_word_with_shell_syntax_is_a_shell_line() {
+        let argv = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(argv(&["echo $HOME | wc"])),
+            CommandLine::Shell("echo $HOME | wc".into())
+        );
+        assert_eq!(
+            command_line(argv(&["uname"])),
+            CommandLine::Argv(argv(&["uname"]))
+        );
+        assert_eq!(
+            command_line(argv(&["sh", "-c", "exit 3"])),
+            CommandLine::Argv(argv(&["sh", "-c", "exit 3"]))
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! End-to-end tests of the `reach` binary, run as a user runs it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod exec;
+mod files;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// What a run of `reach` left behind.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout_text()))
+    }
+}
+
+/// A `reach` invocation under construction.
+#[derive(Debug)]
+pub struct Reach {
+    command: Command,
+    stdin: Vec<u8>,
+}
+
+pub fn reach(args: &[&str]) -> Reach {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_reach"));
+    command.args(args);
+    Reach {
+        command,
+        stdin: Vec::new(),
+    }
+}
+
+impl Reach {
+    pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
+        self.stdin = data.into();
+        self
+    }
+
+    pub fn run(mut self) -> Outcome {
+        let mut child = self
+            .command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start reach");
+        let mut stdin = child.stdin.take().unwrap();
+        let data = std::mem::take(&mut self.stdin);
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! reach: run commands and move files on any machine through one interface.
+//!
+//! This is the crate a program depends on. It re-exports the core types of `reach-core` and
+//! owns the scheme [`Registry`], which turns a [`Destination`] into an `Arc<dyn Backend>`.
+//!
+//! ```no_run
+//! # async fn demo() -> reach::Result<()> {
+//! use reach::{ExecSpec, ProcessExt};
+//! let backend = reach::connect("local").await?;
+//! let output = backend.exec(ExecSpec::argv(["uname", "-a"])).await?.output().await?;
+//! assert!(output.status.success());
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//!
+//! Each backend is a feature:
+//! - `local` (default): the local host, from `reach-local`.
+//!
+//! The `ssh` and `docker` schemes parse today and are refused with
+//! [`ErrorKind::Unsupported`] until their backends land.
+#![deny(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+pub use reach_core::*;
+
+/// Makes a backend for a destination of the scheme it is registered under.
+pub type Factory = Arc<dyn Fn(&Destination) -> Result<Arc<dyn Backend>> + Send + Sync>;
+
+/// Which backend serves which scheme.
+#[derive(Clone)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+/// Schemes that reach will serve but this build does not.
+const PLANNED: &[(&str, &str)] = &[("ssh", "the SSH backend"), ("docker", "the Docker backend")];
+
+impl Registry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Registry {
+            factories: BTreeMap::new(),
+        }
+    }
+
+    /// Every backend compiled into this build.
+    pub fn with_defaults() -> Self {
+        #[allow(unused_mut)]
+        let mut registry = Self::empty();
+        #[cfg(feature = "local")]
+        registry.register("local", |_| {
+            Ok(Arc::new(reach_local::LocalBackend::new()) as Arc<dyn Backend>)
+        });
+        registry
+    }
+
+    /// Serves `scheme` with `factory`, replacing any earlier one.
+    pub fn register<F>(&mut self, scheme: &str, factory: F)
+    where
+        F: Fn(&Destination) -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
+    {
+        self.factories
+            .insert(scheme.to_ascii_lowercase(), Arc::new(factory));
+    }
+
+    /// The schemes served, sorted.
+    pub fn schemes(&self) -> Vec<&str> {
+        self.factories.keys().map(String::as_str).collect()
+    }
+
+    /// A backend for `destination` (not yet connected).
+    pub fn backend(&self, destination: &Destination) -> Result<Arc<dyn Backend>> {
+        let scheme = destination.scheme();
+        if let Some(factory) = self.factories.get(scheme) {
+            return factory(destination);
+        }
+        let known = self.schemes().join(", ");
+        match PLANNED.iter().find(|(s, _)| *s == scheme) {
+            Some((_, what)) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "`{destination}` needs {what}, which this build of reach does not include \
+                     (it serves: {known})"
+                ),
+            )),
+            None => Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "unknown scheme `{scheme}` in destination `{destination}`: expected one of \
+                     {known}"
+                ),
+            )),
+        }
+    }
+
+    /// Parses `destination` and makes its backend (not yet connected).
+    pub fn resolve(&self, destination: &str) -> Result<Arc<dyn Backend>> {
+        self.backend(&Destination::parse(destination)?)
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_defaults()
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("schemes", &self.schemes())
+            .finish()
+    }
+}
+
+/// Parses `destination`, makes its backend with the default registry and connects it.
+pub async fn connect(destination: &str) -> Result<Arc<dyn Backend>> {
+    let backend = Registry::with_defaults().resolve(destination)?;
+    backend.connect().await?;
+    Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_and_planned_schemes_are_refused_by_name() {
+        let registry = Registry::with_defaults();
+        let err = registry.resolve("nosuch://x").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("unknown scheme `nosuch`"), "{err}");
+        assert!(err.to_string().contains("local"), "{err}");
+        let err = registry.resolve("user@host").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("SSH backend"), "{err}");
+        let err = registry.resolve("ssh://@:99999").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[tokio::test]
+    async fn connects_to_local_by_name() {
+        let backend = connect("local").await.unwrap();
+        assert_eq!(backend.kind(), "local");
+        let out = backend
+            .exec(ExecSpec::argv(["printf", "hi"]))
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, b"hi");
+    }
+}
