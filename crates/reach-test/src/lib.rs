@@ -4,6 +4,7 @@
 //!   is the local host's. Fixtures clean up on `Drop`, even when a test fails.
 //! - [`conformance`]: the behaviours every backend must show, written once. The
 //!   [`conformance_suite!`] macro turns them into one `#[tokio::test]` per check for a fixture.
+//! - [`sshd::SshdFixture`]: a real OpenSSH `sshd` on a random loopback port.
 //! - [`broken`]: a backend wrapper with one deliberate defect, used to show that every check
 //!   can fail.
 //! - [`require_real`] / [`skip`]: a test whose real peer is missing fails when
@@ -13,6 +14,7 @@
 pub mod broken;
 pub mod conformance;
 mod fixture;
+pub mod sshd;
 
 pub use fixture::{Fixture, LocalFixture};
 

@@ -42,3 +42,42 @@ async fn every_check_fails_on_a_broken_backend() {
         "checks that passed on a broken backend: {passed_anyway:?}"
     );
 }
+
+/// The sshd fixture is a real server: the real `ssh` client runs a command through it with
+/// the fixture's key and known_hosts, and gets the remote exit code and output.
+#[test]
+fn sshd_fixture_serves_the_real_ssh_client() {
+    if !reach_test::sshd::SshdFixture::available() {
+        reach_test::skip(
+            "sshd_fixture_serves_the_real_ssh_client",
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return;
+    }
+    let sshd = reach_test::sshd::SshdFixture::start().unwrap();
+    let out = sshd
+        .ssh_command()
+        .arg("printf \"$(id -un) $REACH_X\"; printf err >&2; exit 3")
+        .env("REACH_X", "not sent without SendEnv")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "ssh said: {}\nsshd log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{} ", sshd.user())
+    );
+    assert_eq!(out.stderr, b"err");
+    assert!(sshd.log().contains("Accepted publickey"), "{}", sshd.log());
+    let port = sshd.port();
+    drop(sshd);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "sshd still listens after drop"
+    );
+}

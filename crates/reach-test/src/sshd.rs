@@ -1,0 +1,284 @@
+//! A real OpenSSH server for tests: the Debian `sshd` binary on a random loopback port, with
+//! a throwaway host key, a client key in `authorized_keys`, and a `known_hosts` file that
+//! trusts the host key. Stopped and removed on `Drop`, even when a test fails.
+//!
+//! Run as root, the server logs in a dedicated unprivileged user (`reachtest`, created on first
+//! use with `/bin/sh` as its fast-starting login shell), so that permission checks mean
+//! something; run as anyone else, it logs in that user.
+
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The sshd binary from Debian's `openssh-server`.
+pub const SSHD: &str = "/usr/sbin/sshd";
+/// The user the fixture logs in when the tests run as root.
+pub const TEST_USER: &str = "reachtest";
+
+/// A running sshd.
+#[derive(Debug)]
+pub struct SshdFixture {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    user: String,
+    home: String,
+}
+
+fn run(cmd: &mut Command) -> io::Result<std::process::Output> {
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn is_root() -> bool {
+    run(Command::new("id").arg("-u")).is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Creates [`TEST_USER`] if it does not exist; tolerates another test process doing the same
+/// at the same moment.
+fn ensure_test_user() -> io::Result<String> {
+    for _ in 0..20 {
+        if let Ok(out) = run(Command::new("getent").args(["passwd", TEST_USER])) {
+            // sshd refuses accounts whose password is locked (`!`); `*` only disables
+            // password logins.
+            let _ = Command::new("usermod")
+                .args(["--password", "*", TEST_USER])
+                .status();
+            let line = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(home) = line.trim_end().split(':').nth(5) {
+                return Ok(home.to_owned());
+            }
+        }
+        let status = Command::new("useradd")
+            .args([
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--password",
+                "*",
+                TEST_USER,
+            ])
+            .stderr(Stdio::null())
+            .status()?;
+        // 9: the name is taken (another process won the race); 10: /etc/passwd was locked.
+        if !(status.success() || matches!(status.code(), Some(9) | Some(10))) {
+            return Err(io::Error::other(format!(
+                "useradd {TEST_USER} failed: {status}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(io::Error::other(format!(
+        "could not create the user {TEST_USER}"
+    )))
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl SshdFixture {
+    /// Whether the sshd binary is installed.
+    pub fn available() -> bool {
+        Path::new(SSHD).exists()
+    }
+
+    /// Starts a server; fails if sshd is missing or does not come up within 10 s.
+    pub fn start() -> io::Result<SshdFixture> {
+        let dir = tempfile::Builder::new().prefix("reach-sshd-").tempdir()?;
+        use std::os::unix::fs::PermissionsExt;
+
+        // by others; the user must be able to read it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let path = |name: &str| dir.path().join(name);
+        for (kind, name) in [("ed25519", "host_ed25519"), ("ed25519", "id_ed25519")] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", kind, "-N", "", "-C", "reach-test", "-f"])
+                .arg(path(name)))?;
+        }
+        std::fs::copy(path("id_ed25519.pub"), path("authorized_keys"))?;
+        std::fs::set_permissions(
+            path("authorized_keys"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        let (user, home) = if is_root() {
+            std::fs::create_dir_all("/run/sshd")?;
+            (TEST_USER.to_owned(), ensure_test_user()?)
+        } else {
+            let name = run(Command::new("id").arg("-un"))?;
+            let name = String::from_utf8_lossy(&name.stdout).trim().to_owned();
+            (name, std::env::var("HOME").unwrap_or_else(|_| "/".into()))
+        };
+        let mut last_error = io::Error::other("sshd did not start");
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let config = format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                 AuthorizedKeysFile {keys}\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
+                 PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n\
+                 AcceptEnv REACH_* LANG LC_*\nMaxStartups 100:30:200\nLogLevel VERBOSE\n\
+                 PrintMotd no\nPrintLastLog no\n",
+                host = path("host_ed25519").display(),
+                pid = path("sshd.pid").display(),
+                keys = path("authorized_keys").display(),
+            );
+            std::fs::write(path("sshd_config"), config)?;
+            let known = std::fs::read_to_string(path("host_ed25519.pub"))?;
+            let mut known_parts = known.split_whitespace();
+            let (algo, key) = (
+                known_parts.next().unwrap_or_default(),
+                known_parts.next().unwrap_or_default(),
+            );
+            std::fs::write(
+                path("known_hosts"),
+                format!("[127.0.0.1]:{port} {algo} {key}\n"),
+            )?;
+            let log = std::fs::File::create(path("sshd.log"))?;
+            let mut child = Command::new(SSHD)
+                .arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(path("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()?;
+            match wait_for_banner(port, &mut child) {
+                Ok(()) => {
+                    return Ok(SshdFixture {
+                        dir,
+                        child,
+                        port,
+                        user,
+                        home,
+                    })
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(path("sshd.log")).unwrap_or_default();
+                    last_error = io::Error::other(format!("{e}; sshd said: {}", log.trim()));
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The port sshd listens on (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The user to log in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// That user's home directory.
+    pub fn home(&self) -> &str {
+        &self.home
+    }
+
+    /// The client's private key (its `.pub` is in `authorized_keys`).
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("id_ed25519")
+    }
+
+    /// A `known_hosts` file that trusts this server's host key as `[127.0.0.1]:PORT`.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// The server's host key files (`host_ed25519` and `.pub`).
+    pub fn host_key(&self) -> PathBuf {
+        self.dir.path().join("host_ed25519")
+    }
+
+    /// sshd's log so far (connections, authentications).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT`.
+    pub fn destination(&self) -> String {
+        format!("ssh://{}@127.0.0.1:{}", self.user, self.port)
+    }
+
+    /// The real OpenSSH client, set up to reach this server non-interactively; append the
+    /// remote command.
+    pub fn ssh_command(&self) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args([
+            "-q",
+            "-T",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            self.known_hosts().display()
+        ))
+        .arg("-i")
+        .arg(self.client_key())
+        .args(["-p", &self.port.to_string(), "-l", &self.user, "127.0.0.1"]);
+        cmd
+    }
+
+    /// Kills sshd at once (as a crash would), leaving sessions to drop.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Per-connection sshd processes outlive the listener; end them too.
+        let _ = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                &format!("sshd.*{}", self.dir.path().display()),
+            ])
+            .status();
+    }
+}
+
+fn wait_for_banner(port: u16, child: &mut Child) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Err(io::Error::other(format!("sshd exited with {status}")));
+        }
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::Read;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut banner = [0u8; 4];
+            let mut reader = &stream;
+            if reader.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "sshd did not answer on 127.0.0.1:{port} within 10 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for SshdFixture {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
