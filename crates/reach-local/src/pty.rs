@@ -12,6 +12,9 @@ use reach_core::PtySize;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// The default end-of-file character of a terminal in canonical mode (^D).
+const VEOF: u8 = 0x04;
+
 /// A new PTY pair of the given size: (master, slave).
 pub(crate) fn open(size: PtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     let pair = nix::pty::openpty(&winsize(size), None)?;
@@ -131,8 +134,11 @@ impl AsyncWrite for PtyStream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // A terminal has no half-close; the program sees EOF when the user types ^D.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A terminal has no half-close: closing stdin types the EOF character (^D) instead,
+        // so that `echo hi | reach exec -t local -- cat` ends as it would without a PTY.
+        // Errors are ignored: the program may be gone already.
+        let _ = ready!(self.poll_write(cx, &[VEOF]));
         Poll::Ready(Ok(()))
     }
 }

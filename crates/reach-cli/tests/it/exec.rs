@@ -290,3 +290,28 @@ fn info_describes_local() {
     let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     assert_eq!(v["user"], me.trim());
 }
+
+#[test]
+fn end_of_piped_stdin_ends_a_pty_command_too() {
+    let out = reach(&["exec", "-t", "--timeout", "20s", "local", "--", "cat"])
+        .stdin("hi\n")
+        .run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout_text().contains("hi"), "{out:?}");
+}
+
+#[test]
+fn a_closed_stdout_stops_the_command_instead_of_hanging() {
+    // `yes` dies of SIGPIPE once `head` leaves, and reach passes that on as 128+13; a reach
+    // that kept the pipe open would hang until `timeout` ended it with 124.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; timeout 20 {} exec local -- yes | head -n 2",
+            env!("CARGO_BIN_EXE_reach")
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"y\ny\n");
+    assert_eq!(out.status.code(), Some(141), "{out:?}");
+}
