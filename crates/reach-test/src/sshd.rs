@@ -238,19 +238,56 @@ impl SshdFixture {
         cmd
     }
 
-    /// Kills sshd at once (as a crash would), leaving sessions to drop.
+    /// Kills sshd and every process it started (each connection's processes call `setsid`,
+    /// so a process-group kill would miss them) at once, as a crash of the host's sshd would:
+    /// open connections drop.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        let mut victims = descendants(self.child.id());
+        victims.push(self.child.id());
+        for pid in victims {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.wait();
-        // Per-connection sshd processes outlive the listener; end them too.
-        let _ = Command::new("pkill")
-            .args([
-                "-KILL",
-                "-f",
-                &format!("sshd.*{}", self.dir.path().display()),
-            ])
-            .status();
     }
+}
+
+/// Every process below `root`, from the parent ids in `/proc/*/stat`.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The command name is in parentheses and may hold spaces; the parent id is the
+            // second field after it.
+            let after = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest)
+                .unwrap_or_default();
+            if let Some(ppid) = after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 fn wait_for_banner(port: u16, child: &mut Child) -> io::Result<()> {

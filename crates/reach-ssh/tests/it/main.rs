@@ -1,0 +1,314 @@
+//! reach-ssh against the real Debian sshd (`reach_test::sshd::SshdFixture`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use reach_core::{
+    Backend, Destination, ErrorKind, ExecSpec, ExitStatus, ProcessExt, Signal, StdinMode,
+};
+use reach_ssh::{SshBackend, SshOptions};
+use reach_test::sshd::SshdFixture;
+use tokio::io::AsyncWriteExt;
+
+fn fixture(test: &str) -> Option<SshdFixture> {
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return None;
+    }
+    Some(SshdFixture::start().expect("start sshd"))
+}
+
+fn options(sshd: &SshdFixture) -> SshOptions {
+    SshOptions {
+        identity: Some(sshd.client_key()),
+        known_hosts: Some(sshd.known_hosts()),
+        ..SshOptions::default()
+    }
+}
+
+fn backend(sshd: &SshdFixture, options: SshOptions) -> SshBackend {
+    SshBackend::new(Destination::parse(&sshd.destination()).unwrap(), options).unwrap()
+}
+
+/// What the real `ssh` client reports for a command: (stdout, stderr, exit code).
+fn openssh(sshd: &SshdFixture, line: &str) -> (Vec<u8>, Vec<u8>, Option<i32>) {
+    let out = sshd.ssh_command().arg(line).output().unwrap();
+    (out.stdout, out.stderr, out.status.code())
+}
+
+#[tokio::test]
+async fn exec_gives_what_openssh_gives() {
+    let Some(sshd) = fixture("exec_gives_what_openssh_gives") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    for line in [
+        "printf out; printf err >&2; exit 7",
+        "echo $HOME; id -un",
+        "printf '\\000\\377'; exit 255",
+        "exit 0",
+    ] {
+        let ours = ssh
+            .exec(ExecSpec::shell(line))
+            .await
+            .unwrap()
+            .output()
+            .await
+            .unwrap();
+        let (stdout, stderr, code) = openssh(&sshd, line);
+        assert_eq!(ours.stdout, stdout, "stdout of {line:?}");
+        assert_eq!(ours.stderr, stderr, "stderr of {line:?}");
+        assert_eq!(Some(ours.status.shell_code()), code, "status of {line:?}");
+    }
+    let ours = ssh
+        .exec(ExecSpec::shell("kill -TERM $$"))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        ours.status,
+        ExitStatus::Signal {
+            signal: Signal::TERM,
+            core_dumped: false
+        }
+    );
+}
+
+#[tokio::test]
+async fn stdin_env_and_cwd() {
+    let Some(sshd) = fixture("stdin_env_and_cwd") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    let data: Vec<u8> = (0..=255u8).cycle().take(3_000_000).collect();
+    let process = ssh
+        .exec(ExecSpec::argv(["cat"]).stdin(StdinMode::Piped))
+        .await
+        .unwrap();
+    let mut stdin = process.take_stdin().unwrap();
+    let feed = data.clone();
+    tokio::spawn(async move {
+        stdin.write_all(&feed).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    });
+    let out = process.output().await.unwrap();
+    assert!(
+        out.stdout == data,
+        "cat returned {} bytes",
+        out.stdout.len()
+    );
+    let out = ssh
+        .exec(
+            ExecSpec::shell("printf '%s in %s' \"$REACH_V\" \"$(pwd)\"")
+                .env("REACH_V", "a b'c")
+                .cwd("/tmp"),
+        )
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a b'c in /tmp");
+}
+
+#[tokio::test]
+async fn unknown_host_key_is_refused_with_its_fingerprint() {
+    let Some(sshd) = fixture("unknown_host_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let ssh = backend(
+        &sshd,
+        SshOptions {
+            known_hosts: Some(empty),
+            ..options(&sshd)
+        },
+    );
+    let err = ssh.connect().await.unwrap_err();
+    println!("user sees: {err}");
+    assert_eq!(err.kind(), ErrorKind::HostKeyRejected);
+    assert!(err.to_string().contains("SHA256:"), "{err}");
+    assert!(err.to_string().contains("--accept-new-host-key"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("[127.0.0.1]:{}", sshd.port())),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn missing_known_hosts_is_an_error_unless_accept_new() {
+    let Some(sshd) = fixture("missing_known_hosts") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("sub").join("known_hosts");
+    let ssh = backend(
+        &sshd,
+        SshOptions {
+            known_hosts: Some(missing.clone()),
+            ..options(&sshd)
+        },
+    );
+    let err = ssh.connect().await.unwrap_err();
+    println!("user sees: {err}");
+    assert_eq!(err.kind(), ErrorKind::HostKeyRejected);
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(!missing.exists());
+
+    let ssh = backend(
+        &sshd,
+        SshOptions {
+            known_hosts: Some(missing.clone()),
+            accept_new_host_key: true,
+            ..options(&sshd)
+        },
+    );
+    ssh.connect().await.unwrap();
+    let recorded = std::fs::read_to_string(&missing).unwrap();
+    let host_key = std::fs::read_to_string(format!("{}.pub", sshd.host_key().display())).unwrap();
+    let blob = host_key.split_whitespace().nth(1).unwrap();
+    assert_eq!(
+        recorded,
+        format!("[127.0.0.1]:{} ssh-ed25519 {blob}\n", sshd.port())
+    );
+    // The recorded key is now trusted without accept-new.
+    let ssh = backend(
+        &sshd,
+        SshOptions {
+            known_hosts: Some(missing),
+            ..options(&sshd)
+        },
+    );
+    ssh.connect().await.unwrap();
+}
+
+#[tokio::test]
+async fn changed_host_key_is_always_refused() {
+    let Some(sshd) = fixture("changed_host_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap()
+        .success());
+    let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
+    let blob = other_pub.split_whitespace().nth(1).unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(
+        &known,
+        format!("[127.0.0.1]:{} ssh-ed25519 {blob}\n", sshd.port()),
+    )
+    .unwrap();
+    for accept_new in [false, true] {
+        let ssh = backend(
+            &sshd,
+            SshOptions {
+                known_hosts: Some(known.clone()),
+                accept_new_host_key: accept_new,
+                ..options(&sshd)
+            },
+        );
+        let err = ssh.connect().await.unwrap_err();
+        println!("user sees: {err}");
+        assert_eq!(err.kind(), ErrorKind::HostKeyRejected);
+        assert!(err.to_string().contains("CHANGED"), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_is_auth_failed() {
+    let Some(sshd) = fixture("wrong_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("stranger");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap()
+        .success());
+    let ssh = backend(
+        &sshd,
+        SshOptions {
+            identity: Some(stranger),
+            ..options(&sshd)
+        },
+    );
+    let err = ssh.connect().await.unwrap_err();
+    println!("user sees: {err}");
+    assert_eq!(err.kind(), ErrorKind::AuthFailed);
+    assert!(err.to_string().contains("stranger"), "{err}");
+    assert!(
+        sshd.log()
+            .contains("Connection closed by authenticating user")
+            || sshd.log().contains("Failed publickey")
+    );
+}
+
+#[tokio::test]
+async fn refused_port_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ssh = SshBackend::new(
+        Destination::parse(&format!("ssh://u@127.0.0.1:{port}")).unwrap(),
+        SshOptions::default(),
+    )
+    .unwrap();
+    let err = ssh.connect().await.unwrap_err();
+    println!("user sees: {err}");
+    assert_eq!(err.kind(), ErrorKind::Unreachable);
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn sshd_killed_mid_command_is_session_dropped_not_exit_0() {
+    let Some(mut sshd) = fixture("sshd_killed") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    let process = ssh
+        .exec(ExecSpec::shell("echo started; sleep 60"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sshd.kill();
+    let err = tokio::time::timeout(Duration::from_secs(30), process.wait())
+        .await
+        .expect("wait returned after the server died")
+        .unwrap_err();
+    println!("user sees: {err}");
+    assert_eq!(err.kind(), ErrorKind::SessionDropped);
+}
+
+#[tokio::test]
+async fn platform_from_uname() {
+    let Some(sshd) = fixture("platform") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    let platform = ssh.platform().await.unwrap();
+    assert_eq!(platform.os, std::env::consts::OS);
+    assert_eq!(platform.arch, std::env::consts::ARCH);
+}
