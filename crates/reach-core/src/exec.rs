@@ -343,6 +343,53 @@ pub trait Process: Send + Sync + fmt::Debug {
     async fn resize(&self, size: PtySize) -> Result<()>;
 }
 
+/// A process's three streams, each handed out once: the storage behind
+/// [`Process::take_stdin`], [`Process::take_stdout`] and [`Process::take_stderr`] for backends.
+#[derive(Default)]
+pub struct Streams {
+    stdin: std::sync::Mutex<Option<BoxWrite>>,
+    stdout: std::sync::Mutex<Option<BoxRead>>,
+    stderr: std::sync::Mutex<Option<BoxRead>>,
+}
+
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+}
+
+impl Streams {
+    /// Holds the streams a backend opened (`None` for those the process does not have).
+    pub fn new(stdin: Option<BoxWrite>, stdout: Option<BoxRead>, stderr: Option<BoxRead>) -> Self {
+        Streams {
+            stdin: std::sync::Mutex::new(stdin),
+            stdout: std::sync::Mutex::new(stdout),
+            stderr: std::sync::Mutex::new(stderr),
+        }
+    }
+
+    /// stdin, the first time only.
+    pub fn take_stdin(&self) -> Option<BoxWrite> {
+        take(&self.stdin)
+    }
+
+    /// stdout, the first time only.
+    pub fn take_stdout(&self) -> Option<BoxRead> {
+        take(&self.stdout)
+    }
+
+    /// stderr, the first time only.
+    pub fn take_stderr(&self) -> Option<BoxRead> {
+        take(&self.stderr)
+    }
+}
+
+impl fmt::Debug for Streams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
 /// Everything a process wrote, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {

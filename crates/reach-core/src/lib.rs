@@ -37,6 +37,6 @@ pub use destination::{Destination, Location, DEFAULT_SCHEME};
 pub use error::{Error, ErrorKind, Result};
 pub use exec::{
     shell_quote, BoxRead, BoxWrite, CommandLine, ExecSpec, ExitStatus, Output, Process, ProcessExt,
-    PtyRequest, PtySize, Signal, StdinMode,
+    PtyRequest, PtySize, Signal, StdinMode, Streams,
 };
 pub use fs::{DirEntry, FileSystem, FileSystemExt, FileType, Metadata, WriteOptions};

@@ -11,7 +11,7 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::Pid;
 use reach_core::{
     BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
-    Result, Signal, StdinMode,
+    Result, Signal, StdinMode, Streams,
 };
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -25,9 +25,7 @@ pub struct LocalProcess {
     child: tokio::sync::Mutex<Child>,
     result: Mutex<Option<Result<ExitStatus>>>,
     shared: Arc<Shared>,
-    stdin: Mutex<Option<BoxWrite>>,
-    stdout: Mutex<Option<BoxRead>>,
-    stderr: Mutex<Option<BoxRead>>,
+    streams: Streams,
     pty: Option<PtyStream>,
     timeout: Option<Duration>,
     watchdog: Option<JoinHandle<()>>,
@@ -145,9 +143,7 @@ impl LocalProcess {
             child: tokio::sync::Mutex::new(child),
             result: Mutex::new(None),
             shared,
-            stdin: Mutex::new(stdin),
-            stdout: Mutex::new(stdout),
-            stderr: Mutex::new(stderr),
+            streams: Streams::new(stdin, stdout, stderr),
             pty: pty_stream,
             timeout: spec.timeout,
             watchdog,
@@ -248,15 +244,15 @@ fn status_of(status: std::process::ExitStatus) -> Result<ExitStatus> {
 #[async_trait]
 impl Process for LocalProcess {
     fn take_stdin(&self) -> Option<BoxWrite> {
-        lock(&self.stdin).take()
+        self.streams.take_stdin()
     }
 
     fn take_stdout(&self) -> Option<BoxRead> {
-        lock(&self.stdout).take()
+        self.streams.take_stdout()
     }
 
     fn take_stderr(&self) -> Option<BoxRead> {
-        lock(&self.stderr).take()
+        self.streams.take_stderr()
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

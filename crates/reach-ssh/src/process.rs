@@ -1,12 +1,12 @@
 //! A command on an SSH channel: a task drains the channel into stdout/stderr pipes and
 //! publishes the exit status only after every byte before it is in those pipes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use reach_core::{
     shell_quote, BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process,
-    PtySize, Result, Signal, StdinMode,
+    PtySize, Result, Signal, StdinMode, Streams,
 };
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelWriteHalf, Sig};
@@ -20,9 +20,7 @@ const PIPE: usize = 256 * 1024;
 pub struct SshProcess {
     writer: Arc<ChannelWriteHalf<Msg>>,
     result: watch::Receiver<Option<Result<ExitStatus>>>,
-    stdin: Mutex<Option<BoxWrite>>,
-    stdout: Mutex<Option<BoxRead>>,
-    stderr: Mutex<Option<BoxRead>>,
+    streams: Streams,
     pty: bool,
     addr: String,
 }
@@ -34,10 +32,6 @@ impl std::fmt::Debug for SshProcess {
             .field("pty", &self.pty)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The remote command line: environment and working directory are set by the shell, which
@@ -207,9 +201,11 @@ impl SshProcess {
         Ok(SshProcess {
             writer,
             result: result_rx,
-            stdin: Mutex::new(stdin),
-            stdout: Mutex::new(Some(Box::pin(out_rx))),
-            stderr: Mutex::new((!pty).then(|| Box::pin(err_rx) as BoxRead)),
+            streams: Streams::new(
+                stdin,
+                Some(Box::pin(out_rx)),
+                (!pty).then(|| Box::pin(err_rx) as BoxRead),
+            ),
             pty,
             addr,
         })
@@ -219,15 +215,15 @@ impl SshProcess {
 #[async_trait]
 impl Process for SshProcess {
     fn take_stdin(&self) -> Option<BoxWrite> {
-        lock(&self.stdin).take()
+        self.streams.take_stdin()
     }
 
     fn take_stdout(&self) -> Option<BoxRead> {
-        lock(&self.stdout).take()
+        self.streams.take_stdout()
     }
 
     fn take_stderr(&self) -> Option<BoxRead> {
-        lock(&self.stderr).take()
+        self.streams.take_stderr()
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

@@ -30,6 +30,18 @@ fn options(sshd: &SshdFixture) -> SshOptions {
     }
 }
 
+/// A fresh ed25519 key pair at `path` (and `path.pub`); returns the public key's base64.
+fn keygen(path: &std::path::Path) -> String {
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success());
+    let public = std::fs::read_to_string(format!("{}.pub", path.display())).unwrap();
+    public.split_whitespace().nth(1).unwrap().to_owned()
+}
+
 fn backend(sshd: &SshdFixture, options: SshOptions) -> SshBackend {
     SshBackend::new(Destination::parse(&sshd.destination()).unwrap(), options).unwrap()
 }
@@ -197,15 +209,7 @@ async fn changed_host_key_is_always_refused() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let other = dir.path().join("other");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap()
-        .success());
-    let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
-    let blob = other_pub.split_whitespace().nth(1).unwrap();
+    let blob = keygen(&dir.path().join("other"));
     let known = dir.path().join("known_hosts");
     std::fs::write(
         &known,
@@ -236,12 +240,7 @@ async fn wrong_key_is_auth_failed() {
     };
     let dir = tempfile::tempdir().unwrap();
     let stranger = dir.path().join("stranger");
-    assert!(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&stranger)
-        .status()
-        .unwrap()
-        .success());
+    keygen(&stranger);
     let ssh = backend(
         &sshd,
         SshOptions {
