@@ -38,7 +38,7 @@ impl LocalFixture {
     pub fn with_backend(backend: Arc<dyn Backend>) -> std::io::Result<Self> {
         let scratch = tempfile::Builder::new().prefix("reach-test-").tempdir()?;
         let denied = tempfile::Builder::new().prefix("reach-denied-").tempdir()?;
-        if nix_is_root() {
+        if crate::is_root() {
             let status = std::process::Command::new("chattr")
                 .arg("+i")
                 .arg(denied.path())
@@ -60,12 +60,6 @@ impl LocalFixture {
             denied,
         })
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
 }
 
 impl Drop for LocalFixture {

@@ -18,6 +18,14 @@ pub mod sshd;
 
 pub use fixture::{Fixture, LocalFixture};
 
+/// Whether the tests run as root (who ignores permission bits, and whom sshd fixtures replace
+/// by an unprivileged user).
+pub(crate) fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
 /// Whether missing real peers must fail the run (`REACH_REQUIRE_REAL=1`, set by `.ci/run`).
 pub fn require_real() -> bool {
     std::env::var("REACH_REQUIRE_REAL").is_ok_and(|v| v == "1")

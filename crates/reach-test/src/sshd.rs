@@ -40,10 +40,6 @@ fn run(cmd: &mut Command) -> io::Result<std::process::Output> {
     }
 }
 
-fn is_root() -> bool {
-    run(Command::new("id").arg("-u")).is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
 /// Creates [`TEST_USER`] if it does not exist; tolerates another test process doing the same
 /// at the same moment.
 fn ensure_test_user() -> io::Result<String> {
@@ -111,7 +107,7 @@ impl SshdFixture {
             path("authorized_keys"),
             std::fs::Permissions::from_mode(0o644),
         )?;
-        let (user, home) = if is_root() {
+        let (user, home) = if crate::is_root() {
             std::fs::create_dir_all("/run/sshd")?;
             (TEST_USER.to_owned(), ensure_test_user()?)
         } else {
