@@ -15,6 +15,7 @@
 
 pub mod known_hosts;
 mod process;
+mod sftp;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,11 @@ use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
 
 pub use process::SshProcess;
+pub use sftp::SftpFs;
+
+/// In-flight sessions per connection unless [`SshOptions::max_sessions`] says otherwise: below
+/// OpenSSH's default `MaxSessions` of 10, leaving room for the SFTP session.
+pub const DEFAULT_MAX_SESSIONS: usize = 8;
 
 /// How to connect, beyond what the destination says.
 #[derive(Debug, Clone)]
@@ -39,8 +45,11 @@ pub struct SshOptions {
     pub known_hosts: Option<PathBuf>,
     /// Record an unknown host key instead of refusing it (never a changed one).
     pub accept_new_host_key: bool,
-    /// Limit on TCP connect plus the SSH handshake and authentication.
+    /// Limit on TCP connect plus the SSH handshake and authentication, and on opening each
+    /// session once connected.
     pub connect_timeout: Duration,
+    /// Sessions (commands) open at once on the connection; more wait for a free slot.
+    pub max_sessions: usize,
 }
 
 impl Default for SshOptions {
@@ -50,11 +59,21 @@ impl Default for SshOptions {
             known_hosts: None,
             accept_new_host_key: false,
             connect_timeout: Duration::from_secs(15),
+            max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
 }
 
 type Handle = client::Handle<HostKeyCheck>;
+
+/// One authenticated connection and what is shared over it.
+struct Conn {
+    handle: Arc<Handle>,
+    /// Permits for sessions; a process holds one until its channel closes.
+    sessions: Arc<tokio::sync::Semaphore>,
+    /// The SFTP session, opened on first use.
+    sftp: tokio::sync::OnceCell<Arc<SftpFs>>,
+}
 
 /// One SSH server.
 pub struct SshBackend {
@@ -63,7 +82,7 @@ pub struct SshBackend {
     host: String,
     port: u16,
     user: String,
-    handle: tokio::sync::Mutex<Option<Arc<Handle>>>,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     last_error: Mutex<Option<Error>>,
 }
 
@@ -92,7 +111,7 @@ impl SshBackend {
             user,
             destination,
             options,
-            handle: tokio::sync::Mutex::new(None),
+            conn: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
         })
     }
@@ -112,11 +131,11 @@ impl SshBackend {
     }
 
     /// The live connection, connecting first if needed.
-    async fn handle(&self) -> Result<Arc<Handle>> {
-        let mut slot = self.handle.lock().await;
-        if let Some(handle) = slot.as_ref() {
-            if !handle.is_closed() {
-                return Ok(handle.clone());
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let mut slot = self.conn.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            if !conn.handle.is_closed() {
+                return Ok(conn.clone());
             }
         }
         let limit = self.options.connect_timeout;
@@ -133,9 +152,52 @@ impl SshBackend {
                 )))
             }
         };
-        let handle = Arc::new(handle);
-        *slot = Some(handle.clone());
-        Ok(handle)
+        let conn = Arc::new(Conn {
+            handle: Arc::new(handle),
+            sessions: Arc::new(tokio::sync::Semaphore::new(
+                self.options.max_sessions.max(1),
+            )),
+            sftp: tokio::sync::OnceCell::new(),
+        });
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// The SFTP file system of the live connection, starting it on first use.
+    async fn sftp(&self) -> Result<Arc<SftpFs>> {
+        let conn = self.conn().await?;
+        let addr = self.addr();
+        let limit = self.options.connect_timeout;
+        let start = async {
+            let channel = conn.handle.channel_open_session().await.map_err(|e| {
+                Error::new(
+                    ErrorKind::SessionDropped,
+                    format!("opening an SFTP session on `{addr}` failed: {e}"),
+                )
+            })?;
+            channel.request_subsystem(true, "sftp").await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!("`{addr}` refused the SFTP subsystem: {e}"),
+                )
+            })?;
+            SftpFs::start(channel.into_stream(), addr.clone())
+                .await
+                .map(Arc::new)
+        };
+        conn.sftp
+            .get_or_try_init(|| async {
+                tokio::time::timeout(limit, start)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!("starting SFTP on `{addr}` took longer than {limit:?}"),
+                        ))
+                    })
+            })
+            .await
+            .cloned()
     }
 
     async fn open(&self) -> Result<Handle> {
@@ -239,6 +301,31 @@ impl SshBackend {
                 problems.join("; ")
             ),
         ))
+    }
+}
+
+impl SshBackend {
+    /// A missing working directory is `NotFound` before anything runs, as on every backend.
+    async fn check_cwd(&self, dir: &str) -> Result<()> {
+        let fs = self.sftp().await?;
+        match reach_core::FileSystem::metadata(&*fs, dir).await {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "working directory `{dir}` on `{}` is not a directory",
+                    self.addr()
+                ),
+            )),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "working directory `{dir}` does not exist on `{}`",
+                    self.addr()
+                ),
+            )),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -379,13 +466,13 @@ impl Backend for SshBackend {
     }
 
     async fn connect(&self) -> Result<()> {
-        self.handle().await.map(drop)
+        self.conn().await.map(drop)
     }
 
     fn is_connected(&self) -> bool {
-        self.handle
+        self.conn
             .try_lock()
-            .map(|slot| slot.as_ref().is_some_and(|h| !h.is_closed()))
+            .map(|slot| slot.as_ref().is_some_and(|c| !c.handle.is_closed()))
             .unwrap_or(true)
     }
 
@@ -406,17 +493,32 @@ impl Backend for SshBackend {
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>> {
-        let handle = self.handle().await?;
-        Ok(Box::new(
-            SshProcess::start(&handle, spec, self.addr()).await?,
-        ))
+        let conn = self.conn().await?;
+        if let Some(dir) = &spec.cwd {
+            self.check_cwd(dir).await?;
+        }
+        let permit = conn.sessions.clone().acquire_owned().await.map_err(|_| {
+            Error::new(
+                ErrorKind::SessionDropped,
+                format!("the connection to `{}` was closed", self.addr()),
+            )
+        })?;
+        let limit = self.options.connect_timeout;
+        let start = SshProcess::start(conn.handle.clone(), spec, self.addr(), permit);
+        match tokio::time::timeout(limit, start).await {
+            Ok(process) => Ok(Box::new(process?)),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "`{}` did not open a session within {limit:?} (is the server overloaded?)",
+                    self.addr()
+                ),
+            )),
+        }
     }
 
     async fn fs(&self) -> Result<Arc<dyn FileSystem>> {
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            "files over SFTP are not implemented in reach-ssh yet",
-        ))
+        Ok(self.sftp().await?)
     }
 
     async fn platform(&self) -> Result<Platform> {
@@ -441,8 +543,9 @@ impl Backend for SshBackend {
     }
 
     async fn close(&self) -> Result<()> {
-        if let Some(handle) = self.handle.lock().await.take() {
-            let _ = handle
+        if let Some(conn) = self.conn.lock().await.take() {
+            let _ = conn
+                .handle
                 .disconnect(russh::Disconnect::ByApplication, "", "en")
                 .await;
         }

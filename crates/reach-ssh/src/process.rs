@@ -8,10 +8,14 @@ use reach_core::{
     shell_quote, BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process,
     PtySize, Result, Signal, StdinMode, Streams,
 };
+use std::time::Duration;
+
 use russh::client::Msg;
-use russh::{ChannelMsg, ChannelWriteHalf, Sig};
+use russh::{ChannelMsg, ChannelWriteHalf, Pty, Sig};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+type Handle = russh::client::Handle<crate::HostKeyCheck>;
 
 /// Bytes buffered per stream between the channel and the reader.
 const PIPE: usize = 256 * 1024;
@@ -88,11 +92,107 @@ fn from_sig(sig: &Sig) -> Signal {
     })
 }
 
+/// What a command under a time limit prints first (on stderr, or on the terminal under a
+/// PTY): its process group id, which the watchdog kills when the limit passes.
+const PGID_MARKER: &[u8] = b"\x1ereach-pgid:";
+/// How far into the stream the marker is looked for (shell start-up files may print first).
+const PGID_SEARCH: usize = 4096;
+
+/// The remote line for a command with a time limit: sshd makes the shell a session leader,
+/// so `$$` is the process group of everything the command starts.
+fn with_pgid_marker(line: &str) -> String {
+    format!("printf '\\036reach-pgid:%s\\n' $$ >&2; {line}")
+}
+
+/// Pulls the marker out of the first bytes of one stream.
+#[derive(Debug, Default)]
+struct MarkerScan {
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl MarkerScan {
+    /// Takes a chunk; returns the bytes to pass on and the process group once seen.
+    fn feed(&mut self, data: &[u8]) -> (Vec<u8>, Option<u32>) {
+        if self.done {
+            return (data.to_vec(), None);
+        }
+        self.buf.extend_from_slice(data);
+        let found = self
+            .buf
+            .windows(PGID_MARKER.len())
+            .position(|w| w == PGID_MARKER);
+        if let Some(at) = found {
+            let rest = &self.buf[at + PGID_MARKER.len()..];
+            if let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+                let digits = String::from_utf8_lossy(&rest[..nl]);
+                let pgid = digits.trim_end_matches('\r').parse().ok();
+                let mut out = self.buf[..at].to_vec();
+                out.extend_from_slice(&rest[nl + 1..]);
+                self.buf.clear();
+                self.done = true;
+                return (out, pgid);
+            }
+        }
+        if self.buf.len() > PGID_SEARCH {
+            self.done = true;
+            return (std::mem::take(&mut self.buf), None);
+        }
+        (Vec::new(), None)
+    }
+
+    /// What is still held back when the stream ends.
+    fn finish(&mut self) -> Vec<u8> {
+        self.done = true;
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Terminal modes for a PTY: a sane cooked terminal, as `stty sane` sets it, so line
+/// editing, `sudo`'s password prompt and full-screen programs behave.
+const PTY_MODES: &[(Pty, u32)] = &[
+    (Pty::VINTR, 3),
+    (Pty::VQUIT, 28),
+    (Pty::VERASE, 127),
+    (Pty::VKILL, 21),
+    (Pty::VEOF, 4),
+    (Pty::VSUSP, 26),
+    (Pty::ICRNL, 1),
+    (Pty::IXON, 1),
+    (Pty::IUTF8, 1),
+    (Pty::ISIG, 1),
+    (Pty::ICANON, 1),
+    (Pty::ECHO, 1),
+    (Pty::ECHOE, 1),
+    (Pty::ECHOK, 1),
+    (Pty::IEXTEN, 1),
+    (Pty::OPOST, 1),
+    (Pty::ONLCR, 1),
+    (Pty::CS8, 1),
+    (Pty::TTY_OP_ISPEED, 38400),
+    (Pty::TTY_OP_OSPEED, 38400),
+];
+
+type Slot = watch::Sender<Option<Result<ExitStatus>>>;
+
+/// Publishes the outcome unless one is there already (the first word wins).
+fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
+    slot.send_if_modified(|current| {
+        if current.is_none() {
+            *current = Some(outcome);
+            true
+        } else {
+            false
+        }
+    });
+}
+
 impl SshProcess {
     pub(crate) async fn start(
-        handle: &russh::client::Handle<crate::HostKeyCheck>,
+        handle: Arc<Handle>,
         spec: ExecSpec,
         addr: String,
+        permit: OwnedSemaphorePermit,
     ) -> Result<SshProcess> {
         let dropped = |what: &str, e: russh::Error| {
             Error::new(
@@ -113,12 +213,14 @@ impl SshProcess {
                     u32::from(pty.size.rows),
                     0,
                     0,
-                    &[],
+                    PTY_MODES,
                 )
                 .await
                 .map_err(|e| dropped("requesting a terminal", e))?;
         }
+        let limit = spec.timeout;
         match remote_line(&spec) {
+            Some(line) if limit.is_some() => channel.exec(true, with_pgid_marker(&line)).await,
             Some(line) => channel.exec(true, line).await,
             None => {
                 for (key, value) in &spec.env {
@@ -128,24 +230,28 @@ impl SshProcess {
             }
         }
         .map_err(|e| dropped("starting the command", e))?;
+        let pty = spec.pty.is_some();
         let (mut reader, writer) = channel.split();
         let writer = Arc::new(writer);
         let (mut out_tx, out_rx) = tokio::io::duplex(PIPE);
         let (mut err_tx, err_rx) = tokio::io::duplex(PIPE);
         let (result_tx, result_rx) = watch::channel(None);
+        let result_tx = Arc::new(result_tx);
+        let (pgid_tx, pgid_rx) = watch::channel(None::<u32>);
+        // The marker comes on stderr, or on the terminal (stdout) under a PTY.
+        let mut scan = limit.map(|_| (if pty { 0u32 } else { 1u32 }, MarkerScan::default()));
         let pump_addr = addr.clone();
+        let pump_result = result_tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut status = None;
             while let Some(msg) = reader.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        let _ = out_tx.write_all(&data).await;
-                    }
-                    ChannelMsg::ExtendedData { data, ext: 1 } => {
-                        let _ = err_tx.write_all(&data).await;
-                    }
+                let (stream, data) = match msg {
+                    ChannelMsg::Data { data } => (0u32, data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => (1, data),
                     ChannelMsg::ExitStatus { exit_status } => {
                         status = Some(ExitStatus::Code(exit_status as i32));
+                        continue;
                     }
                     ChannelMsg::ExitSignal {
                         signal_name,
@@ -156,14 +262,37 @@ impl SshProcess {
                             signal: from_sig(&signal_name),
                             core_dumped,
                         });
+                        continue;
                     }
                     ChannelMsg::Failure => {
                         status = None;
                         break;
                     }
                     ChannelMsg::Close => break,
-                    _ => {}
+                    _ => continue,
+                };
+                let target = if stream == 0 {
+                    &mut out_tx
+                } else {
+                    &mut err_tx
+                };
+                match &mut scan {
+                    Some((on, scan)) if *on == stream => {
+                        let (pass, pgid) = scan.feed(&data);
+                        if pgid.is_some() {
+                            let _ = pgid_tx.send(pgid);
+                        }
+                        let _ = target.write_all(&pass).await;
+                    }
+                    _ => {
+                        let _ = target.write_all(&data).await;
+                    }
                 }
+            }
+            if let Some((on, scan)) = &mut scan {
+                let rest = scan.finish();
+                let target = if *on == 0 { &mut out_tx } else { &mut err_tx };
+                let _ = target.write_all(&rest).await;
             }
             let _ = out_tx.shutdown().await;
             let _ = err_tx.shutdown().await;
@@ -176,8 +305,18 @@ impl SshProcess {
                     ),
                 )
             });
-            let _ = result_tx.send(Some(result));
+            publish(&pump_result, result);
         });
+        if let Some(limit) = limit {
+            tokio::spawn(watchdog(
+                handle,
+                writer.clone(),
+                result_tx.clone(),
+                pgid_rx,
+                limit,
+                addr.clone(),
+            ));
+        }
         let stdin: Option<BoxWrite> = match spec.stdin {
             StdinMode::Piped => {
                 let (tx, rx) = tokio::io::duplex(PIPE);
@@ -197,7 +336,6 @@ impl SshProcess {
                 None
             }
         };
-        let pty = spec.pty.is_some();
         Ok(SshProcess {
             writer,
             result: result_rx,
@@ -210,6 +348,58 @@ impl SshProcess {
             addr,
         })
     }
+}
+
+/// Ends a command that outlived its time limit: kills its whole process group on the
+/// server (through a second session), closes its channel and reports `Timeout`.
+async fn watchdog(
+    handle: Arc<Handle>,
+    writer: Arc<ChannelWriteHalf<Msg>>,
+    result: Arc<Slot>,
+    pgid: watch::Receiver<Option<u32>>,
+    limit: Duration,
+    addr: String,
+) {
+    let mut finished = result.subscribe();
+    if tokio::time::timeout(limit, finished.wait_for(Option::is_some))
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    let group = *pgid.borrow();
+    match group {
+        Some(group) if group > 1 => {
+            let killer = async {
+                let channel = handle.channel_open_session().await.ok()?;
+                channel
+                    .exec(true, format!("kill -s KILL -- -{group}"))
+                    .await
+                    .ok()?;
+                let mut channel = channel;
+                while let Some(msg) = channel.wait().await {
+                    if matches!(msg, ChannelMsg::Close | ChannelMsg::ExitStatus { .. }) {
+                        break;
+                    }
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), killer).await;
+        }
+        _ => {
+            let _ = writer.signal(Sig::KILL).await;
+        }
+    }
+    let _ = writer.close().await;
+    publish(
+        &result,
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the command on `{addr}` ran longer than its limit of {limit:?} and was killed"
+            ),
+        )),
+    );
 }
 
 #[async_trait]
@@ -293,5 +483,23 @@ mod tests {
             Some(r"cd '/tmp/x y' || exit 1; export K='it'\''s'; exec printf %s 'a b'")
         );
         assert_eq!(remote_line(&ExecSpec::login_shell()), None);
+    }
+
+    #[test]
+    fn the_pgid_marker_is_cut_out_wherever_it_lands() {
+        let mut scan = MarkerScan::default();
+        let (pass, pgid) = scan.feed(b"motd\n\x1ereach-pg");
+        assert!(pass.is_empty() && pgid.is_none());
+        let (pass, pgid) = scan.feed(b"id:4242\r\nerr text");
+        assert_eq!(pgid, Some(4242));
+        assert_eq!(pass, b"motd\nerr text");
+        assert_eq!(scan.feed(b"more").0, b"more");
+
+        let mut never = MarkerScan::default();
+        let (pass, _) = never.feed(&[b'x'; PGID_SEARCH + 1]);
+        assert_eq!(pass.len(), PGID_SEARCH + 1);
+        let mut short = MarkerScan::default();
+        assert!(short.feed(b"abc").0.is_empty());
+        assert_eq!(short.finish(), b"abc");
     }
 }

@@ -206,6 +206,28 @@ impl SshdFixture {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// A fresh directory named `name` that the SSH user owns (for scratch files); it is
+    /// removed with the fixture.
+    pub fn user_dir(&self, name: &str) -> io::Result<String> {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir(&dir)?;
+        if crate::is_root() {
+            run(Command::new("chown").arg(&self.user).arg(&dir))?;
+        }
+        Ok(dir.to_string_lossy().into_owned())
+    }
+
+    /// A directory in which the SSH user may not create entries: owned by root with mode
+    /// 0755 (as root), or mode 0555 otherwise.
+    pub fn denied_dir(&self, name: &str) -> io::Result<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir(&dir)?;
+        let mode = if crate::is_root() { 0o755 } else { 0o555 };
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))?;
+        Ok(dir.to_string_lossy().into_owned())
+    }
+
     /// `ssh://USER@127.0.0.1:PORT`.
     pub fn destination(&self) -> String {
         format!("ssh://{}@127.0.0.1:{}", self.user, self.port)

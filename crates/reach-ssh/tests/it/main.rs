@@ -1,6 +1,8 @@
 //! reach-ssh against the real Debian sshd (`reach_test::sshd::SshdFixture`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod conformance;
+
 use std::process::Command;
 use std::time::Duration;
 
