@@ -113,7 +113,7 @@ fn hashed_match(hashed: &str, name: &str) -> bool {
 }
 
 /// `*` matches any run of characters, `?` one; case-insensitive, as OpenSSH matches hosts.
-fn wildcard_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn wildcard_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
     let n: Vec<char> = name.to_ascii_lowercase().chars().collect();
     let (mut pi, mut ni) = (0, 0);

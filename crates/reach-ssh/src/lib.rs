@@ -1,18 +1,20 @@
-//! The SSH backend of reach (work in progress: not yet registered in the facade).
+//! The SSH backend of reach.
 //!
-//! [`SshBackend`] connects with russh (ring crypto, no C dependencies), checks the server's
-//! host key against a `known_hosts` file with OpenSSH's rules ([`known_hosts`]), and
-//! authenticates with private key files. One connection carries many sessions.
+//! [`SshBackend`] connects with russh (ring crypto, no C dependencies), reads the user's
+//! OpenSSH client configuration ([`config`]), reaches the server directly or through
+//! `ProxyJump` hosts, checks every host key against a `known_hosts` file with OpenSSH's
+//! rules ([`known_hosts`]) and authenticates in `ssh`'s order (see [`SshOptions`]). One
+//! connection carries many sessions, at most [`SshOptions::max_sessions`] at once (more
+//! wait), plus one SFTP session for [`Backend::fs`].
 //!
 //! Safe defaults: an unknown host key is refused (with its fingerprint and the option that
 //! accepts it), a changed or revoked one always is, and a missing known_hosts file is an
-//! error unless accept-new is set. Private keys are zeroized when dropped (by `ssh-key`).
-//!
-//! Not yet here (see the open issue): SFTP ([`Backend::fs`] returns `Unsupported`),
-//! ssh-agent and password auth, `~/.ssh/config`, ProxyJump, the session cap, and killing
-//! the remote process tree on timeout.
+//! error unless accept-new is set. Passwords, passphrases and key text are held in
+//! [`Zeroizing`] buffers and never logged; private keys are zeroized when dropped.
 #![deny(missing_docs)]
 
+mod auth;
+pub mod config;
 pub mod known_hosts;
 mod process;
 mod sftp;
@@ -27,7 +29,10 @@ use reach_core::{
     Result,
 };
 use russh::client;
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{HashAlg, PublicKey};
+use zeroize::Zeroizing;
+
+use config::SshConfig;
 
 pub use process::SshProcess;
 pub use sftp::SftpFs;
@@ -36,18 +41,52 @@ pub use sftp::SftpFs;
 /// OpenSSH's default `MaxSessions` of 10, leaving room for the SFTP session.
 pub const DEFAULT_MAX_SESSIONS: usize = 8;
 
-/// How to connect, beyond what the destination says.
-#[derive(Debug, Clone)]
+/// Asks the person at the terminal for a secret (`prompt` says which); `None` if nobody can
+/// answer. The CLI reads from the terminal with echo off.
+pub type Prompt = Arc<dyn Fn(&str) -> Option<Zeroizing<String>> + Send + Sync>;
+
+/// How to connect, beyond what the destination says. Unset fields come from the OpenSSH
+/// client configuration, then from `ssh`'s defaults.
+///
+/// Authentication is tried in this order: [`SshOptions::identity`] (`-i`), the ssh-agent
+/// (unless `IdentitiesOnly yes`), the config's `IdentityFile`s, the default key files
+/// (`~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`), then a password ([`SshOptions::password`],
+/// else [`SshOptions::prompt`]), by the `password` or `keyboard-interactive` method.
+#[derive(Clone)]
 pub struct SshOptions {
-    /// The private key to offer (else `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`).
+    /// The private key to offer first: a file, or the key text itself (`-----BEGIN ...`).
     pub identity: Option<PathBuf>,
-    /// The known_hosts file (else `~/.ssh/known_hosts`).
+    /// Passphrase for encrypted keys (else [`SshOptions::prompt`] is asked).
+    pub passphrase: Option<Zeroizing<String>>,
+    /// Password for password authentication (else [`SshOptions::prompt`] is asked).
+    pub password: Option<Zeroizing<String>>,
+    /// Asks for passphrases and passwords that were not given.
+    pub prompt: Option<Prompt>,
+    /// Use the ssh-agent.
+    pub use_agent: bool,
+    /// The agent's socket (else `$SSH_AUTH_SOCK`).
+    pub agent_socket: Option<PathBuf>,
+    /// The known_hosts file (else the config's `UserKnownHostsFile`, else
+    /// `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
     /// Record an unknown host key instead of refusing it (never a changed one).
     pub accept_new_host_key: bool,
-    /// Limit on TCP connect plus the SSH handshake and authentication, and on opening each
-    /// session once connected.
-    pub connect_timeout: Duration,
+    /// The client configuration (`-F`); else `~/.ssh/config` if it exists.
+    pub config_file: Option<PathBuf>,
+    /// Read no client configuration at all.
+    pub no_config: bool,
+    /// Port, unless the destination names one (`-p`).
+    pub port: Option<u16>,
+    /// User, unless the destination names one (`-l`).
+    pub user: Option<String>,
+    /// Jump hosts, overriding the config's `ProxyJump` (`-J`).
+    pub proxy_jump: Option<Vec<String>>,
+    /// Limit on TCP connect plus handshake and authentication, and on opening each session
+    /// (else the config's `ConnectTimeout`, else 15 s).
+    pub connect_timeout: Option<Duration>,
+    /// Keepalive interval (else the config's `ServerAliveInterval`, else 15 s); after
+    /// `ServerAliveCountMax` (3) unanswered ones the connection counts as dead.
+    pub keepalive_interval: Option<Duration>,
     /// Sessions (commands) open at once on the connection; more wait for a free slot.
     pub max_sessions: usize,
 }
@@ -56,12 +95,147 @@ impl Default for SshOptions {
     fn default() -> Self {
         SshOptions {
             identity: None,
+            passphrase: None,
+            password: None,
+            prompt: None,
+            use_agent: true,
+            agent_socket: None,
             known_hosts: None,
             accept_new_host_key: false,
-            connect_timeout: Duration::from_secs(15),
+            config_file: None,
+            no_config: false,
+            port: None,
+            user: None,
+            proxy_jump: None,
+            connect_timeout: None,
+            keepalive_interval: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
         }
     }
+}
+
+impl std::fmt::Debug for SshOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |s: &Option<Zeroizing<String>>| s.as_ref().map(|_| "<secret>");
+        f.debug_struct("SshOptions")
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|p| {
+                    if auth::is_key_text(p) {
+                        PathBuf::from("<key text>")
+                    } else {
+                        p.clone()
+                    }
+                }),
+            )
+            .field("passphrase", &secret(&self.passphrase))
+            .field("password", &secret(&self.password))
+            .field("prompt", &self.prompt.as_ref().map(|_| "<fn>"))
+            .field("use_agent", &self.use_agent)
+            .field("agent_socket", &self.agent_socket)
+            .field("known_hosts", &self.known_hosts)
+            .field("accept_new_host_key", &self.accept_new_host_key)
+            .field("config_file", &self.config_file)
+            .field("no_config", &self.no_config)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("proxy_jump", &self.proxy_jump)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("max_sessions", &self.max_sessions)
+            .finish()
+    }
+}
+
+/// One hop, fully resolved: where to connect and how to log in.
+#[derive(Debug, Clone)]
+struct Hop {
+    /// What the user typed (the config's `Host` name).
+    alias: String,
+    /// The host to connect to (after `HostName`).
+    host: String,
+    port: u16,
+    user: String,
+    identity_files: Vec<PathBuf>,
+    identities_only: bool,
+    known_hosts: PathBuf,
+    accept_new: bool,
+    connect_timeout: Duration,
+    keepalive: Option<Duration>,
+    keepalive_max: usize,
+}
+
+impl Hop {
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Splits `[user@]host[:port]` (a ProxyJump entry, or `ssh://...`).
+fn split_jump(spec: &str) -> Result<(Option<String>, String, Option<u16>)> {
+    let dest = Destination::parse_with_default(spec, "ssh").map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("jump host `{spec}` is not [user@]host[:port]: {e}"),
+        )
+    })?;
+    Ok((
+        dest.user().map(str::to_owned),
+        dest.host().to_owned(),
+        dest.port(),
+    ))
+}
+
+/// Resolves a host as `ssh` would: explicit values, then the config, then defaults.
+fn resolve_hop(
+    alias: &str,
+    user: Option<&str>,
+    port: Option<u16>,
+    options: &SshOptions,
+    config: &SshConfig,
+) -> Result<(Hop, Vec<String>)> {
+    let host_config = config.resolve(alias)?;
+    let user = user
+        .map(str::to_owned)
+        .or_else(|| options.user.clone())
+        .or(host_config.user)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".to_owned());
+    let strict = host_config.strict_host_key_checking.as_deref();
+    let keepalive = match options
+        .keepalive_interval
+        .or(host_config.server_alive_interval)
+    {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(15)),
+    };
+    let hop = Hop {
+        alias: alias.to_owned(),
+        host: host_config.host_name.unwrap_or_else(|| alias.to_owned()),
+        port: port.or(options.port).or(host_config.port).unwrap_or(22),
+        user,
+        identity_files: host_config.identity_files,
+        identities_only: host_config.identities_only.unwrap_or(false),
+        known_hosts: options
+            .known_hosts
+            .clone()
+            .or(host_config.user_known_hosts_file)
+            .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
+        accept_new: options.accept_new_host_key
+            || matches!(strict, Some("accept-new" | "no" | "off")),
+        connect_timeout: options
+            .connect_timeout
+            .or(host_config.connect_timeout)
+            .unwrap_or(Duration::from_secs(15)),
+        keepalive,
+        keepalive_max: host_config.server_alive_count_max.unwrap_or(3) as usize,
+    };
+    Ok((hop, host_config.proxy_jump.unwrap_or_default()))
 }
 
 type Handle = client::Handle<HostKeyCheck>;
@@ -73,15 +247,18 @@ struct Conn {
     sessions: Arc<tokio::sync::Semaphore>,
     /// The SFTP session, opened on first use.
     sftp: tokio::sync::OnceCell<Arc<SftpFs>>,
+    /// Jump-host connections the handle's transport runs through.
+    _carriers: Vec<Arc<Handle>>,
 }
 
 /// One SSH server.
 pub struct SshBackend {
     destination: Destination,
     options: SshOptions,
-    host: String,
-    port: u16,
-    user: String,
+    /// The server, resolved through the config.
+    target: Hop,
+    /// Jump hosts to pass through, in order.
+    jumps: Vec<Hop>,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     last_error: Mutex<Option<Error>>,
 }
@@ -93,7 +270,8 @@ fn home() -> PathBuf {
 }
 
 impl SshBackend {
-    /// A backend for `destination` (`ssh://[user@]host[:port]`); connects on first use.
+    /// A backend for `destination` (`ssh://[user@]host[:port]`, or the bare form); reads
+    /// the client configuration now, connects on first use.
     pub fn new(destination: Destination, options: SshOptions) -> Result<Self> {
         if destination.host().is_empty() {
             return Err(Error::new(
@@ -101,26 +279,39 @@ impl SshBackend {
                 format!("`{destination}` names no host"),
             ));
         }
-        let user = match destination.user() {
-            Some(user) => user.to_owned(),
-            None => std::env::var("USER").unwrap_or_else(|_| "root".to_owned()),
+        let config = if options.no_config {
+            SshConfig::default()
+        } else if let Some(path) = &options.config_file {
+            SshConfig::load(path)?
+        } else {
+            SshConfig::load_default()?
         };
+        let (target, config_jumps) = resolve_hop(
+            destination.host(),
+            destination.user(),
+            destination.port(),
+            &options,
+            &config,
+        )?;
+        let jump_specs = options.proxy_jump.clone().unwrap_or(config_jumps);
+        let mut jumps = Vec::new();
+        for spec in &jump_specs {
+            let (user, host, port) = split_jump(spec)?;
+            let no_overrides = SshOptions {
+                port: None,
+                user: None,
+                ..options.clone()
+            };
+            jumps.push(resolve_hop(&host, user.as_deref(), port, &no_overrides, &config)?.0);
+        }
         Ok(SshBackend {
-            host: destination.host().to_owned(),
-            port: destination.port().unwrap_or(22),
-            user,
+            target,
+            jumps,
             destination,
             options,
             conn: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
         })
-    }
-
-    fn known_hosts_path(&self) -> PathBuf {
-        self.options
-            .known_hosts
-            .clone()
-            .unwrap_or_else(|| home().join(".ssh").join("known_hosts"))
     }
 
     fn remember(&self, err: Error) -> Error {
@@ -138,8 +329,8 @@ impl SshBackend {
                 return Ok(conn.clone());
             }
         }
-        let limit = self.options.connect_timeout;
-        let handle = match tokio::time::timeout(limit, self.open()).await {
+        let limit = self.target.connect_timeout;
+        let (handle, carriers) = match tokio::time::timeout(limit, self.open()).await {
             Ok(result) => result.map_err(|e| self.remember(e))?,
             Err(_) => {
                 return Err(self.remember(Error::new(
@@ -154,6 +345,7 @@ impl SshBackend {
         };
         let conn = Arc::new(Conn {
             handle: Arc::new(handle),
+            _carriers: carriers,
             sessions: Arc::new(tokio::sync::Semaphore::new(
                 self.options.max_sessions.max(1),
             )),
@@ -167,7 +359,7 @@ impl SshBackend {
     async fn sftp(&self) -> Result<Arc<SftpFs>> {
         let conn = self.conn().await?;
         let addr = self.addr();
-        let limit = self.options.connect_timeout;
+        let limit = self.target.connect_timeout;
         let start = async {
             let channel = conn.handle.channel_open_session().await.map_err(|e| {
                 Error::new(
@@ -200,31 +392,78 @@ impl SshBackend {
             .cloned()
     }
 
-    async fn open(&self) -> Result<Handle> {
-        let addr = self.addr();
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unreachable,
-                    format!("cannot reach `{addr}`: {e} (is an SSH server listening there?)"),
-                )
-                .with_source(e)
-            })?;
-        let _ = stream.set_nodelay(true);
+    /// Connects through the jump hosts (if any) to the target; returns the target's
+    /// handle and the jump connections that carry it.
+    async fn open(&self) -> Result<(Handle, Vec<Arc<Handle>>)> {
+        let mut carriers: Vec<Arc<Handle>> = Vec::new();
+        let hops: Vec<&Hop> = self.jumps.iter().chain([&self.target]).collect();
+        for (i, hop) in hops.iter().enumerate() {
+            let handle = match carriers.last() {
+                None => {
+                    let stream = tokio::net::TcpStream::connect((hop.host.as_str(), hop.port))
+                        .await
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Unreachable,
+                                format!(
+                                    "cannot reach `{}`: {e} (is an SSH server listening there?)",
+                                    hop.addr()
+                                ),
+                            )
+                            .with_source(e)
+                        })?;
+                    let _ = stream.set_nodelay(true);
+                    self.handshake(hop, stream).await?
+                }
+                Some(via) => {
+                    let channel = via
+                        .channel_open_direct_tcpip(
+                            hop.host.clone(),
+                            u32::from(hop.port),
+                            "127.0.0.1",
+                            0,
+                        )
+                        .await
+                        .map_err(|e| {
+                            Error::new(
+                                ErrorKind::Unreachable,
+                                format!(
+                                    "jump host `{}` could not reach `{}`: {e}",
+                                    hops[i - 1].alias,
+                                    hop.addr()
+                                ),
+                            )
+                        })?;
+                    self.handshake(hop, channel.into_stream()).await?
+                }
+            };
+            if i + 1 == hops.len() {
+                return Ok((handle, carriers));
+            }
+            carriers.push(Arc::new(handle));
+        }
+        Err(Error::new(ErrorKind::InvalidInput, "no host to connect to"))
+    }
+
+    /// The SSH handshake, host key check and authentication with one hop over `stream`.
+    async fn handshake<S>(&self, hop: &Hop, stream: S) -> Result<Handle>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let config = Arc::new(client::Config {
-            keepalive_interval: Some(Duration::from_secs(15)),
-            keepalive_max: 3,
+            keepalive_interval: hop.keepalive,
+            keepalive_max: hop.keepalive_max,
             nodelay: true,
-            window_size: 8 * 1024 * 1024,
+            window_size: 16 * 1024 * 1024,
+            maximum_packet_size: 65535,
             ..Default::default()
         });
         let rejection = Arc::new(Mutex::new(None));
         let checker = HostKeyCheck {
-            host: self.host.clone(),
-            port: self.port,
-            path: self.known_hosts_path(),
-            accept_new: self.options.accept_new_host_key,
+            host: hop.host.clone(),
+            port: hop.port,
+            path: hop.known_hosts.clone(),
+            accept_new: hop.accept_new,
             rejection: rejection.clone(),
         };
         let mut handle = match client::connect_stream(config, stream, checker).await {
@@ -234,73 +473,13 @@ impl SshBackend {
                 return Err(refused.unwrap_or_else(|| {
                     Error::new(
                         ErrorKind::Protocol,
-                        format!("SSH handshake with `{addr}` failed: {e}"),
+                        format!("SSH handshake with `{}` failed: {e}", hop.addr()),
                     )
                 }));
             }
         };
-        self.authenticate(&mut handle).await?;
+        auth::authenticate(&mut handle, hop, &self.options).await?;
         Ok(handle)
-    }
-
-    async fn authenticate(&self, handle: &mut Handle) -> Result<()> {
-        let candidates: Vec<PathBuf> = match &self.options.identity {
-            Some(path) => vec![path.clone()],
-            None => ["id_ed25519", "id_ecdsa", "id_rsa"]
-                .iter()
-                .map(|name| home().join(".ssh").join(name))
-                .filter(|p| p.exists())
-                .collect(),
-        };
-        if candidates.is_empty() {
-            return Err(Error::new(
-                ErrorKind::AuthFailed,
-                format!(
-                    "no private key to offer to `{}`: pass -i FILE or create ~/.ssh/id_ed25519",
-                    self.addr()
-                ),
-            ));
-        }
-        let mut problems = Vec::new();
-        for path in &candidates {
-            let key = match russh::keys::load_secret_key(path, None) {
-                Ok(key) => key,
-                Err(e) => {
-                    problems.push(format!("`{}` could not be loaded: {e}", path.display()));
-                    continue;
-                }
-            };
-            let hash = handle
-                .best_supported_rsa_hash()
-                .await
-                .ok()
-                .flatten()
-                .flatten();
-            let offer = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
-            match handle.authenticate_publickey(&self.user, offer).await {
-                Ok(result) if result.success() => return Ok(()),
-                Ok(_) => problems.push(format!("`{}` was refused", path.display())),
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::SessionDropped,
-                        format!(
-                            "the connection to `{}` broke during authentication: {e}",
-                            self.addr()
-                        ),
-                    ))
-                }
-            }
-        }
-        Err(Error::new(
-            ErrorKind::AuthFailed,
-            format!(
-                "`{}@{}` did not accept any key ({}): check the server's authorized_keys or pass \
-                 -i FILE",
-                self.user,
-                self.addr(),
-                problems.join("; ")
-            ),
-        ))
     }
 }
 
@@ -334,7 +513,11 @@ impl std::fmt::Debug for SshBackend {
         f.debug_struct("SshBackend")
             .field("destination", &self.destination)
             .field("addr", &self.addr())
-            .field("user", &self.user)
+            .field("user", &self.target.user)
+            .field(
+                "jumps",
+                &self.jumps.iter().map(Hop::addr).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -454,15 +637,15 @@ impl Backend for SshBackend {
     }
 
     fn addr(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        self.target.addr()
     }
 
     fn user(&self) -> String {
-        self.user.clone()
+        self.target.user.clone()
+    }
+
+    fn keepalive_interval(&self) -> Option<Duration> {
+        self.target.keepalive
     }
 
     async fn connect(&self) -> Result<()> {
@@ -503,7 +686,7 @@ impl Backend for SshBackend {
                 format!("the connection to `{}` was closed", self.addr()),
             )
         })?;
-        let limit = self.options.connect_timeout;
+        let limit = self.target.connect_timeout;
         let start = SshProcess::start(conn.handle.clone(), spec, self.addr(), permit);
         match tokio::time::timeout(limit, start).await {
             Ok(process) => Ok(Box::new(process?)),

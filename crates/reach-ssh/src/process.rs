@@ -8,6 +8,7 @@ use reach_core::{
     shell_quote, BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process,
     PtySize, Result, Signal, StdinMode, Streams,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use russh::client::Msg;
@@ -173,6 +174,24 @@ const PTY_MODES: &[(Pty, u32)] = &[
     (Pty::TTY_OP_OSPEED, 38400),
 ];
 
+/// Opens a session channel. A server refuses one while it still counts a session that just
+/// closed against `MaxSessions`; that refusal is retried briefly (the caller's session cap
+/// keeps us below the limit, so the slot frees within moments).
+pub(crate) async fn open_session(
+    handle: &Handle,
+) -> std::result::Result<russh::Channel<Msg>, russh::Error> {
+    let mut attempt = 0u64;
+    loop {
+        match handle.channel_open_session().await {
+            Err(russh::Error::ChannelOpenFailure(_)) if attempt < 40 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 * attempt.min(20))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 type Slot = watch::Sender<Option<Result<ExitStatus>>>;
 
 /// Publishes the outcome unless one is there already (the first word wins).
@@ -200,8 +219,7 @@ impl SshProcess {
                 format!("{what} on `{addr}` failed: {e}"),
             )
         };
-        let channel = handle
-            .channel_open_session()
+        let channel = open_session(&handle)
             .await
             .map_err(|e| dropped("opening a session", e))?;
         if let Some(pty) = &spec.pty {
@@ -242,6 +260,8 @@ impl SshProcess {
         let mut scan = limit.map(|_| (if pty { 0u32 } else { 1u32 }, MarkerScan::default()));
         let pump_addr = addr.clone();
         let pump_result = result_tx.clone();
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let pump_timed_out = timed_out.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut status = None;
@@ -305,13 +325,17 @@ impl SshProcess {
                     ),
                 )
             });
-            publish(&pump_result, result);
+            // Once the watchdog fired, the kill it sent is not the command's own ending.
+            if !pump_timed_out.load(Ordering::SeqCst) {
+                publish(&pump_result, result);
+            }
         });
         if let Some(limit) = limit {
             tokio::spawn(watchdog(
                 handle,
                 writer.clone(),
                 result_tx.clone(),
+                timed_out,
                 pgid_rx,
                 limit,
                 addr.clone(),
@@ -356,6 +380,7 @@ async fn watchdog(
     handle: Arc<Handle>,
     writer: Arc<ChannelWriteHalf<Msg>>,
     result: Arc<Slot>,
+    timed_out: Arc<AtomicBool>,
     pgid: watch::Receiver<Option<u32>>,
     limit: Duration,
     addr: String,
@@ -367,6 +392,7 @@ async fn watchdog(
     {
         return;
     }
+    timed_out.store(true, Ordering::SeqCst);
     let group = *pgid.borrow();
     match group {
         Some(group) if group > 1 => {
