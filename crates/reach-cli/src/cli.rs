@@ -4,14 +4,18 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// Run commands and move files on any machine: the local host (`local`), and soon SSH and
-/// Docker targets, through one interface.
+/// Run commands and move files on any machine: the local host (`local`), SSH servers
+/// (`ssh://[user@]host[:port]` or `[user@]host`), and soon Docker containers, through one
+/// interface.
 #[derive(Debug, Parser)]
 #[command(name = "reach", version, propagate_version = true)]
 pub struct Cli {
     /// Print machine-readable JSON instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub conn: ConnArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -46,6 +50,36 @@ pub enum Command {
     Mv(MvArgs),
     /// Change permission bits (octal MODE, DEST:PATH).
     Chmod(ChmodArgs),
+}
+
+/// How to connect: the same flags on every subcommand, before or after its name.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// SSH: the private key to offer first (a file, or the key text itself).
+    #[arg(short = 'i', long = "identity", value_name = "FILE", global = true)]
+    pub identity: Option<std::path::PathBuf>,
+    /// SSH: the known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long = "known-hosts", value_name = "FILE", global = true)]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// SSH: record an unknown host key instead of refusing it (a changed key is always
+    /// refused), like StrictHostKeyChecking=accept-new.
+    #[arg(long = "accept-new-host-key", global = true)]
+    pub accept_new_host_key: bool,
+    /// SSH: the client configuration file (default ~/.ssh/config).
+    #[arg(short = 'F', long = "ssh-config", value_name = "FILE", global = true)]
+    pub ssh_config: Option<std::path::PathBuf>,
+    /// SSH: the port, unless the destination names one.
+    #[arg(short = 'p', long = "port", value_name = "PORT", global = true)]
+    pub port: Option<u16>,
+    /// SSH: the user to log in as, unless the destination names one.
+    #[arg(short = 'l', long = "login", value_name = "USER", global = true)]
+    pub login: Option<String>,
+    /// SSH: jump hosts, comma-separated `[user@]host[:port]` (like ssh -J).
+    #[arg(short = 'J', long = "jump", value_name = "HOSTS", global = true)]
+    pub jump: Option<String>,
+    /// Limit on connecting and authenticating (`10s`; default from the config, else 15s).
+    #[arg(long = "connect-timeout", value_name = "DURATION", value_parser = parse_duration, global = true)]
+    pub connect_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -86,8 +120,8 @@ pub struct InfoArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Long listing: type, mode, size, modification time.
-    #[arg(short = 'l')]
+    /// Long listing: type, mode, size, modification time (`-l` is the login user).
+    #[arg(long = "long")]
     pub long: bool,
     /// Include names starting with `.`.
     #[arg(short = 'a')]
@@ -127,8 +161,8 @@ pub struct RmArgs {
 
 #[derive(Debug, Args)]
 pub struct MkdirArgs {
-    /// Create missing parents; no error if the directory exists.
-    #[arg(short = 'p', long = "parents")]
+    /// Create missing parents; no error if the directory exists (`-p` is the port).
+    #[arg(long = "parents")]
     pub parents: bool,
     /// Directories (DEST:PATH).
     #[arg(required = true)]

@@ -46,3 +46,30 @@ impl Drop for RawMode {
         let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSADRAIN, &self.saved);
     }
 }
+
+/// Asks for a secret on the controlling terminal (`/dev/tty`) with echo off; `None` when
+/// there is no terminal (then only the environment variables can supply it).
+pub fn prompt_secret(prompt: &str) -> Option<reach::ssh::zeroize::Zeroizing<String>> {
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .ok()?;
+    let saved = termios::tcgetattr(tty.as_fd()).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(termios::LocalFlags::ECHO);
+    quiet.local_flags.insert(termios::LocalFlags::ECHONL);
+    let mut writer = &tty;
+    let _ = writer.write_all(prompt.as_bytes());
+    let _ = writer.flush();
+    termios::tcsetattr(tty.as_fd(), SetArg::TCSAFLUSH, &quiet).ok()?;
+    let mut line = reach::ssh::zeroize::Zeroizing::new(String::new());
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = termios::tcsetattr(tty.as_fd(), SetArg::TCSAFLUSH, &saved);
+    read.ok()?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Some(line)
+}

@@ -36,6 +36,8 @@ use config::SshConfig;
 
 pub use process::SshProcess;
 pub use sftp::SftpFs;
+/// The zeroizing buffer type that secrets in [`SshOptions`] are held in.
+pub use zeroize;
 
 /// In-flight sessions per connection unless [`SshOptions::max_sessions`] says otherwise: below
 /// OpenSSH's default `MaxSessions` of 10, leaving room for the SFTP session.

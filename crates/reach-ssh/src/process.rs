@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reach_core::{
-    shell_quote, BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process,
-    PtySize, Result, Signal, StdinMode, Streams,
+    shell_quote, BoxRead, BoxWrite, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
+    Result, Signal, StdinMode, Streams,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -49,9 +49,6 @@ fn remote_line(spec: &ExecSpec) -> Option<String> {
     }
     for (key, value) in &spec.env {
         line.push_str(&format!("export {key}={}; ", shell_quote(value)));
-    }
-    if matches!(spec.command, CommandLine::Argv(_)) {
-        line.push_str("exec ");
     }
     line.push_str(&command);
     Some(line)
@@ -506,7 +503,7 @@ mod tests {
             .env("K", "it's");
         assert_eq!(
             remote_line(&spec).as_deref(),
-            Some(r"cd '/tmp/x y' || exit 1; export K='it'\''s'; exec printf %s 'a b'")
+            Some(r"cd '/tmp/x y' || exit 1; export K='it'\''s'; printf %s 'a b'")
         );
         assert_eq!(remote_line(&ExecSpec::login_shell()), None);
     }

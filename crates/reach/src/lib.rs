@@ -16,9 +16,11 @@
 //!
 //! Each backend is a feature:
 //! - `local` (default): the local host, from `reach-local`.
+//! - `ssh` (default): SSH servers with SFTP, from `reach-ssh` (re-exported as [`ssh`]);
+//!   `ssh://[user@]host[:port]` and the bare `[user@]host[:port]` resolve to it.
 //!
-//! The `ssh` and `docker` schemes parse today and are refused with
-//! [`ErrorKind::Unsupported`] until their backends land.
+//! The `docker` scheme parses today and is refused with [`ErrorKind::Unsupported`] until
+//! its backend lands.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -26,6 +28,18 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use reach_core::*;
+#[cfg(feature = "ssh")]
+pub use reach_ssh as ssh;
+
+/// How backends connect, beyond what a destination says (one field per backend that has
+/// settings; unset values fall back to each backend's own defaults and configuration).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// Settings for `ssh` destinations.
+    #[cfg(feature = "ssh")]
+    pub ssh: reach_ssh::SshOptions,
+}
 
 /// Makes a backend for a destination of the scheme it is registered under.
 pub type Factory = Arc<dyn Fn(&Destination) -> Result<Arc<dyn Backend>> + Send + Sync>;
@@ -47,10 +61,26 @@ impl Registry {
         }
     }
 
-    /// Every backend compiled into this build.
+    /// Every backend compiled into this build, with default settings.
     pub fn with_defaults() -> Self {
+        Self::with_options(&ConnectOptions::default())
+    }
+
+    /// Every backend compiled into this build, with `options`.
+    #[allow(unused_variables)]
+    pub fn with_options(options: &ConnectOptions) -> Self {
         #[allow(unused_mut)]
         let mut registry = Self::empty();
+        #[cfg(feature = "ssh")]
+        {
+            let ssh = options.ssh.clone();
+            registry.register("ssh", move |destination| {
+                Ok(Arc::new(reach_ssh::SshBackend::new(
+                    destination.clone(),
+                    ssh.clone(),
+                )?) as Arc<dyn Backend>)
+            });
+        }
         #[cfg(feature = "local")]
         registry.register("local", |_| {
             Ok(Arc::new(reach_local::LocalBackend::new()) as Arc<dyn Backend>)
@@ -135,11 +165,30 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.to_string().contains("unknown scheme `nosuch`"), "{err}");
         assert!(err.to_string().contains("local"), "{err}");
-        let err = registry.resolve("user@host").unwrap_err();
+        let err = registry.resolve("docker://box").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
-        assert!(err.to_string().contains("SSH backend"), "{err}");
+        assert!(err.to_string().contains("Docker backend"), "{err}");
         let err = registry.resolve("ssh://@:99999").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[cfg(feature = "ssh")]
+    #[test]
+    fn bare_hosts_and_ssh_urls_resolve_to_ssh() {
+        let registry = Registry::with_options(&ConnectOptions {
+            ssh: reach_ssh::SshOptions {
+                no_config: true,
+                ..Default::default()
+            },
+        });
+        for destination in ["user@example.org", "example.org:2222", "ssh://u@h:22"] {
+            let backend = registry.resolve(destination).unwrap();
+            assert_eq!(backend.kind(), "ssh", "{destination}");
+        }
+        assert_eq!(
+            registry.resolve("example.org:2222").unwrap().addr(),
+            "example.org:2222"
+        );
     }
 
     #[tokio::test]

@@ -6,13 +6,14 @@ mod files;
 mod info;
 
 use std::ffi::OsString;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
+use reach::ssh::zeroize::Zeroizing;
 use reach::{Backend, Registry};
 
-use crate::cli::{Cli, Command};
-use crate::{exit, output};
+use crate::cli::{Cli, Command, ConnArgs};
+use crate::{exit, output, term};
 
 /// Runs the command line `args` and returns the process exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
@@ -43,8 +44,40 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
+/// The backends made so far, by destination, so that several paths on one target share
+/// one connection.
+static BACKENDS: Mutex<Vec<(String, Arc<dyn Backend>)>> = Mutex::new(Vec::new());
+/// The registry built from the connection flags.
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+fn registry(conn: &ConnArgs) -> Registry {
+    let mut options = reach::ConnectOptions::default();
+    let ssh = &mut options.ssh;
+    ssh.identity = conn.identity.clone();
+    ssh.known_hosts = conn.known_hosts.clone();
+    ssh.accept_new_host_key = conn.accept_new_host_key;
+    ssh.config_file = conn.ssh_config.clone();
+    ssh.port = conn.port;
+    ssh.user = conn.login.clone();
+    ssh.proxy_jump = conn
+        .jump
+        .as_ref()
+        .map(|j| j.split(',').map(|s| s.trim().to_owned()).collect());
+    ssh.connect_timeout = conn.connect_timeout;
+    ssh.password = secret_from_env("REACH_SSH_PASSWORD");
+    ssh.passphrase = secret_from_env("REACH_SSH_PASSPHRASE");
+    ssh.prompt = Some(Arc::new(term::prompt_secret));
+    Registry::with_options(&options)
+}
+
+/// A secret from the environment (for scripts), held in a buffer wiped on drop.
+fn secret_from_env(name: &str) -> Option<Zeroizing<String>> {
+    std::env::var(name).ok().map(Zeroizing::new)
+}
+
 async fn dispatch(cli: Cli) -> reach::Result<i32> {
     let json = cli.json;
+    let _ = REGISTRY.set(registry(&cli.conn));
     match cli.command {
         Command::Exec(args) => exec::exec(args, json).await,
         Command::Shell(args) => exec::shell(args, json).await,
@@ -60,9 +93,25 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
     }
 }
 
-/// Resolves and connects a destination.
+/// Resolves and connects a destination (once per destination per run).
 async fn connect(destination: &reach::Destination) -> reach::Result<Arc<dyn Backend>> {
-    let backend = Registry::with_defaults().backend(destination)?;
+    let key = destination.to_string();
+    let known = BACKENDS
+        .lock()
+        .ok()
+        .and_then(|made| made.iter().find(|(k, _)| *k == key).map(|(_, b)| b.clone()));
+    let backend = match known {
+        Some(backend) => backend,
+        None => {
+            let backend = REGISTRY
+                .get_or_init(Registry::with_defaults)
+                .backend(destination)?;
+            if let Ok(mut made) = BACKENDS.lock() {
+                made.push((key, backend.clone()));
+            }
+            backend
+        }
+    };
     backend.connect().await?;
     Ok(backend)
 }

@@ -31,7 +31,7 @@ fn put_cat_stat_ls_chmod_mv_rm() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600);
 
-    let out = reach(&["mkdir", "-p", &format!("local:{d}/a/b")]).run();
+    let out = reach(&["mkdir", "--parents", &format!("local:{d}/a/b")]).run();
     assert_eq!(out.code, 0, "{out:?}");
     assert!(std::path::Path::new(&format!("{d}/a/b")).is_dir());
 
@@ -42,7 +42,7 @@ fn put_cat_stat_ls_chmod_mv_rm() {
 
     let out = reach(&["ls", &format!("local:{d}/a")]).run();
     assert_eq!(out.stdout_text(), "b\nnotes ü.txt\n");
-    let out = reach(&["ls", "-l", &format!("{d}/a")]).run();
+    let out = reach(&["ls", "--long", &format!("{d}/a")]).run();
     assert!(
         out.stdout_text().contains("-rw-------       100000 "),
         "{}",

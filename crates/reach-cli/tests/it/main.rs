@@ -3,6 +3,7 @@
 
 mod exec;
 mod files;
+mod ssh;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

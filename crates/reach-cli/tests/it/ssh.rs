@@ -1,0 +1,340 @@
+//! `reach` against a real sshd: the same bytes and exit codes as OpenSSH's `ssh`, the
+//! connection flags on every subcommand, and the messages a user sees when it goes wrong.
+
+use std::process::Command;
+
+use reach_test::sshd::SshdFixture;
+
+use crate::{reach, Outcome};
+
+fn sshd(test: &str) -> Option<SshdFixture> {
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return None;
+    }
+    Some(SshdFixture::start().expect("start sshd"))
+}
+
+/// `reach SUBCOMMAND ARGS...` with the fixture's key and known_hosts as flags right after
+/// the subcommand.
+fn run(sshd: &SshdFixture, args: &[&str]) -> Outcome {
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let mut all: Vec<&str> = vec![args[0], "-i", &key, "--known-hosts", &known];
+    all.extend(&args[1..]);
+    reach(&all).run()
+}
+
+/// The signal number a `kill -NAME $$` line sends.
+fn signal_of(line: &str) -> Option<i32> {
+    let name = line.strip_prefix("kill -")?.strip_suffix(" $$")?;
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "KILL" => 9,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
+/// The conformance commands, as `ssh` runs them and as `reach exec` runs them.
+#[test]
+fn exec_matches_openssh_byte_for_byte_signals_included() {
+    let Some(sshd) = sshd("exec_matches_openssh_byte_for_byte_signals_included") else {
+        return;
+    };
+    let dest = sshd.destination();
+    for line in [
+        "printf out; printf err >&2; exit 7",
+        "exit 0",
+        "exit 1",
+        "exit 255",
+        "printf '\\000\\001\\377'",
+        "echo \"$HOME\"; id -un; pwd",
+        "kill -TERM $$",
+        "kill -KILL $$",
+        "kill -INT $$",
+        "kill -HUP $$",
+        "reach-no-such-command",
+        "yes reach | head -c 1000000",
+        "cat /etc/hostname; uname -s",
+    ] {
+        let ours = run(&sshd, &["exec", &dest, "--", line]);
+        let theirs = sshd.ssh_command().arg(line).output().unwrap();
+        assert_eq!(ours.stdout, theirs.stdout, "stdout of {line:?}");
+        assert_eq!(
+            ours.stderr,
+            String::from_utf8_lossy(&theirs.stderr),
+            "stderr of {line:?}"
+        );
+        match signal_of(line) {
+            // OpenSSH's client ignores exit-signal and exits 255, the same code as for its
+            // own connection failures; reach reports 128+N on every backend, as a shell does.
+            Some(n) => {
+                assert_eq!(theirs.status.code(), Some(255), "ssh on {line:?}");
+                assert_eq!(ours.code, 128 + n, "reach on {line:?}: {}", ours.stderr);
+            }
+            None => assert_eq!(
+                Some(ours.code),
+                theirs.status.code(),
+                "exit code of {line:?}"
+            ),
+        }
+    }
+    // stdin streams through, as `ssh host cat` does.
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &known,
+        &dest,
+        "--",
+        "cat",
+    ])
+    .stdin(data.clone())
+    .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout == data, "5 MB through cat differ");
+}
+
+#[test]
+fn connection_flags_work_before_and_after_every_subcommand() {
+    let Some(sshd) = sshd("connection_flags_work_before_and_after_every_subcommand") else {
+        return;
+    };
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let port = sshd.port().to_string();
+    let user = sshd.user().to_owned();
+    let dir = sshd.user_dir("cli").unwrap();
+    // Host only: port and user from -p and -l.
+    let flags = [
+        "-i",
+        key.as_str(),
+        "--known-hosts",
+        &known,
+        "-p",
+        &port,
+        "-l",
+        &user,
+    ];
+    let at = |path: &str| format!("127.0.0.1:{dir}/{path}");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "exec".into(),
+            "127.0.0.1".into(),
+            "--".into(),
+            "id -un".into(),
+        ],
+        vec!["info".into(), "127.0.0.1".into()],
+        vec!["mkdir".into(), "--parents".into(), at("a/b")],
+        vec!["ls".into(), "--long".into(), at("a")],
+        vec!["stat".into(), at("a/b")],
+        vec!["chmod".into(), "700".into(), at("a/b")],
+        vec!["mv".into(), at("a/b"), at("a/c")],
+        vec!["rm".into(), "-r".into(), at("a")],
+    ];
+    for case in &cases {
+        let mut before: Vec<&str> = flags.to_vec();
+        before.extend(case.iter().map(String::as_str));
+        let out = reach(&before).run();
+        assert_eq!(out.code, 0, "flags before {case:?}: {}", out.stderr);
+    }
+    let mut put = vec!["put"];
+    put.extend(flags);
+    let file = at("f.txt");
+    put.push(&file);
+    let out = reach(&put).stdin("over ssh\n").run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut cat = vec!["cat", file.as_str()];
+    cat.extend(flags);
+    let out = reach(&cat).run();
+    assert_eq!(out.stdout, b"over ssh\n", "{}", out.stderr);
+    let on_disk = std::fs::read_to_string(format!("{dir}/f.txt")).unwrap();
+    assert_eq!(on_disk, "over ssh\n");
+    let mut exec = vec!["exec", "127.0.0.1"];
+    exec.extend(flags);
+    exec.extend(["--", "id -un"]);
+    let out = reach(&exec).run();
+    assert_eq!(out.stdout_text().trim(), user, "{}", out.stderr);
+}
+
+#[test]
+fn failures_print_what_a_user_needs() {
+    let Some(mut sshd) = sshd("failures_print_what_a_user_needs") else {
+        return;
+    };
+    let dest = sshd.destination();
+    let known = sshd.known_hosts().display().to_string();
+    let key = sshd.client_key().display().to_string();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // Wrong key.
+    let wrong = scratch.path().join("wrong");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&wrong)
+        .status()
+        .unwrap()
+        .success());
+    let wrong = wrong.display().to_string();
+    let out = reach(&[
+        "exec",
+        "-i",
+        &wrong,
+        "--known-hosts",
+        &known,
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    println!("wrong key: {}", out.stderr.trim());
+    assert_eq!(out.code, 255);
+    assert!(
+        out.stderr.contains("refused every credential"),
+        "{}",
+        out.stderr
+    );
+
+    // Unknown host key: refused with its fingerprint and the flag that accepts it.
+    let empty = scratch.path().join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.display().to_string();
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &empty,
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    println!("unknown host key: {}", out.stderr.trim());
+    assert_eq!(out.code, 255);
+    assert!(out.stderr.contains("SHA256:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--accept-new-host-key"),
+        "{}",
+        out.stderr
+    );
+    // ... and accepted with the flag, which records it; then known.
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &empty,
+        "--accept-new-host-key",
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &empty,
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // Changed host key: refused even with accept-new.
+    let changed = scratch.path().join("changed");
+    let other = scratch.path().join("other");
+    assert!(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap()
+        .success());
+    let other_pub = std::fs::read_to_string(format!("{}.pub", other.display())).unwrap();
+    let mut parts = other_pub.split_whitespace();
+    let (algo, blob) = (parts.next().unwrap(), parts.next().unwrap());
+    std::fs::write(
+        &changed,
+        format!("[127.0.0.1]:{} {algo} {blob}\n", sshd.port()),
+    )
+    .unwrap();
+    let changed = changed.display().to_string();
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &changed,
+        "--accept-new-host-key",
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    println!("changed host key: {}", out.stderr.trim());
+    assert_eq!(out.code, 255);
+    assert!(out.stderr.contains("CHANGED"), "{}", out.stderr);
+
+    // Missing known_hosts file.
+    let missing = scratch
+        .path()
+        .join("nope/known_hosts")
+        .display()
+        .to_string();
+    let out = reach(&[
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &missing,
+        &dest,
+        "--",
+        "true",
+    ])
+    .run();
+    println!("missing known_hosts: {}", out.stderr.trim());
+    assert_eq!(out.code, 255);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+
+    // sshd killed mid-command: an error and 255, never exit 0.
+    let child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args([
+            "exec",
+            "-i",
+            &key,
+            "--known-hosts",
+            &known,
+            &dest,
+            "--",
+            "sleep 30",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sshd.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("sshd killed: {}", stderr.trim());
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+
+    // Refused port (the server is gone now).
+    let out = run(&sshd, &["exec", &dest, "--", "true"]);
+    println!("refused port: {}", out.stderr.trim());
+    assert_eq!(out.code, 255);
+    assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
+}
