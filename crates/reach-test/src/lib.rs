@@ -20,7 +20,7 @@ pub use fixture::{Fixture, LocalFixture};
 
 /// Whether the tests run as root (who ignores permission bits, and whom sshd fixtures replace
 /// by an unprivileged user).
-pub(crate) fn is_root() -> bool {
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)

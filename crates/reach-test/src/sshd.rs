@@ -79,6 +79,37 @@ fn ensure_test_user() -> io::Result<String> {
     )))
 }
 
+/// Creates (if needed) the local user `name` with login shell `/bin/sh` and sets its
+/// password, for password-authentication tests. Needs root.
+pub fn ensure_password_user(name: &str, password: &str) -> io::Result<()> {
+    if run(Command::new("getent").args(["passwd", name])).is_err() {
+        let status = Command::new("useradd")
+            .args(["--create-home", "--shell", "/bin/sh", name])
+            .stderr(Stdio::null())
+            .status()?;
+        if !(status.success() || status.code() == Some(9)) {
+            return Err(io::Error::other(format!("useradd {name} failed: {status}")));
+        }
+    }
+    use std::io::Write;
+    let mut child = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{name}:{password}")?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "chpasswd for {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -91,6 +122,12 @@ impl SshdFixture {
 
     /// Starts a server; fails if sshd is missing or does not come up within 10 s.
     pub fn start() -> io::Result<SshdFixture> {
+        Self::start_with("")
+    }
+
+    /// Starts a server with `extra` sshd_config lines, which take precedence over the
+    /// fixture's own (sshd keeps the first value it reads for each keyword).
+    pub fn start_with(extra: &str) -> io::Result<SshdFixture> {
         let dir = tempfile::Builder::new().prefix("reach-sshd-").tempdir()?;
         use std::os::unix::fs::PermissionsExt;
 
@@ -119,7 +156,7 @@ impl SshdFixture {
         for _attempt in 0..3 {
             let port = free_port()?;
             let config = format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                "{extra}\nPort {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
                  AuthorizedKeysFile {keys}\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
                  PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n\
@@ -254,6 +291,28 @@ impl SshdFixture {
         .arg(self.client_key())
         .args(["-p", &self.port.to_string(), "-l", &self.user, "127.0.0.1"]);
         cmd
+    }
+
+    /// Adds a public key line (`ssh-ed25519 AAAA... comment`) to `authorized_keys`.
+    pub fn authorize(&self, public_key_line: &str) -> io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("authorized_keys"))?;
+        writeln!(file, "{}", public_key_line.trim())
+    }
+
+    /// Stops (SIGSTOP) every process serving a connection, as a peer that vanished from
+    /// the network would look: nothing answers, nothing closes. `kill` (and drop) ends them.
+    pub fn freeze_connections(&self) {
+        for pid in descendants(self.child.id()) {
+            if pid != self.child.id() {
+                let _ = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 
     /// Kills sshd and every process it started (each connection's processes call `setsid`,

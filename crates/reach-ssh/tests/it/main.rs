@@ -1,6 +1,7 @@
 //! reach-ssh against the real Debian sshd (`reach_test::sshd::SshdFixture`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
 mod conformance;
 
 use std::process::Command;
@@ -13,7 +14,7 @@ use reach_ssh::{SshBackend, SshOptions};
 use reach_test::sshd::SshdFixture;
 use tokio::io::AsyncWriteExt;
 
-fn fixture(test: &str) -> Option<SshdFixture> {
+pub fn fixture(test: &str) -> Option<SshdFixture> {
     if !SshdFixture::available() {
         reach_test::skip(
             test,
@@ -24,7 +25,7 @@ fn fixture(test: &str) -> Option<SshdFixture> {
     Some(SshdFixture::start().expect("start sshd"))
 }
 
-fn options(sshd: &SshdFixture) -> SshOptions {
+pub fn options(sshd: &SshdFixture) -> SshOptions {
     SshOptions {
         identity: Some(sshd.client_key()),
         known_hosts: Some(sshd.known_hosts()),
@@ -44,7 +45,7 @@ fn keygen(path: &std::path::Path) -> String {
     public.split_whitespace().nth(1).unwrap().to_owned()
 }
 
-fn backend(sshd: &SshdFixture, options: SshOptions) -> SshBackend {
+pub fn backend(sshd: &SshdFixture, options: SshOptions) -> SshBackend {
     SshBackend::new(Destination::parse(&sshd.destination()).unwrap(), options).unwrap()
 }
 
