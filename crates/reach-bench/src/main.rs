@@ -1,10 +1,14 @@
 //! reach-bench: measures reach side by side with a reference in the same run, and reports
 //! ratios (these machines are shared and noisy, so absolute times mean little on their own).
 //!
-//! Scenarios so far:
-//! - `local-exec`: `/bin/true` on `local`, through the library and through the `reach exec`
-//!   CLI, against spawning `/bin/true` directly (the physical floor). Samples of the three are
-//!   interleaved so that background noise hits them alike.
+//! Scenarios (samples of the things compared are interleaved so that background noise hits
+//! them alike):
+//! - `local`: `/bin/true` on `local`, through the library and the `reach exec` CLI, against
+//!   spawning `/bin/true` directly (the physical floor).
+//! - `ssh` (needs root and Debian's sshd, as the tests do): against OpenSSH on the same
+//!   throwaway sshd: exec on a held connection vs `ssh` through a ControlMaster; a fresh
+//!   connection + exec vs plain `ssh`; upload and download of a large file through the SFTP
+//!   `FileSystem` vs `scp` and `sftp`, all with the same cipher.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -26,10 +30,63 @@ struct Args {
     /// Write the Markdown report here (for example docs/BENCHMARKS.md).
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Which scenarios to run: `local`, `ssh` (repeatable; default all).
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Size of the file moved by the SSH throughput scenario, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: u64,
+    /// Samples per direction and tool in the throughput scenario.
+    #[arg(long, default_value_t = 3)]
+    transfers: usize,
 }
 
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+}
+
+/// One table of the report.
+#[derive(Debug)]
+pub struct Section {
+    title: String,
+    text: String,
+    /// Column headers after the name.
+    columns: [&'static str; 3],
+    rows: Vec<[String; 4]>,
+}
+
+impl Section {
+    /// A latency table: median, p90 and the ratio of medians to the first series.
+    fn latency(title: &str, text: String, series: &[Series]) -> Section {
+        let reference = series.first().map(Series::median).unwrap_or_default();
+        let rows = series
+            .iter()
+            .map(|s| {
+                let ratio = s.median().as_secs_f64() / reference.as_secs_f64().max(f64::EPSILON);
+                [
+                    s.name.to_owned(),
+                    format!("{:.3} ms", s.median().as_secs_f64() * 1000.0),
+                    format!("{:.3} ms", s.p90().as_secs_f64() * 1000.0),
+                    format!("{ratio:.2}x"),
+                ]
+            })
+            .collect();
+        Section {
+            title: title.to_owned(),
+            text,
+            columns: ["median", "p90", "ratio to the first row (median)"],
+            rows,
+        }
+    }
+}
+
+mod ssh;
+
 /// Timings of one measured thing.
-struct Series {
+#[derive(Debug)]
+pub struct Series {
     name: &'static str,
     samples: Vec<Duration>,
 }
@@ -58,13 +115,13 @@ impl Series {
     }
 }
 
-fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
+pub fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     let start = Instant::now();
     let value = f();
     (start.elapsed(), value)
 }
 
-fn run_ok(cmd: &mut Command) -> Result<(), String> {
+pub fn run_ok(cmd: &mut Command) -> Result<(), String> {
     let status = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -78,7 +135,7 @@ fn run_ok(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn local_exec(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Series>, String> {
+fn local_exec(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -117,7 +174,17 @@ fn local_exec(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Series>, String> {
         r?;
         cli.samples.push(t);
     }
-    Ok(vec![floor, library, cli])
+    let text = format!(
+        "`/bin/true` on `local`, {} interleaved samples each. The floor is spawning \
+         `/bin/true` directly from a Rust program; the CLI figure includes starting the \
+         `reach` process itself.",
+        args.iterations
+    );
+    Ok(vec![Section::latency(
+        "local exec latency",
+        text,
+        &[floor, library, cli],
+    )])
 }
 
 fn machine() -> String {
@@ -128,8 +195,7 @@ fn machine() -> String {
     format!("{cores} cores, Linux {}", kernel.trim())
 }
 
-fn report(args: &Args, series: &[Series]) -> String {
-    let floor = series.first().map(Series::median).unwrap_or_default();
+fn report(args: &Args, sections: &[Section]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
@@ -138,33 +204,25 @@ fn report(args: &Args, series: &[Series]) -> String {
          reference in the same run and reported as a ratio: the machines are shared and \
          noisy, so absolute times are for orientation only.\n"
     );
-    let _ = writeln!(out, "Reproduce:\n");
+    let _ = writeln!(out, "Reproduce (as root, with openssh-server installed):\n");
     let _ = writeln!(
         out,
         "```sh\ncargo build --release -p reach-cli -p reach-bench\n\
-         target/release/reach-bench --iterations {} --write docs/BENCHMARKS.md\n```\n",
-        args.iterations
+         target/release/reach-bench --iterations {} --size-mib {} --transfers {} \
+         --write docs/BENCHMARKS.md\n```\n",
+        args.iterations, args.size_mib, args.transfers
     );
     let _ = writeln!(out, "Machine: {}.\n", machine());
-    let _ = writeln!(out, "## local exec latency\n");
-    let _ = writeln!(
-        out,
-        "`/bin/true` on `local`, {} interleaved samples each. The floor is spawning \
-         `/bin/true` directly from a Rust program; the CLI figure includes starting the \
-         `reach` process itself.\n",
-        args.iterations
-    );
-    let _ = writeln!(out, "| what | median | p90 | ratio to floor (median) |");
-    let _ = writeln!(out, "|---|---:|---:|---:|");
-    for s in series {
-        let ratio = s.median().as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON);
-        let _ = writeln!(
-            out,
-            "| {} | {:.3} ms | {:.3} ms | {ratio:.2}x |",
-            s.name,
-            s.median().as_secs_f64() * 1000.0,
-            s.p90().as_secs_f64() * 1000.0
-        );
+    for section in sections {
+        let _ = writeln!(out, "## {}\n", section.title);
+        let _ = writeln!(out, "{}\n", section.text);
+        let [a, b, c] = section.columns;
+        let _ = writeln!(out, "| what | {a} | {b} | {c} |");
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for [name, x, y, z] in &section.rows {
+            let _ = writeln!(out, "| {name} | {x} | {y} | {z} |");
+        }
+        let _ = writeln!(out);
     }
     out
 }
@@ -177,14 +235,23 @@ fn main() {
             .and_then(|p| p.parent().map(|d| d.join("reach")))
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
-    let series = match local_exec(&args, &reach_bin) {
-        Ok(series) => series,
-        Err(err) => {
-            eprintln!("reach-bench: local-exec failed: {err}");
-            std::process::exit(1);
+    let mut sections = Vec::new();
+    let scenarios: [(&str, fn(&Args, &PathBuf) -> Result<Vec<Section>, String>); 2] =
+        [("local", local_exec), ("ssh", ssh::run)];
+    for (name, scenario) in scenarios {
+        if !args.wants(name) {
+            continue;
         }
-    };
-    let text = report(&args, &series);
+        eprintln!("reach-bench: running `{name}`");
+        match scenario(&args, &reach_bin) {
+            Ok(mut more) => sections.append(&mut more),
+            Err(err) => {
+                eprintln!("reach-bench: `{name}` failed: {err}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let text = report(&args, &sections);
     print!("{text}");
     if let Some(path) = &args.write {
         if let Err(err) = std::fs::write(path, &text) {

@@ -242,6 +242,17 @@ fn resolve_hop(
 
 type Handle = client::Handle<HostKeyCheck>;
 
+/// Ciphers in order of preference: AES-GCM first, which runs on the CPU's AES instructions
+/// (ring) and is the fastest here; then OpenSSH's own default order.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_256_GCM,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_192_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
 /// One authenticated connection and what is shared over it.
 struct Conn {
     handle: Arc<Handle>,
@@ -458,6 +469,10 @@ impl SshBackend {
             nodelay: true,
             window_size: 16 * 1024 * 1024,
             maximum_packet_size: 65535,
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                ..Default::default()
+            },
             ..Default::default()
         });
         let rejection = Arc::new(Mutex::new(None));

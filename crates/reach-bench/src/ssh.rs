@@ -1,0 +1,410 @@
+//! SSH scenarios, each against OpenSSH on the same throwaway sshd in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use reach::ssh::{SshBackend, SshOptions};
+use reach::{Backend, Destination, ExecSpec, FileSystem, ProcessExt, WriteOptions};
+use reach_test::sshd::SshdFixture;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+
+use crate::{run_ok, time, Args, Section, Series};
+
+/// The cipher both sides use in the throughput scenario (reach prefers it; OpenSSH is told).
+const CIPHER: &str = "aes256-gcm@openssh.com";
+
+fn options(sshd: &SshdFixture) -> SshOptions {
+    SshOptions {
+        identity: Some(sshd.client_key()),
+        known_hosts: Some(sshd.known_hosts()),
+        use_agent: false,
+        no_config: true,
+        ..SshOptions::default()
+    }
+}
+
+fn backend(sshd: &SshdFixture) -> Result<SshBackend, String> {
+    let destination = Destination::parse(&sshd.destination()).map_err(|e| e.to_string())?;
+    SshBackend::new(destination, options(sshd)).map_err(|e| e.to_string())
+}
+
+async fn exec_true(ssh: &dyn Backend) -> Result<(), String> {
+    let out = ssh
+        .exec(ExecSpec::argv(["true"]))
+        .await
+        .map_err(|e| e.to_string())?
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`true` over ssh gave {}", out.status))
+    }
+}
+
+/// OpenSSH's options for this server, as `-o` flags (for ssh, scp and sftp alike).
+fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
+    vec![
+        "-q".into(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        format!("UserKnownHostsFile={}", sshd.known_hosts().display()),
+        "-o".into(),
+        format!("IdentityFile={}", sshd.client_key().display()),
+        "-o".into(),
+        format!("Port={}", sshd.port()),
+        "-o".into(),
+        format!("User={}", sshd.user()),
+        "-o".into(),
+        format!("Ciphers={CIPHER}"),
+        "-F".into(),
+        "/dev/null".into(),
+    ]
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    // One thread, as the `reach` CLI runs: on two cores the other one is the server's.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Runs every SSH scenario.
+pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
+    if !SshdFixture::available() {
+        return Err(
+            "the ssh scenarios need /usr/sbin/sshd (apt-get install openssh-server)".into(),
+        );
+    }
+    let sshd = SshdFixture::start().map_err(|e| format!("start sshd: {e}"))?;
+    let rt = runtime()?;
+    Ok(vec![
+        held_connection(args, &sshd, &rt)?,
+        fresh_connection(args, &sshd, &rt, reach_bin)?,
+        throughput(args, &sshd, &rt)?,
+    ])
+}
+
+fn held_connection(
+    args: &Args,
+    sshd: &SshdFixture,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Section, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let control = dir.path().join("ctl");
+    let flags = openssh_flags(sshd);
+    run_ok(
+        Command::new("ssh")
+            .args(&flags)
+            .args(["-M", "-N", "-f", "-o", "ControlPersist=yes", "-S"])
+            .arg(&control)
+            .arg("127.0.0.1"),
+    )?;
+    let through_master = || {
+        run_ok(
+            Command::new("ssh")
+                .args(&flags)
+                .args(["-o", "ControlMaster=no", "-S"])
+                .arg(&control)
+                .args(["127.0.0.1", "true"]),
+        )
+    };
+    let ssh = backend(sshd)?;
+    rt.block_on(ssh.connect()).map_err(|e| e.to_string())?;
+    let mut theirs = Series::new("OpenSSH: `ssh -S ctl host true` through a ControlMaster");
+    let mut ours = Series::new("reach library: exec `true` on a held connection");
+    for _ in 0..20 {
+        through_master()?;
+        rt.block_on(exec_true(&ssh))?;
+    }
+    for _ in 0..args.iterations {
+        let (t, r) = time(through_master);
+        r?;
+        theirs.samples.push(t);
+        let (t, r) = time(|| rt.block_on(exec_true(&ssh)));
+        r?;
+        ours.samples.push(t);
+    }
+    let _ = Command::new("ssh")
+        .args(&flags)
+        .args(["-O", "exit", "-S"])
+        .arg(&control)
+        .arg("127.0.0.1")
+        .output();
+    Ok(Section::latency(
+        "ssh exec latency on a held connection",
+        format!(
+            "`true` on a loopback sshd over a connection that is already open, {} interleaved \
+             samples each. OpenSSH's figure includes starting the `ssh` client, which then \
+             asks its ControlMaster for a new session; reach's is a library call that opens \
+             a session on its connection.",
+            args.iterations
+        ),
+        &[theirs, ours],
+    ))
+}
+
+fn fresh_connection(
+    args: &Args,
+    sshd: &SshdFixture,
+    rt: &tokio::runtime::Runtime,
+    reach_bin: &PathBuf,
+) -> Result<Section, String> {
+    let flags = openssh_flags(sshd);
+    let plain = || run_ok(Command::new("ssh").args(&flags).args(["127.0.0.1", "true"]));
+    let library = || {
+        rt.block_on(async {
+            let ssh = backend(sshd)?;
+            exec_true(&ssh).await?;
+            ssh.close().await.map_err(|e| e.to_string())
+        })
+    };
+    let key = sshd.client_key();
+    let known = sshd.known_hosts();
+    let dest = sshd.destination();
+    let cli = || {
+        run_ok(
+            Command::new(reach_bin)
+                .args(["exec", "-n", "-i"])
+                .arg(&key)
+                .arg("--known-hosts")
+                .arg(&known)
+                .args(["-F", "/dev/null", &dest, "--", "true"]),
+        )
+    };
+    let samples = (args.iterations / 3).max(10);
+    let mut theirs = Series::new("OpenSSH: `ssh host true` (new connection)");
+    let mut ours = Series::new("reach library: connect, auth, exec `true`, close");
+    let mut ours_cli = Series::new("reach CLI: `reach exec host -- true` (new connection)");
+    for _ in 0..5 {
+        plain()?;
+        library()?;
+        cli()?;
+    }
+    for _ in 0..samples {
+        let (t, r) = time(plain);
+        r?;
+        theirs.samples.push(t);
+        let (t, r) = time(library);
+        r?;
+        ours.samples.push(t);
+        let (t, r) = time(cli);
+        r?;
+        ours_cli.samples.push(t);
+    }
+    Ok(Section::latency(
+        "ssh new connection + exec",
+        format!(
+            "TCP connect, key exchange, host key check, public key authentication and `true`, \
+             {samples} interleaved samples each (ed25519 keys, both sides' default key \
+             exchange)."
+        ),
+        &[theirs, ours, ours_cli],
+    ))
+}
+
+/// A file of `size` bytes that does not compress.
+fn make_source(path: &Path, size: u64) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    file.flush().map_err(|e| e.to_string())
+}
+
+async fn upload(fs: &Arc<dyn FileSystem>, local: &Path, remote: &str) -> Result<(), String> {
+    let file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut writer = fs
+        .open_write(remote, WriteOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::io::copy_buf(&mut reader, &mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
+    writer.shutdown().await.map_err(|e| e.to_string())
+}
+
+async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> Result<(), String> {
+    let mut reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
+    let file = tokio::fs::File::create(local)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    tokio::io::copy(&mut reader, &mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
+    // No fsync of the local copy: scp and sftp do not either.
+    writer.flush().await.map_err(|e| e.to_string())
+}
+
+fn same_size(a: &Path, b: &Path) -> Result<(), String> {
+    let (x, y) = (
+        std::fs::metadata(a).map_err(|e| e.to_string())?.len(),
+        std::fs::metadata(b).map_err(|e| e.to_string())?.len(),
+    );
+    if x == y {
+        Ok(())
+    } else {
+        Err(format!("{} has {y} bytes, expected {x}", b.display()))
+    }
+}
+
+fn throughput(
+    args: &Args,
+    sshd: &SshdFixture,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Section, String> {
+    let size = args.size_mib << 20;
+    let remote_dir = sshd.user_dir("bench").map_err(|e| e.to_string())?;
+    let local_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let source = local_dir.path().join("source");
+    let back = local_dir.path().join("back");
+    make_source(&source, size)?;
+    let remote = format!("{remote_dir}/copy");
+    let remote_path = PathBuf::from(&remote);
+    let flags = openssh_flags(sshd);
+    let target = |path: &str| format!("127.0.0.1:{path}");
+    let ssh = backend(sshd)?;
+    let fs = rt.block_on(ssh.fs()).map_err(|e| e.to_string())?;
+    let sftp_batch = local_dir.path().join("batch");
+
+    type Step<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+    let steps: Vec<(&'static str, Step)> = vec![
+        (
+            "upload: OpenSSH scp",
+            Box::new(|| {
+                run_ok(
+                    Command::new("scp")
+                        .args(&flags)
+                        .arg(&source)
+                        .arg(target(&remote)),
+                )?;
+                same_size(&source, &remote_path)
+            }),
+        ),
+        (
+            "upload: OpenSSH sftp (batch put)",
+            Box::new(|| {
+                std::fs::write(&sftp_batch, format!("put {} {remote}\n", source.display()))
+                    .map_err(|e| e.to_string())?;
+                run_ok(
+                    Command::new("sftp")
+                        .args(&flags)
+                        .arg("-b")
+                        .arg(&sftp_batch)
+                        .arg("127.0.0.1"),
+                )?;
+                same_size(&source, &remote_path)
+            }),
+        ),
+        (
+            "upload: reach FileSystem::open_write",
+            Box::new(|| {
+                rt.block_on(upload(&fs, &source, &remote))?;
+                same_size(&source, &remote_path)
+            }),
+        ),
+        (
+            "download: OpenSSH scp",
+            Box::new(|| {
+                run_ok(
+                    Command::new("scp")
+                        .args(&flags)
+                        .arg(target(&remote))
+                        .arg(&back),
+                )?;
+                same_size(&source, &back)
+            }),
+        ),
+        (
+            "download: OpenSSH sftp (batch get)",
+            Box::new(|| {
+                std::fs::write(&sftp_batch, format!("get {remote} {}\n", back.display()))
+                    .map_err(|e| e.to_string())?;
+                run_ok(
+                    Command::new("sftp")
+                        .args(&flags)
+                        .arg("-b")
+                        .arg(&sftp_batch)
+                        .arg("127.0.0.1"),
+                )?;
+                same_size(&source, &back)
+            }),
+        ),
+        (
+            "download: reach FileSystem::open_read",
+            Box::new(|| {
+                rt.block_on(download(&fs, &remote, &back))?;
+                same_size(&source, &back)
+            }),
+        ),
+    ];
+    // The remote copy must exist before any download.
+    steps[2].1()?;
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    for _ in 0..args.transfers {
+        for (i, (_, step)) in steps.iter().enumerate() {
+            let start = Instant::now();
+            step()?;
+            seconds[i].push(start.elapsed().as_secs_f64());
+        }
+    }
+    // What reach downloaded is what was uploaded, byte for byte.
+    run_ok(Command::new("cmp").arg(&source).arg(&back))?;
+    let mb = size as f64 / 1e6;
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
+    };
+    let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut rows = Vec::new();
+    for first in [0usize, 3] {
+        let scp = mb / median(&seconds[first]);
+        for i in first..first + 3 {
+            let rate = mb / median(&seconds[i]);
+            rows.push([
+                steps[i].0.to_owned(),
+                format!("{rate:.0} MB/s"),
+                format!("{:.0} MB/s", mb / best(&seconds[i])),
+                format!("{:.2}x", rate / scp),
+            ]);
+        }
+    }
+    Ok(Section {
+        title: format!("ssh file throughput ({} MiB)", args.size_mib),
+        text: format!(
+            "One {} MiB file of incompressible bytes to and from the loopback sshd's disk, \
+             {} rounds, the tools interleaved within each round; cipher {CIPHER} for all \
+             (reach prefers it; OpenSSH is given `Ciphers={CIPHER}`). Debian 12's `scp` \
+             speaks SFTP. Every copy is checked for size, and reach's last download is \
+             compared byte for byte with the source.",
+            args.size_mib, args.transfers
+        ),
+        columns: ["median", "best", "ratio to scp (median)"],
+        rows,
+    })
+}
