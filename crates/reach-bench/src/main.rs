@@ -227,6 +227,9 @@ fn report(args: &Args, sections: &[Section]) -> String {
     out
 }
 
+/// A scenario: its sections of the report, or why it could not run.
+type Scenario = fn(&Args, &PathBuf) -> Result<Vec<Section>, String>;
+
 fn main() {
     let args = Args::parse();
     let reach_bin = args.reach_bin.clone().unwrap_or_else(|| {
@@ -236,8 +239,7 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, fn(&Args, &PathBuf) -> Result<Vec<Section>, String>); 2] =
-        [("local", local_exec), ("ssh", ssh::run)];
+    let scenarios: [(&str, Scenario); 2] = [("local", local_exec), ("ssh", ssh::run)];
     for (name, scenario) in scenarios {
         if !args.wants(name) {
             continue;
