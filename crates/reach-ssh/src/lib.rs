@@ -539,6 +539,50 @@ impl std::fmt::Debug for SshBackend {
     }
 }
 
+/// `uname -s; uname -m` output as a platform.
+fn parse_uname(stdout: &[u8]) -> Option<Platform> {
+    let text = String::from_utf8_lossy(stdout).to_ascii_lowercase();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let (os, arch) = (lines.next()?, lines.next()?);
+    if os.contains(' ') || arch.contains(' ') {
+        return None;
+    }
+    Some(Platform {
+        os: if os == "darwin" {
+            "macos".into()
+        } else {
+            os.to_owned()
+        },
+        arch: arch.to_owned(),
+        variant: None,
+    })
+}
+
+/// `ver & echo %PROCESSOR_ARCHITECTURE%` output (cmd.exe) as a platform.
+fn parse_windows(stdout: &[u8]) -> Option<Platform> {
+    let text = String::from_utf8_lossy(stdout);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let version = lines.next()?;
+    if !version.contains("Windows") {
+        return None;
+    }
+    let arch = match lines.next()?.to_ascii_uppercase().as_str() {
+        "AMD64" => "x86_64".to_owned(),
+        "ARM64" => "aarch64".to_owned(),
+        "X86" => "i686".to_owned(),
+        other => other.to_ascii_lowercase(),
+    };
+    let variant = version
+        .split("Version ")
+        .nth(1)
+        .map(|v| format!("windows {}", v.trim_end_matches(']')));
+    Some(Platform {
+        os: "windows".into(),
+        arch,
+        variant,
+    })
+}
+
 /// The russh client handler: checks the host key against known_hosts.
 #[derive(Debug)]
 struct HostKeyCheck {
@@ -727,19 +771,25 @@ impl Backend for SshBackend {
             .await?
             .output()
             .await?;
-        let text = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
-        let mut lines = text.lines();
-        match (lines.next(), lines.next()) {
-            (Some(os), Some(arch)) if out.status.success() => Ok(Platform {
-                os: os.trim().to_owned(),
-                arch: arch.trim().to_owned(),
-                variant: None,
-            }),
-            _ => Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("`uname` on `{}` did not say what it runs on", self.addr()),
-            )),
+        if let Some(platform) = parse_uname(&out.stdout).filter(|_| out.status.success()) {
+            return Ok(platform);
         }
+        // Windows OpenSSH runs commands with cmd.exe: no uname, but `ver` and
+        // %PROCESSOR_ARCHITECTURE% say the same.
+        let out = self
+            .exec(ExecSpec::shell("ver & echo %PROCESSOR_ARCHITECTURE%"))
+            .await?
+            .output()
+            .await?;
+        parse_windows(&out.stdout).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "neither `uname` nor `ver` on `{}` said what it runs on",
+                    self.addr()
+                ),
+            )
+        })
     }
 
     async fn close(&self) -> Result<()> {
@@ -750,5 +800,27 @@ impl Backend for SshBackend {
                 .await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_from_uname_and_windows_ver() {
+        let linux = parse_uname(b"Linux\nx86_64\n").unwrap();
+        assert_eq!(
+            (linux.os.as_str(), linux.arch.as_str()),
+            ("linux", "x86_64")
+        );
+        assert_eq!(parse_uname(b"Darwin\narm64\n").unwrap().os, "macos");
+        assert!(parse_uname(b"'uname' is not recognized as a command\n").is_none());
+        let windows =
+            parse_windows(b"\r\nMicrosoft Windows [Version 10.0.20348.2655]\r\nAMD64\r\n").unwrap();
+        assert_eq!(windows.os, "windows");
+        assert_eq!(windows.arch, "x86_64");
+        assert_eq!(windows.variant.as_deref(), Some("windows 10.0.20348.2655"));
+        assert!(parse_windows(b"sh: ver: not found\n").is_none());
     }
 }

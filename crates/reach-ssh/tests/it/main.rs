@@ -314,3 +314,33 @@ async fn platform_from_uname() {
     assert_eq!(platform.os, std::env::consts::OS);
     assert_eq!(platform.arch, std::env::consts::ARCH);
 }
+
+/// A server that accepts TCP and never speaks: the connect timeout ends the wait.
+#[tokio::test]
+async fn a_silent_server_times_out_instead_of_hanging() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let ssh = SshBackend::new(
+        Destination::parse(&format!("ssh://nobody@127.0.0.1:{port}")).unwrap(),
+        SshOptions {
+            connect_timeout: Some(Duration::from_secs(1)),
+            no_config: true,
+            use_agent: false,
+            ..SshOptions::default()
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = ssh.connect().await.unwrap_err();
+    println!("silent server: {err}");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    hold.abort();
+}
