@@ -338,3 +338,59 @@ fn failures_print_what_a_user_needs() {
     assert_eq!(out.code, 255);
     assert!(out.stderr.contains("cannot reach"), "{}", out.stderr);
 }
+
+/// `reach shell` over SSH on a real terminal (`script`): a remote PTY with sane modes, and
+/// the local terminal restored afterwards.
+#[test]
+fn shell_over_ssh_gets_a_pty_with_sane_modes() {
+    let Some(sshd) = sshd("shell_over_ssh_gets_a_pty_with_sane_modes") else {
+        return;
+    };
+    if Command::new("script").arg("--version").output().is_err() {
+        reach_test::skip("shell_over_ssh", "`script` (util-linux) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let after = dir.path().join("stty-after");
+    let inner = format!(
+        "{} shell -i {} --known-hosts {} {}; stty -a > {}",
+        env!("CARGO_BIN_EXE_reach"),
+        sshd.client_key().display(),
+        sshd.known_hosts().display(),
+        sshd.destination(),
+        after.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"tty | grep -q pts && echo on-a-$((2*3))-pty; \
+              stty -a | tr ' ;' '\\n\\n' | grep -qx iutf8 && echo modes-$((1+1))-ok; exit\n",
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reach shell over ssh did not finish"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("on-a-6-pty"), "terminal showed: {text:?}");
+    assert!(text.contains("modes-2-ok"), "terminal showed: {text:?}");
+    let stty = std::fs::read_to_string(&after).unwrap();
+    assert!(
+        stty.contains(" icanon") && stty.contains(" echo "),
+        "terminal left raw: {stty}"
+    );
+}
