@@ -70,6 +70,16 @@ impl Attempts<'_> {
     }
 }
 
+/// The signature hash the server takes for RSA keys (`None`: the old SHA-1 one, or not RSA).
+async fn rsa_hash(handle: &Handle) -> Option<russh::keys::HashAlg> {
+    handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten()
+}
+
 /// Reads a private key (a file, or the key text), asking for its passphrase if it has one.
 fn load_key(source: &Path, options: &SshOptions) -> std::result::Result<PrivateKey, String> {
     let (text, name) = if is_key_text(source) {
@@ -124,12 +134,7 @@ async fn try_key(
             return Ok(Outcome::Refused);
         }
     };
-    let hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+    let hash = rsa_hash(handle).await;
     let offer = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
     let user = attempts.hop.user.clone();
     let result = handle
@@ -170,12 +175,7 @@ async fn try_agent(
             return Ok(Outcome::Refused);
         }
     };
-    let hash = handle
-        .best_supported_rsa_hash()
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+    let hash = rsa_hash(handle).await;
     for identity in identities {
         let AgentIdentity::PublicKey { key, comment } = identity else {
             continue;

@@ -374,7 +374,7 @@ impl SshBackend {
         let addr = self.addr();
         let limit = self.target.connect_timeout;
         let start = async {
-            let channel = conn.handle.channel_open_session().await.map_err(|e| {
+            let channel = process::open_session(&conn.handle).await.map_err(|e| {
                 Error::new(
                     ErrorKind::SessionDropped,
                     format!("opening an SFTP session on `{addr}` failed: {e}"),

@@ -394,7 +394,7 @@ async fn watchdog(
     match group {
         Some(group) if group > 1 => {
             let killer = async {
-                let channel = handle.channel_open_session().await.ok()?;
+                let channel = open_session(&handle).await.ok()?;
                 channel
                     .exec(true, format!("kill -s KILL -- -{group}"))
                     .await

@@ -134,6 +134,15 @@ impl SftpFs {
         err
     }
 
+    /// Sets the given attributes of `path`; `verb` names the operation in errors.
+    async fn setstat(&self, path: &str, attrs: FileAttributes, verb: &str) -> Result<()> {
+        self.raw
+            .setstat(remote(path), attrs)
+            .await
+            .map(drop)
+            .map_err(|e| self.error(e, &format!("{verb} `{path}`")))
+    }
+
     async fn open(&self, path: &str, flags: OpenFlags, attrs: FileAttributes) -> Result<String> {
         self.raw
             .open(remote(path), flags, attrs)
@@ -434,11 +443,7 @@ impl FileSystem for SftpFs {
             permissions: Some(mode & 0o7777),
             ..FileAttributes::empty()
         };
-        self.raw
-            .setstat(remote(path), attrs)
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e, &format!("chmod `{path}`")))
+        self.setstat(path, attrs, "chmod").await
     }
 
     async fn truncate(&self, path: &str, len: u64) -> Result<()> {
@@ -446,11 +451,7 @@ impl FileSystem for SftpFs {
             size: Some(len),
             ..FileAttributes::empty()
         };
-        self.raw
-            .setstat(remote(path), attrs)
-            .await
-            .map(drop)
-            .map_err(|e| self.error(e, &format!("truncate `{path}`")))
+        self.setstat(path, attrs, "truncate").await
     }
 
     async fn read_link(&self, path: &str) -> Result<String> {

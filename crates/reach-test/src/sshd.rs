@@ -120,6 +120,24 @@ impl SshdFixture {
         Path::new(SSHD).exists()
     }
 
+    /// For a test called `test`: a started server, or `None` after [`crate::skip`] said
+    /// that sshd is missing (which panics under `REACH_REQUIRE_REAL=1`).
+    ///
+    /// # Panics
+    ///
+    /// When sshd is installed but does not start.
+    #[allow(clippy::expect_used)]
+    pub fn start_or_skip(test: &str) -> Option<SshdFixture> {
+        if !Self::available() {
+            crate::skip(
+                test,
+                "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+            );
+            return None;
+        }
+        Some(Self::start().expect("start sshd"))
+    }
+
     /// Starts a server; fails if sshd is missing or does not come up within 10 s.
     pub fn start() -> io::Result<SshdFixture> {
         Self::start_with("")

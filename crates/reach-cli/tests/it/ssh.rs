@@ -8,14 +8,7 @@ use reach_test::sshd::SshdFixture;
 use crate::{reach, Outcome};
 
 fn sshd(test: &str) -> Option<SshdFixture> {
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
-        return None;
-    }
-    Some(SshdFixture::start().expect("start sshd"))
+    SshdFixture::start_or_skip(test)
 }
 
 /// `reach SUBCOMMAND ARGS...` with the fixture's key and known_hosts as flags right after

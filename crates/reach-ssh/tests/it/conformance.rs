@@ -31,14 +31,7 @@ impl Fixture for SshFixture {
 }
 
 async fn fixture() -> Option<SshFixture> {
-    if !SshdFixture::available() {
-        reach_test::skip(
-            "reach-ssh conformance",
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
-        return None;
-    }
-    let sshd = SshdFixture::start().expect("start sshd");
+    let sshd = SshdFixture::start_or_skip("reach-ssh conformance")?;
     let options = SshOptions {
         identity: Some(sshd.client_key()),
         known_hosts: Some(sshd.known_hosts()),

@@ -15,14 +15,7 @@ use reach_test::sshd::SshdFixture;
 use tokio::io::AsyncWriteExt;
 
 pub fn fixture(test: &str) -> Option<SshdFixture> {
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
-        return None;
-    }
-    Some(SshdFixture::start().expect("start sshd"))
+    SshdFixture::start_or_skip(test)
 }
 
 pub fn options(sshd: &SshdFixture) -> SshOptions {

@@ -47,14 +47,11 @@ async fn every_check_fails_on_a_broken_backend() {
 /// the fixture's key and known_hosts, and gets the remote exit code and output.
 #[test]
 fn sshd_fixture_serves_the_real_ssh_client() {
-    if !reach_test::sshd::SshdFixture::available() {
-        reach_test::skip(
-            "sshd_fixture_serves_the_real_ssh_client",
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    let Some(sshd) =
+        reach_test::sshd::SshdFixture::start_or_skip("sshd_fixture_serves_the_real_ssh_client")
+    else {
         return;
-    }
-    let sshd = reach_test::sshd::SshdFixture::start().unwrap();
+    };
     let out = sshd
         .ssh_command()
         .arg("printf \"$(id -un) $REACH_X\"; printf err >&2; exit 3")
