@@ -82,6 +82,10 @@ pub struct WriteOptions {
     pub append: bool,
     /// Permission bits for a file that is created (`0o644` by default).
     pub mode: u32,
+    /// How many bytes will be written, when the caller knows. A backend that must declare
+    /// the size before the data (Docker's archive API) streams with it and buffers without
+    /// it; writing a different number of bytes is then an error. Others ignore it.
+    pub len: Option<u64>,
 }
 
 impl Default for WriteOptions {
@@ -90,6 +94,7 @@ impl Default for WriteOptions {
             create_new: false,
             append: false,
             mode: 0o644,
+            len: None,
         }
     }
 }
@@ -161,7 +166,11 @@ pub trait FileSystemExt: FileSystem {
 
     /// Writes a whole file (created or truncated, mode 0644).
     async fn write(&self, path: &str, data: &[u8]) -> Result<()> {
-        let mut stream = self.open_write(path, WriteOptions::default()).await?;
+        let options = WriteOptions {
+            len: Some(data.len() as u64),
+            ..WriteOptions::default()
+        };
+        let mut stream = self.open_write(path, options).await?;
         let context = || format!("write `{path}`");
         stream
             .write_all(data)

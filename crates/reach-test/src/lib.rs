@@ -5,6 +5,7 @@
 //! - [`conformance`]: the behaviours every backend must show, written once. The
 //!   [`conformance_suite!`] macro turns them into one `#[tokio::test]` per check for a fixture.
 //! - [`sshd::SshdFixture`]: a real OpenSSH `sshd` on a random loopback port.
+//! - [`docker`]: the Docker engine, test images built on the spot, throwaway containers.
 //! - [`broken`]: a backend wrapper with one deliberate defect, used to show that every check
 //!   can fail.
 //! - [`require_real`] / [`skip`]: a test whose real peer is missing fails when
@@ -13,6 +14,7 @@
 
 pub mod broken;
 pub mod conformance;
+pub mod docker;
 mod fixture;
 pub mod sshd;
 

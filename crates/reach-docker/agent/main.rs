@@ -1,0 +1,491 @@
+//! reach-agent: the helper reach-docker copies into a container and runs once per connection.
+//!
+//! Starting a process through the Docker engine (`docker exec`) costs a runc exec, tens of
+//! milliseconds, and the engine cannot deliver a signal to it, tell a death by signal from an
+//! `exit 143`, or kill what it started. This helper is started once through the engine; after
+//! that every command is a fork/exec inside the container, and those things work.
+//!
+//! It is one file with only `std`, compiled by `build.rs` into a static executable (it has to
+//! run in images with no libc and no shell). It speaks frames on stdin/stdout:
+//! `kind: u8, id: u32 BE, len: u32 BE, payload`. The frame kinds and payloads are listed in
+//! `src/agent.rs`, which is the other end. Diagnostics go to stderr.
+//!
+//! When its stdin ends (the connection is gone), it kills the process group of every command
+//! it started and exits: nothing outlives the connection.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+const HELLO: u8 = 0;
+const SPAWN: u8 = 1;
+const STDIN: u8 = 2;
+const STDIN_EOF: u8 = 3;
+const SIGNAL: u8 = 4;
+const FS_OP: u8 = 5;
+const STARTED: u8 = 10;
+const SPAWN_FAILED: u8 = 11;
+const STDOUT: u8 = 12;
+const STDERR: u8 = 13;
+const EXIT: u8 = 14;
+const FS_OK: u8 = 15;
+const FS_ERR: u8 = 16;
+
+const VERSION: &str = "reach-agent 1";
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
+
+type Out = Arc<Mutex<io::Stdout>>;
+
+fn send(out: &Out, kind: u8, id: u32, payload: &[u8]) {
+    let mut head = [0u8; 9];
+    head[0] = kind;
+    head[1..5].copy_from_slice(&id.to_be_bytes());
+    head[5..9].copy_from_slice(&(payload.len() as u32).to_be_bytes());
+    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    // A write error means the client is gone; stdin's end will tear everything down.
+    let _ = out.write_all(&head);
+    let _ = out.write_all(payload);
+    let _ = out.flush();
+}
+
+/// Reads length-prefixed fields out of a payload.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Fields<'a> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.0.split_at_checked(4)?;
+        self.0 = rest;
+        Some(u32::from_be_bytes(head.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.0.split_at_checked(8)?;
+        self.0 = rest;
+        Some(u64::from_be_bytes(head.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = self.u32()? as usize;
+        let (head, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(head)
+    }
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    buf.extend_from_slice(bytes);
+}
+
+fn error_payload(err: &io::Error, what: u8) -> Vec<u8> {
+    let mut buf = vec![what];
+    buf.extend_from_slice(&err.raw_os_error().unwrap_or(0).to_be_bytes());
+    put_bytes(&mut buf, err.to_string().as_bytes());
+    buf
+}
+
+struct Running {
+    pid: i32,
+    stdin: Option<Sender<Option<Vec<u8>>>>,
+}
+
+type Table = Arc<Mutex<HashMap<u32, Running>>>;
+
+fn main() {
+    let out: Out = Arc::new(Mutex::new(io::stdout()));
+    let table: Table = Arc::new(Mutex::new(HashMap::new()));
+    let mut hello = Vec::new();
+    put_bytes(&mut hello, VERSION.as_bytes());
+    let home = std::env::var("HOME").unwrap_or_default();
+    put_bytes(&mut hello, home.as_bytes());
+    // The agent runs as the destination's user: its ids own the files written for it.
+    let (uid, gid) = std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()));
+    hello.extend_from_slice(&uid.to_be_bytes());
+    hello.extend_from_slice(&gid.to_be_bytes());
+    send(&out, HELLO, 0, &hello);
+
+    let mut input = io::stdin().lock();
+    let mut head = [0u8; 9];
+    loop {
+        if input.read_exact(&mut head).is_err() {
+            break;
+        }
+        let kind = head[0];
+        let id = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
+        let len = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) as usize;
+        let mut payload = vec![0u8; len];
+        if input.read_exact(&mut payload).is_err() {
+            break;
+        }
+        match kind {
+            SPAWN => spawn(&out, &table, id, &payload),
+            STDIN | STDIN_EOF => {
+                let table = table.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(sender) = table.get(&id).and_then(|r| r.stdin.as_ref()) {
+                    let _ = sender.send((kind == STDIN).then_some(payload));
+                }
+            }
+            SIGNAL => {
+                let mut fields = Fields(&payload);
+                let (Some(signo), Some(group)) = (fields.u8(), fields.u8()) else {
+                    continue;
+                };
+                let table = table.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(running) = table.get(&id) {
+                    let target = if group == 1 { -running.pid } else { running.pid };
+                    // SAFETY: kill(2) with a pid we started and a signal number.
+                    unsafe { kill(target, i32::from(signo)) };
+                }
+            }
+            FS_OP => {
+                let out = out.clone();
+                thread::spawn(move || fs_op(&out, id, &payload));
+            }
+            _ => eprintln!("reach-agent: unknown frame kind {kind}"),
+        }
+    }
+    // The connection is gone: end everything this agent started.
+    let table = table.lock().unwrap_or_else(|p| p.into_inner());
+    for running in table.values() {
+        // SAFETY: kill(2) on the process groups this agent made.
+        unsafe { kill(-running.pid, 9) };
+    }
+}
+
+fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
+    let mut fields = Fields(payload);
+    let parsed = (|| {
+        let argc = fields.u32()?;
+        let mut argv = Vec::new();
+        for _ in 0..argc {
+            argv.push(fields.string()?);
+        }
+        let envc = fields.u32()?;
+        let mut env = Vec::new();
+        for _ in 0..envc {
+            env.push((fields.string()?, fields.string()?));
+        }
+        let cwd = fields.string()?;
+        let piped = fields.u8()? == 1;
+        Some((argv, env, cwd, piped))
+    })();
+    let Some((argv, env, cwd, piped)) = parsed.filter(|(argv, ..)| !argv.is_empty()) else {
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "malformed spawn request");
+        send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+        return;
+    };
+    if !cwd.is_empty() {
+        match std::fs::metadata(&cwd) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                let err = io::Error::from_raw_os_error(20);
+                send(out, SPAWN_FAILED, id, &error_payload(&err, 1));
+                return;
+            }
+            Err(err) => {
+                send(out, SPAWN_FAILED, id, &error_payload(&err, 1));
+                return;
+            }
+        }
+    }
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .envs(env)
+        .process_group(0)
+        .stdin(if piped { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !cwd.is_empty() {
+        command.current_dir(&cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+            return;
+        }
+    };
+    let pid = child.id() as i32;
+    let stdin = child.stdin.take().map(|mut pipe| {
+        let (tx, rx) = channel::<Option<Vec<u8>>>();
+        thread::spawn(move || {
+            while let Ok(Some(data)) = rx.recv() {
+                if pipe.write_all(&data).is_err() {
+                    // The command closed its stdin: drop what follows, as a pipe would.
+                    while let Ok(Some(_)) = rx.recv() {}
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    table
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, Running { pid, stdin });
+    send(out, STARTED, id, &(pid as u32).to_be_bytes());
+    let readers = [
+        child.stdout.take().map(|s| pump(out.clone(), id, STDOUT, s)),
+        child.stderr.take().map(|s| pump(out.clone(), id, STDERR, s)),
+    ];
+    let out = out.clone();
+    let table = table.clone();
+    thread::spawn(move || wait(out, table, id, child, readers));
+}
+
+fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => send(&out, kind, id, &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    })
+}
+
+/// Sends the exit status once every byte of output is sent.
+fn wait(out: Out, table: Table, id: u32, mut child: Child, readers: [Option<thread::JoinHandle<()>>; 2]) {
+    for reader in readers.into_iter().flatten() {
+        let _ = reader.join();
+    }
+    let status = child.wait();
+    table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    let mut payload = Vec::with_capacity(6);
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => {
+                payload.push(0);
+                payload.extend_from_slice(&code.to_be_bytes());
+                payload.push(0);
+            }
+            (None, Some(signal)) => {
+                payload.push(1);
+                payload.extend_from_slice(&signal.to_be_bytes());
+                payload.push(u8::from(status.core_dumped()));
+            }
+            (None, None) => {
+                payload.push(2);
+                payload.extend_from_slice(&0i32.to_be_bytes());
+                payload.push(0);
+            }
+        },
+        Err(_) => {
+            payload.push(2);
+            payload.extend_from_slice(&0i32.to_be_bytes());
+            payload.push(0);
+        }
+    }
+    send(&out, EXIT, id, &payload);
+}
+
+const OP_RENAME: u8 = 1;
+const OP_CHMOD: u8 = 2;
+const OP_TRUNCATE: u8 = 3;
+const OP_REMOVE_FILE: u8 = 4;
+const OP_REMOVE_DIR: u8 = 5;
+const OP_REMOVE_DIR_ALL: u8 = 6;
+const OP_READ_DIR: u8 = 7;
+const OP_SHA256: u8 = 8;
+
+fn fs_op(out: &Out, id: u32, payload: &[u8]) {
+    let mut fields = Fields(payload);
+    let bad = || io::Error::new(io::ErrorKind::InvalidInput, "malformed file request");
+    let result = (|| -> io::Result<Vec<u8>> {
+        let op = fields.u8().ok_or_else(bad)?;
+        let path = fields.string().ok_or_else(bad)?;
+        match op {
+            OP_RENAME => {
+                let to = fields.string().ok_or_else(bad)?;
+                std::fs::rename(&path, &to).map(|()| Vec::new())
+            }
+            OP_CHMOD => {
+                let mode = fields.u32().ok_or_else(bad)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map(|()| Vec::new())
+            }
+            OP_TRUNCATE => {
+                let len = fields.u64().ok_or_else(bad)?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)?
+                    .set_len(len)
+                    .map(|()| Vec::new())
+            }
+            OP_REMOVE_FILE => std::fs::remove_file(&path).map(|()| Vec::new()),
+            OP_REMOVE_DIR => std::fs::remove_dir(&path).map(|()| Vec::new()),
+            OP_REMOVE_DIR_ALL => std::fs::remove_dir_all(&path).map(|()| Vec::new()),
+            OP_READ_DIR => read_dir(&path),
+            OP_SHA256 => sha256_file(&path).map(|digest| digest.to_vec()),
+            _ => Err(io::Error::new(io::ErrorKind::Unsupported, "unknown file operation")),
+        }
+    })();
+    match result {
+        Ok(answer) => send(out, FS_OK, id, &answer),
+        Err(err) => send(out, FS_ERR, id, &error_payload(&err, 0)),
+    }
+}
+
+/// Entries with their `lstat`: name, kind (0 file, 1 dir, 2 symlink, 3 other), mode, size,
+/// mtime seconds, mtime nanoseconds, uid, gid.
+fn read_dir(path: &str) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        let Ok(meta) = entry.path().symlink_metadata() else {
+            continue; // removed while listing
+        };
+        put_bytes(&mut buf, entry.file_name().as_encoded_bytes());
+        let ft = meta.file_type();
+        buf.push(if ft.is_symlink() {
+            2
+        } else if ft.is_dir() {
+            1
+        } else if ft.is_file() {
+            0
+        } else {
+            3
+        });
+        buf.extend_from_slice(&(meta.mode() & 0o7777).to_be_bytes());
+        buf.extend_from_slice(&meta.len().to_be_bytes());
+        buf.extend_from_slice(&meta.mtime().to_be_bytes());
+        buf.extend_from_slice(&(meta.mtime_nsec() as u32).to_be_bytes());
+        buf.extend_from_slice(&meta.uid().to_be_bytes());
+        buf.extend_from_slice(&meta.gid().to_be_bytes());
+    }
+    Ok(buf)
+}
+
+fn sha256_file(path: &str) -> io::Result<[u8; 32]> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hasher.finish())
+}
+
+/// FIPS 180-4 SHA-256 (the agent has no dependencies).
+struct Sha256 {
+    state: [u32; 8],
+    block: [u8; 64],
+    filled: usize,
+    total: u64,
+}
+
+const K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+impl Sha256 {
+    fn new() -> Self {
+        Sha256 {
+            state: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            block: [0; 64],
+            filled: 0,
+            total: 0,
+        }
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        while !data.is_empty() {
+            let take = (64 - self.filled).min(data.len());
+            self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled == 64 {
+                let block = self.block;
+                self.compress(&block);
+                self.filled = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        let bits = self.total.wrapping_mul(8);
+        self.update(&[0x80]);
+        while self.filled != 56 {
+            self.update(&[0]);
+        }
+        self.update(&bits.to_be_bytes());
+        let mut digest = [0u8; 32];
+        for (chunk, word) in digest.chunks_mut(4).zip(self.state) {
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        digest
+    }
+
+    fn compress(&mut self, block: &[u8; 64]) {
+        let mut w = [0u32; 64];
+        for (i, chunk) in block.chunks(4).enumerate() {
+            w[i] = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.state;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (slot, value) in self.state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *slot = slot.wrapping_add(value);
+        }
+    }
+}

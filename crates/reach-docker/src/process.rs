@@ -1,0 +1,648 @@
+//! Commands in a container: through the agent (the fast, complete path), or as engine execs
+//! (terminals, and containers the agent cannot run in).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::Docker;
+use futures_util::StreamExt;
+use reach_core::{
+    BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
+    Result, Signal, StdinMode, Streams,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::agent::{self, publish, AgentConn, PipeReader, SpawnFailure};
+use crate::{engine_error, fs, tar, Conn};
+
+/// Bytes buffered between a caller's stdin writes and the container.
+const PIPE: usize = 256 * 1024;
+/// The largest stdin frame sent to the agent.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// The argv a command line runs as.
+fn argv(command: &CommandLine) -> Vec<String> {
+    match command {
+        CommandLine::Argv(argv) => argv.clone(),
+        CommandLine::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        CommandLine::LoginShell => vec!["/bin/sh".into(), "-l".into()],
+    }
+}
+
+/// Installs the agent if the container lacks this version of it, and starts it.
+pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentConn>, String> {
+    let path = agent::install_path();
+    if fs::stat_raw(conn, &path).await.is_err() {
+        install_agent(conn, &path).await?;
+    }
+    let created = conn
+        .docker
+        .create_exec(
+            &conn.id,
+            CreateExecOptions {
+                cmd: Some(vec![path.clone()]),
+                user: Some(conn.user.clone()),
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("starting the agent: {e}"))?;
+    let started = conn
+        .docker
+        .start_exec(&created.id, Some(StartExecOptions::default()))
+        .await
+        .map_err(|e| format!("starting the agent: {e}"))?;
+    let StartExecResults::Attached { output, input } = started else {
+        return Err("the engine started the agent detached".to_owned());
+    };
+    let lookup = Lookup::of(conn);
+    AgentConn::start(output, input, conn.name.clone(), move || async move {
+        lookup.why_lost().await
+    })
+    .await
+}
+
+async fn install_agent(conn: &Conn, path: &str) -> std::result::Result<(), String> {
+    let relative = path.trim_start_matches('/');
+    let dir = relative.split('/').next().unwrap_or(".reach");
+    let now = fs::unix_now();
+    let mut archive = tar::header_bytes(&tar::Header {
+        name: format!("{dir}/"),
+        kind: tar::Kind::Dir,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        mtime: now,
+        link: String::new(),
+    });
+    archive.extend(tar::header_bytes(&tar::Header {
+        name: relative.to_owned(),
+        kind: tar::Kind::File,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        size: agent::AGENT.len() as u64,
+        mtime: now,
+        link: String::new(),
+    }));
+    archive.extend_from_slice(agent::AGENT);
+    archive.extend(tar::body_padding(agent::AGENT.len() as u64));
+    archive.extend(tar::end_of_archive());
+    let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+        .path("/")
+        .build();
+    conn.docker
+        .upload_to_container(
+            &conn.id,
+            Some(options),
+            bollard::body_full(bytes::Bytes::from(archive)),
+        )
+        .await
+        .map_err(|e| format!("installing the agent at `{path}` failed: {e}"))
+}
+
+/// What is needed to explain a lost connection after the fact.
+#[derive(Clone)]
+pub(crate) struct Lookup {
+    docker: Docker,
+    id: String,
+    name: String,
+    address: String,
+}
+
+impl Lookup {
+    pub(crate) fn of(conn: &Conn) -> Self {
+        Lookup {
+            docker: conn.docker.clone(),
+            id: conn.id.clone(),
+            name: conn.name.clone(),
+            address: conn.address.clone(),
+        }
+    }
+
+    pub(crate) async fn why_lost(&self) -> String {
+        crate::why_lost(&self.docker, &self.id, &self.name, &self.address).await
+    }
+}
+
+/// Starts a command: through the agent when it runs and no terminal is asked for.
+pub(crate) async fn exec(conn: Arc<Conn>, spec: ExecSpec) -> Result<Box<dyn Process>> {
+    if spec.pty.is_none() {
+        if let Some(agent) = conn.agent().await {
+            return Ok(Box::new(AgentProcess::start(&conn, agent, spec).await?));
+        }
+        if let Some(why) = conn.agent_lost() {
+            return Err(Error::new(ErrorKind::SessionDropped, why));
+        }
+    }
+    Ok(Box::new(EngineProcess::start(conn, spec).await?))
+}
+
+fn spawn_error(conn: &Conn, argv0: &str, cwd: Option<&str>, failure: SpawnFailure) -> Error {
+    let kind = agent::errno_kind(failure.errno);
+    if failure.what == 1 {
+        let dir = cwd.unwrap_or("");
+        let message = if failure.errno == 20 {
+            format!(
+                "working directory `{dir}` in container `{}` is not a directory",
+                conn.name
+            )
+        } else {
+            format!(
+                "working directory `{dir}` in container `{}`: {}",
+                conn.name, failure.message
+            )
+        };
+        return Error::new(kind, message);
+    }
+    Error::new(
+        kind,
+        format!(
+            "cannot run `{argv0}` in container `{}`: {}",
+            conn.name, failure.message
+        ),
+    )
+}
+
+/// A command started by the agent.
+pub(crate) struct AgentProcess {
+    agent: Arc<AgentConn>,
+    id: u32,
+    streams: Streams,
+    exit: watch::Receiver<Option<Result<ExitStatus>>>,
+    name: String,
+}
+
+impl std::fmt::Debug for AgentProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentProcess")
+            .field("container", &self.name)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentProcess {
+    async fn start(conn: &Conn, agent: Arc<AgentConn>, spec: ExecSpec) -> Result<Self> {
+        let argv = argv(&spec.command);
+        let piped = spec.stdin == StdinMode::Piped;
+        let spawned = agent
+            .spawn(&argv, &spec.env, spec.cwd.as_deref(), piped)
+            .await?
+            .map_err(|f| spawn_error(conn, &argv[0], spec.cwd.as_deref(), f))?;
+        let id = spawned.id;
+        let stdin: Option<BoxWrite> = piped.then(|| {
+            let (tx, mut rx) = tokio::io::duplex(PIPE);
+            let feeder = agent.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; STDIN_CHUNK];
+                loop {
+                    match rx.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if feeder.stdin(id, Some(&buf[..n])).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = feeder.stdin(id, None).await;
+            });
+            Box::pin(tx) as BoxWrite
+        });
+        if let Some(limit) = spec.timeout {
+            let mut finished = spawned.exit.clone();
+            let slot = spawned.slot.clone();
+            let killer = agent.clone();
+            let name = conn.name.clone();
+            tokio::spawn(async move {
+                let done = tokio::time::timeout(limit, finished.wait_for(Option::is_some))
+                    .await
+                    .is_ok();
+                if done {
+                    return;
+                }
+                publish(
+                    &slot,
+                    Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "the command in container `{name}` ran longer than its limit of \
+                             {limit:?} and was killed"
+                        ),
+                    )),
+                );
+                let _ = killer.signal(id, 9, true).await;
+            });
+        }
+        let _ = spawned.pid;
+        Ok(AgentProcess {
+            agent,
+            id,
+            streams: Streams::new(
+                stdin,
+                Some(Box::pin(spawned.stdout)),
+                Some(Box::pin(spawned.stderr)),
+            ),
+            exit: spawned.exit,
+            name: conn.name.clone(),
+        })
+    }
+}
+
+async fn wait_slot(
+    exit: &watch::Receiver<Option<Result<ExitStatus>>>,
+    name: &str,
+) -> Result<ExitStatus> {
+    let mut exit = exit.clone();
+    let outcome = match exit.wait_for(Option::is_some).await {
+        Ok(done) => done.clone(),
+        Err(_) => None,
+    };
+    outcome.unwrap_or_else(|| {
+        Err(Error::new(
+            ErrorKind::SessionDropped,
+            format!("the command in container `{name}` was torn down"),
+        ))
+    })
+}
+
+#[async_trait]
+impl Process for AgentProcess {
+    fn take_stdin(&self) -> Option<BoxWrite> {
+        self.streams.take_stdin()
+    }
+
+    fn take_stdout(&self) -> Option<BoxRead> {
+        self.streams.take_stdout()
+    }
+
+    fn take_stderr(&self) -> Option<BoxRead> {
+        self.streams.take_stderr()
+    }
+
+    async fn wait(&self) -> Result<ExitStatus> {
+        wait_slot(&self.exit, &self.name).await
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        let number = signal
+            .number()
+            .and_then(|n| u8::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{signal} has no number on Linux"),
+                )
+            })?;
+        self.agent.signal(self.id, number, false).await
+    }
+
+    async fn resize(&self, _size: PtySize) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            "cannot resize: the process has no terminal (start it with a PTY)",
+        ))
+    }
+}
+
+/// A command run as an engine exec.
+pub(crate) struct EngineProcess {
+    docker: Docker,
+    exec_id: String,
+    streams: Streams,
+    exit: watch::Receiver<Option<Result<ExitStatus>>>,
+    name: String,
+    pty: bool,
+}
+
+impl std::fmt::Debug for EngineProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineProcess")
+            .field("container", &self.name)
+            .field("exec", &self.exec_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What runc prints, as the command's only output, when it cannot start the command.
+const OCI_FAILURE: &[u8] = b"OCI runtime exec failed";
+
+impl EngineProcess {
+    async fn start(conn: Arc<Conn>, spec: ExecSpec) -> Result<Self> {
+        if let Some(dir) = &spec.cwd {
+            match fs::stat_follow(&conn, dir).await {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "working directory `{dir}` in container `{}` is not a directory",
+                            conn.name
+                        ),
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "working directory `{dir}` does not exist in container `{}`",
+                            conn.name
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let argv = argv(&spec.command);
+        let pty = spec.pty.is_some();
+        let piped = spec.stdin == StdinMode::Piped || pty;
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(p) = &spec.pty {
+            env.push(format!("TERM={}", p.term));
+        }
+        let doing = |what: &str| format!("{what} in container `{}`", conn.name);
+        let created = conn
+            .docker
+            .create_exec(
+                &conn.id,
+                CreateExecOptions {
+                    cmd: Some(argv.clone()),
+                    env: Some(env),
+                    working_dir: spec.cwd.clone(),
+                    user: Some(conn.user.clone()),
+                    tty: Some(pty),
+                    attach_stdin: Some(piped),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| engine_error(&conn.address, &doing("creating an exec"), e))?;
+        let exec_id = created.id;
+        let started = conn
+            .docker
+            .start_exec(
+                &exec_id,
+                Some(StartExecOptions {
+                    tty: pty,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| engine_error(&conn.address, &doing("starting an exec"), e))?;
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started
+        else {
+            return Err(Error::new(
+                ErrorKind::Protocol,
+                "the engine started the exec detached",
+            ));
+        };
+        if let Some(p) = &spec.pty {
+            resize(&conn.docker, &exec_id, p.size).await?;
+        }
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (err_tx, err_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit_tx = Arc::new(exit_tx);
+        let pump_exit = exit_tx.clone();
+        let pump_conn = conn.clone();
+        let pump_exec = exec_id.clone();
+        let argv0 = argv[0].clone();
+        tokio::spawn(async move {
+            // runc's failure to start the command arrives as output; hold back a first chunk
+            // that looks like it until the end tells.
+            let mut held: Option<bytes::Bytes> = None;
+            let mut first = true;
+            let mut broke = None;
+            while let Some(item) = output.next().await {
+                let (tx, message) = match item {
+                    Ok(bollard::container::LogOutput::StdErr { message }) => (&err_tx, message),
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => (&out_tx, message),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        broke = Some(e.to_string());
+                        break;
+                    }
+                };
+                if std::mem::take(&mut first) && message.starts_with(OCI_FAILURE) {
+                    held = Some(message);
+                    continue;
+                }
+                if let Some(h) = held.take() {
+                    let _ = out_tx.send(h);
+                }
+                let _ = tx.send(message);
+            }
+            let inspected = pump_conn.docker.inspect_exec(&pump_exec).await;
+            let outcome = match inspected {
+                Ok(info) if info.running != Some(true) && broke.is_none() => {
+                    match (info.exit_code, held.take()) {
+                        (Some(code), Some(text)) if code == 126 || code == 127 => {
+                            Err(oci_error(&pump_conn.name, &argv0, &text))
+                        }
+                        (Some(code), text) => {
+                            if let Some(text) = text {
+                                let _ = out_tx.send(text);
+                            }
+                            if container_running(&pump_conn).await {
+                                Ok(ExitStatus::Code(code as i32))
+                            } else {
+                                Err(Error::new(
+                                    ErrorKind::SessionDropped,
+                                    Lookup::of(&pump_conn).why_lost().await,
+                                ))
+                            }
+                        }
+                        (None, _) => Err(Error::new(
+                            ErrorKind::SessionDropped,
+                            Lookup::of(&pump_conn).why_lost().await,
+                        )),
+                    }
+                }
+                _ => Err(Error::new(
+                    ErrorKind::SessionDropped,
+                    Lookup::of(&pump_conn).why_lost().await,
+                )),
+            };
+            drop(out_tx);
+            drop(err_tx);
+            publish(&pump_exit, outcome);
+        });
+        let stdin: Option<BoxWrite> = if piped {
+            let (tx, mut rx) = tokio::io::duplex(PIPE);
+            tokio::spawn(async move {
+                if tokio::io::copy(&mut rx, &mut input).await.is_ok() {
+                    let _ = input.shutdown().await;
+                }
+            });
+            Some(Box::pin(tx))
+        } else {
+            drop(input);
+            None
+        };
+        if let Some(limit) = spec.timeout {
+            let mut finished = exit_rx.clone();
+            let name = conn.name.clone();
+            tokio::spawn(async move {
+                let done = tokio::time::timeout(limit, finished.wait_for(Option::is_some))
+                    .await
+                    .is_ok();
+                if !done {
+                    publish(
+                        &exit_tx,
+                        Err(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the command in container `{name}` ran longer than its limit of \
+                                 {limit:?}; the engine cannot kill an exec, so it may still run"
+                            ),
+                        )),
+                    );
+                }
+            });
+        }
+        Ok(EngineProcess {
+            docker: conn.docker.clone(),
+            exec_id,
+            streams: Streams::new(
+                stdin,
+                Some(Box::pin(PipeReader::new(out_rx))),
+                (!pty).then(|| Box::pin(PipeReader::new(err_rx)) as BoxRead),
+            ),
+            exit: exit_rx,
+            name: conn.name.clone(),
+            pty,
+        })
+    }
+}
+
+async fn container_running(conn: &Conn) -> bool {
+    conn.docker
+        .inspect_container(
+            &conn.id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .ok()
+        .and_then(|info| info.state.and_then(|s| s.running))
+        == Some(true)
+}
+
+/// The error for runc's "cannot start" message.
+fn oci_error(name: &str, argv0: &str, text: &[u8]) -> Error {
+    let text = String::from_utf8_lossy(text).trim().to_owned();
+    let lower = text.to_ascii_lowercase();
+    let kind = if lower.contains("executable file not found") || lower.contains("no such file") {
+        ErrorKind::NotFound
+    } else if lower.contains("permission denied") {
+        ErrorKind::PermissionDenied
+    } else {
+        ErrorKind::Io
+    };
+    Error::new(
+        kind,
+        format!("cannot run `{argv0}` in container `{name}`: {text}"),
+    )
+}
+
+async fn resize(docker: &Docker, exec_id: &str, size: PtySize) -> Result<()> {
+    docker
+        .resize_exec(
+            exec_id,
+            ResizeExecOptions {
+                height: size.rows,
+                width: size.cols,
+            },
+        )
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::SessionDropped,
+                format!("resizing the terminal failed: {e}"),
+            )
+        })
+}
+
+#[async_trait]
+impl Process for EngineProcess {
+    fn take_stdin(&self) -> Option<BoxWrite> {
+        self.streams.take_stdin()
+    }
+
+    fn take_stdout(&self) -> Option<BoxRead> {
+        self.streams.take_stdout()
+    }
+
+    fn take_stderr(&self) -> Option<BoxRead> {
+        self.streams.take_stderr()
+    }
+
+    async fn wait(&self) -> Result<ExitStatus> {
+        wait_slot(&self.exit, &self.name).await
+    }
+
+    async fn signal(&self, signal: Signal) -> Result<()> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot send {signal} in container `{}`: the Docker engine cannot signal a \
+                 process it started with a terminal or without the reach agent",
+                self.name
+            ),
+        ))
+    }
+
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        if !self.pty {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "cannot resize: the process has no terminal (start it with a PTY)",
+            ));
+        }
+        resize(&self.docker, &self.exec_id, size).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_failures_become_error_kinds() {
+        let not_found = oci_error(
+            "c",
+            "nope",
+            b"OCI runtime exec failed: exec failed: unable to start container process: exec: \"nope\": executable file not found in $PATH: unknown\r\n",
+        );
+        assert_eq!(not_found.kind(), ErrorKind::NotFound);
+        assert!(not_found.to_string().contains("`nope` in container `c`"));
+        let denied = oci_error(
+            "c",
+            "/etc/passwd",
+            b"OCI runtime exec failed: exec: \"/etc/passwd\": permission denied: unknown",
+        );
+        assert_eq!(denied.kind(), ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn shell_lines_run_under_bin_sh() {
+        assert_eq!(
+            argv(&CommandLine::Shell("echo hi".into())),
+            ["/bin/sh", "-c", "echo hi"]
+        );
+        assert_eq!(argv(&CommandLine::Argv(vec!["ls".into()])), ["ls"]);
+    }
+}
