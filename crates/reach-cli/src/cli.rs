@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// Run commands and move files on any machine: the local host (`local`), SSH servers
-/// (`ssh://[user@]host[:port]` or `[user@]host`), and soon Docker containers, through one
+/// (`ssh://[user@]host[:port]` or `[user@]host`) and Docker containers (`docker://name`), through one
 /// interface.
 #[derive(Debug, Parser)]
 #[command(name = "reach", version, propagate_version = true)]
@@ -80,6 +80,14 @@ pub struct ConnArgs {
     /// Limit on connecting and authenticating (`10s`; default from the config, else 15s).
     #[arg(long = "connect-timeout", value_name = "DURATION", value_parser = parse_duration, global = true)]
     pub connect_timeout: Option<Duration>,
+    /// Docker: the engine's address (`unix:///var/run/docker.sock`, `tcp://host:2376`);
+    /// default DOCKER_HOST, as the docker CLI.
+    #[arg(long = "docker-host", value_name = "URL", global = true)]
+    pub docker_host: Option<String>,
+    /// Docker: run every command as an engine exec instead of installing reach's small
+    /// agent in the container (slower; no signals or kill-on-timeout).
+    #[arg(long = "no-agent", global = true)]
+    pub no_agent: bool,
 }
 
 #[derive(Debug, Args)]

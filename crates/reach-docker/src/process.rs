@@ -369,22 +369,25 @@ impl EngineProcess {
             env.push(format!("TERM={}", p.term));
         }
         let doing = |what: &str| format!("{what} in container `{}`", conn.name);
+        let config = bollard::models::ExecConfig {
+            cmd: Some(argv.clone()),
+            env: Some(env),
+            working_dir: spec.cwd.clone(),
+            user: Some(conn.user.clone()),
+            tty: Some(pty),
+            // Engines from API 1.42 size the terminal before the command starts.
+            console_size: spec
+                .pty
+                .as_ref()
+                .map(|p| vec![usize::from(p.size.rows), usize::from(p.size.cols)]),
+            attach_stdin: Some(piped),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
         let created = conn
             .docker
-            .create_exec(
-                &conn.id,
-                CreateExecOptions {
-                    cmd: Some(argv.clone()),
-                    env: Some(env),
-                    working_dir: spec.cwd.clone(),
-                    user: Some(conn.user.clone()),
-                    tty: Some(pty),
-                    attach_stdin: Some(piped),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
+            .create_exec(&conn.id, config)
             .await
             .map_err(|e| engine_error(&conn.address, &doing("creating an exec"), e))?;
         let exec_id = created.id;
@@ -410,7 +413,9 @@ impl EngineProcess {
             ));
         };
         if let Some(p) = &spec.pty {
-            resize(&conn.docker, &exec_id, p.size).await?;
+            // Older engines: size it now. A command that has already ended cannot be resized,
+            // and that is no error.
+            let _ = resize(&conn.docker, &exec_id, p.size).await;
         }
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (err_tx, err_rx) = mpsc::unbounded_channel();

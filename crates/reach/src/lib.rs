@@ -18,9 +18,10 @@
 //! - `local` (default): the local host, from `reach-local`.
 //! - `ssh` (default): SSH servers with SFTP, from `reach-ssh` (re-exported as [`ssh`]);
 //!   `ssh://[user@]host[:port]` and the bare `[user@]host[:port]` resolve to it.
+//! - `docker` (default): running containers through the Docker Engine API, from
+//!   `reach-docker` (re-exported as [`docker`]); `docker://[user@]container`.
 //!
-//! The `docker` scheme parses today and is refused with [`ErrorKind::Unsupported`] until
-//! its backend lands.
+//! A scheme whose feature is off is refused with [`ErrorKind::Unsupported`], naming it.
 #![deny(missing_docs)]
 
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use reach_core::*;
+#[cfg(feature = "docker")]
+pub use reach_docker as docker;
 #[cfg(feature = "ssh")]
 pub use reach_ssh as ssh;
 
@@ -39,6 +42,9 @@ pub struct ConnectOptions {
     /// Settings for `ssh` destinations.
     #[cfg(feature = "ssh")]
     pub ssh: reach_ssh::SshOptions,
+    /// Settings for `docker` destinations.
+    #[cfg(feature = "docker")]
+    pub docker: reach_docker::DockerOptions,
 }
 
 /// Makes a backend for a destination of the scheme it is registered under.
@@ -78,6 +84,16 @@ impl Registry {
                 Ok(Arc::new(reach_ssh::SshBackend::new(
                     destination.clone(),
                     ssh.clone(),
+                )?) as Arc<dyn Backend>)
+            });
+        }
+        #[cfg(feature = "docker")]
+        {
+            let docker = options.docker.clone();
+            registry.register("docker", move |destination| {
+                Ok(Arc::new(reach_docker::DockerBackend::new(
+                    destination.clone(),
+                    docker.clone(),
                 )?) as Arc<dyn Backend>)
             });
         }
@@ -165,11 +181,17 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.to_string().contains("unknown scheme `nosuch`"), "{err}");
         assert!(err.to_string().contains("local"), "{err}");
+        let err = registry.resolve("ssh://@:99999").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_scheme_left_out_of_the_build_is_named() {
+        let mut registry = Registry::empty();
+        registry.register("local", |_| Err(Error::new(ErrorKind::Io, "unused")));
         let err = registry.resolve("docker://box").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("Docker backend"), "{err}");
-        let err = registry.resolve("ssh://@:99999").unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
     #[cfg(feature = "ssh")]
@@ -180,6 +202,7 @@ mod tests {
                 no_config: true,
                 ..Default::default()
             },
+            ..Default::default()
         });
         for destination in ["user@example.org", "example.org:2222", "ssh://u@h:22"] {
             let backend = registry.resolve(destination).unwrap();
@@ -188,6 +211,18 @@ mod tests {
         assert_eq!(
             registry.resolve("example.org:2222").unwrap().addr(),
             "example.org:2222"
+        );
+    }
+
+    #[cfg(feature = "docker")]
+    #[test]
+    fn docker_urls_resolve_to_docker() {
+        let backend = Registry::with_defaults()
+            .resolve("docker://app@web-1")
+            .unwrap();
+        assert_eq!(
+            (backend.kind(), backend.user()),
+            ("docker", "app".to_owned())
         );
     }
 

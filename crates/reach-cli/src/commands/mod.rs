@@ -67,6 +67,9 @@ fn registry(conn: &ConnArgs) -> Registry {
     ssh.password = secret_from_env("REACH_SSH_PASSWORD");
     ssh.passphrase = secret_from_env("REACH_SSH_PASSPHRASE");
     ssh.prompt = Some(Arc::new(term::prompt_secret));
+    let docker = &mut options.docker;
+    docker.host = conn.docker_host.clone();
+    docker.agent = !conn.no_agent;
     Registry::with_options(&options)
 }
 
