@@ -28,6 +28,7 @@ const STDIN: u8 = 2;
 const STDIN_EOF: u8 = 3;
 const SIGNAL: u8 = 4;
 const FS_OP: u8 = 5;
+const RESIZE: u8 = 6;
 const STARTED: u8 = 10;
 const SPAWN_FAILED: u8 = 11;
 const STDOUT: u8 = 12;
@@ -40,6 +41,61 @@ const VERSION: &str = "reach-agent 1";
 
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
+    fn posix_openpt(flags: i32) -> i32;
+    fn grantpt(fd: i32) -> i32;
+    fn unlockpt(fd: i32) -> i32;
+    fn ptsname_r(fd: i32, buf: *mut u8, len: usize) -> i32;
+    fn ioctl(fd: i32, request: u64, ...) -> i32;
+    fn setsid() -> i32;
+}
+
+// Linux's generic ioctl numbers (x86_64 and aarch64 alike).
+const TIOCSCTTY: u64 = 0x540E;
+const TIOCSWINSZ: u64 = 0x5414;
+const O_RDWR_NOCTTY: i32 = 0o2 | 0o400;
+
+#[repr(C)]
+struct WinSize {
+    rows: u16,
+    cols: u16,
+    xpixel: u16,
+    ypixel: u16,
+}
+
+fn set_size(fd: i32, rows: u16, cols: u16) {
+    let size = WinSize {
+        rows,
+        cols,
+        xpixel: 0,
+        ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    unsafe { ioctl(fd, TIOCSWINSZ, &size as *const WinSize) };
+}
+
+/// A new pseudo-terminal of `rows` x `cols`: the master, and the path of its slave.
+fn open_pty(rows: u16, cols: u16) -> io::Result<(std::fs::File, String)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain libc calls on a descriptor this function owns; ptsname_r writes at most
+    // `len` bytes into `buf`.
+    unsafe {
+        let fd = posix_openpt(O_RDWR_NOCTTY);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let master = std::fs::File::from_raw_fd(fd);
+        if grantpt(fd) != 0 || unlockpt(fd) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 128];
+        let err = ptsname_r(fd, buf.as_mut_ptr(), buf.len());
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        set_size(fd, rows, cols);
+        Ok((master, String::from_utf8_lossy(&buf[..end]).into_owned()))
+    }
 }
 
 type Out = Arc<Mutex<io::Stdout>>;
@@ -101,6 +157,8 @@ fn error_payload(err: &io::Error, what: u8) -> Vec<u8> {
 struct Running {
     pid: i32,
     stdin: Option<Sender<Option<Vec<u8>>>>,
+    /// The terminal's master, for resizing.
+    pty: Option<i32>,
 }
 
 type Table = Arc<Mutex<HashMap<u32, Running>>>;
@@ -151,6 +209,16 @@ fn main() {
                     unsafe { kill(target, i32::from(signo)) };
                 }
             }
+            RESIZE => {
+                let mut fields = Fields(&payload);
+                let (Some(rows), Some(cols)) = (fields.u32(), fields.u32()) else {
+                    continue;
+                };
+                let table = table.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(fd) = table.get(&id).and_then(|r| r.pty) {
+                    set_size(fd, rows as u16, cols as u16);
+                }
+            }
             FS_OP => {
                 let out = out.clone();
                 thread::spawn(move || fs_op(&out, id, &payload));
@@ -181,9 +249,13 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         }
         let cwd = fields.string()?;
         let piped = fields.u8()? == 1;
-        Some((argv, env, cwd, piped))
+        let pty = match fields.u8() {
+            Some(1) => Some((fields.u32()? as u16, fields.u32()? as u16)),
+            _ => None,
+        };
+        Some((argv, env, cwd, piped, pty))
     })();
-    let Some((argv, env, cwd, piped)) = parsed.filter(|(argv, ..)| !argv.is_empty()) else {
+    let Some((argv, env, cwd, piped, pty)) = parsed.filter(|(argv, ..)| !argv.is_empty()) else {
         let err = io::Error::new(io::ErrorKind::InvalidInput, "malformed spawn request");
         send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
         return;
@@ -203,17 +275,61 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         }
     }
     let mut command = Command::new(&argv[0]);
-    command
-        .args(&argv[1..])
-        .envs(env)
-        .process_group(0)
-        .stdin(if piped { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.args(&argv[1..]).envs(env);
     if !cwd.is_empty() {
         command.current_dir(&cwd);
     }
-    let mut child = match command.spawn() {
+    let mut master = None;
+    match pty {
+        Some((rows, cols)) => {
+            let terminal = open_pty(rows, cols).and_then(|(m, slave)| {
+                use std::os::unix::fs::OpenOptionsExt;
+                // O_NOCTTY: the agent must not take the terminal as its own.
+                let slave = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(0o400)
+                    .open(slave)?;
+                Ok((m, slave))
+            });
+            let (m, slave) = match terminal {
+                Ok(pair) => pair,
+                Err(err) => {
+                    send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+                    return;
+                }
+            };
+            let (Ok(a), Ok(b)) = (slave.try_clone(), slave.try_clone()) else {
+                let err = io::Error::other("cannot duplicate the terminal");
+                send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+                return;
+            };
+            command.stdin(Stdio::from(slave)).stdout(Stdio::from(a)).stderr(Stdio::from(b));
+            // SAFETY: setsid and TIOCSCTTY are async-signal-safe; they make the terminal
+            // the new session's controlling terminal.
+            unsafe {
+                command.pre_exec(|| {
+                    if setsid() < 0 || ioctl(0, TIOCSCTTY, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            master = Some(m);
+        }
+        None => {
+            command
+                .process_group(0)
+                .stdin(if piped { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
+    let spawned = command.spawn();
+    // The agent keeps no end of the terminal's slave: its master sees EOF when the
+    // command's side closes.
+    drop(command);
+    let mut child = match spawned {
         Ok(child) => child,
         Err(err) => {
             send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
@@ -221,6 +337,42 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         }
     };
     let pid = child.id() as i32;
+    if let Some(m) = master {
+        use std::os::fd::AsRawFd;
+        let fd = m.as_raw_fd();
+        let Ok(writer) = m.try_clone() else {
+            // SAFETY: kill(2) on the child just started.
+            unsafe { kill(pid, 9) };
+            let _ = child.wait();
+            let err = io::Error::other("cannot duplicate the terminal");
+            send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+            return;
+        };
+        let (tx, rx) = channel::<Option<Vec<u8>>>();
+        thread::spawn(move || {
+            let mut writer = writer;
+            // End of input on a terminal is not a close: keep the master open.
+            while let Ok(Some(data)) = rx.recv() {
+                if writer.write_all(&data).is_err() {
+                    break;
+                }
+            }
+        });
+        table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Running {
+                pid,
+                stdin: Some(tx),
+                pty: Some(fd),
+            },
+        );
+        send(out, STARTED, id, &(pid as u32).to_be_bytes());
+        let readers = [Some(pump(out.clone(), id, STDOUT, m)), None];
+        let out = out.clone();
+        let table = table.clone();
+        thread::spawn(move || wait(out, table, id, child, readers));
+        return;
+    }
     let stdin = child.stdin.take().map(|mut pipe| {
         let (tx, rx) = channel::<Option<Vec<u8>>>();
         thread::spawn(move || {
@@ -237,7 +389,7 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
     table
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id, Running { pid, stdin });
+        .insert(id, Running { pid, stdin, pty: None });
     send(out, STARTED, id, &(pid as u32).to_be_bytes());
     let readers = [
         child.stdout.take().map(|s| pump(out.clone(), id, STDOUT, s)),
@@ -256,6 +408,7 @@ fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> 
                 Ok(0) => break,
                 Ok(n) => send(&out, kind, id, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // EIO: a terminal whose other side is closed.
                 Err(_) => break,
             }
         }

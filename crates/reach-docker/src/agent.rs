@@ -6,10 +6,11 @@
 //! | kind | direction | payload |
 //! |---|---|---|
 //! | 0 HELLO | agent → | version, home directory (each `u32 len + bytes`), uid, gid (`u32`) |
-//! | 1 SPAWN | → agent | argc, argv…, envc, (key, value)…, cwd (empty: none), stdin piped `u8` |
+//! | 1 SPAWN | → agent | argc, argv…, envc, (key, value)…, cwd (empty: none), stdin piped `u8`, terminal `u8` (+ rows, cols `u32`) |
 //! | 2 STDIN / 3 STDIN_EOF | → agent | bytes / nothing |
 //! | 4 SIGNAL | → agent | signal number `u8`, whole process group `u8` |
 //! | 5 FS_OP | → agent | op `u8`, path, op arguments |
+//! | 6 RESIZE | → agent | rows, cols (`u32`) |
 //! | 10 STARTED / 11 SPAWN_FAILED | agent → | pid `u32` / what `u8` (0 command, 1 cwd), errno `i32`, message |
 //! | 12 STDOUT / 13 STDERR | agent → | bytes |
 //! | 14 EXIT | agent → | 0 code / 1 signal, value `i32`, core dumped `u8` (after all output) |
@@ -39,6 +40,7 @@ const STDIN: u8 = 2;
 const STDIN_EOF: u8 = 3;
 const SIGNAL: u8 = 4;
 const FS_OP: u8 = 5;
+const RESIZE: u8 = 6;
 const STARTED: u8 = 10;
 const SPAWN_FAILED: u8 = 11;
 const STDOUT: u8 = 12;
@@ -467,6 +469,7 @@ impl AgentConn {
         env: &[(String, String)],
         cwd: Option<&str>,
         piped: bool,
+        pty: Option<reach_core::PtySize>,
     ) -> Result<std::result::Result<Spawned, SpawnFailure>> {
         let (started_tx, started_rx) = oneshot::channel();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -491,6 +494,11 @@ impl AgentConn {
         }
         put_bytes(&mut payload, cwd.unwrap_or("").as_bytes());
         payload.push(u8::from(piped));
+        if let Some(size) = pty {
+            payload.push(1);
+            payload.extend_from_slice(&u32::from(size.rows).to_be_bytes());
+            payload.extend_from_slice(&u32::from(size.cols).to_be_bytes());
+        }
         if let Err(e) = self.send(SPAWN, id, &payload).await {
             self.forget(id);
             return Err(e);
@@ -520,6 +528,13 @@ impl AgentConn {
     /// Sends a signal to a command, or to its whole process group.
     pub(crate) async fn signal(&self, id: u32, signo: u8, group: bool) -> Result<()> {
         self.send(SIGNAL, id, &[signo, u8::from(group)]).await
+    }
+
+    /// Resizes a command's terminal.
+    pub(crate) async fn resize(&self, id: u32, size: reach_core::PtySize) -> Result<()> {
+        let mut payload = u32::from(size.rows).to_be_bytes().to_vec();
+        payload.extend_from_slice(&u32::from(size.cols).to_be_bytes());
+        self.send(RESIZE, id, &payload).await
     }
 
     /// Runs a file operation; `Err` inside is the agent's errno and message.

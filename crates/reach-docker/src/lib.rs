@@ -9,9 +9,10 @@
 //!   version) and started with one engine exec, as the destination's user. Every command after
 //!   that is a fork/exec inside the container, a fraction of a `docker exec`'s cost, and gets
 //!   what the engine cannot give: signals, a death by signal told apart from an exit code, a
-//!   time limit that kills the whole process tree, and spawn failures as errors. Commands with
-//!   a terminal, and every command when the agent cannot be installed (a read-only root file
-//!   system, another architecture, [`DockerOptions::agent`] off), run as engine execs.
+//!   time limit that kills the whole process tree, spawn failures as errors, and terminals
+//!   sized before the command starts. When the agent cannot be installed (a read-only root
+//!   file system, another architecture, [`DockerOptions::agent`] off), commands run as
+//!   engine execs.
 //! - **Files** go through the archive API (a streamed tar each way; stat from its `HEAD`),
 //!   which needs nothing in the image. Renames, permissions, truncation, removal and listings
 //!   go through the agent, or else a shell in the container; with neither they are
@@ -85,12 +86,7 @@ pub(crate) async fn engine(options: &DockerOptions) -> Result<(Docker, String)> 
         Some(host) => Docker::connect_with_host(host),
         None => Docker::connect_with_defaults(),
     }
-    .map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidInput,
-            format!("cannot use the Docker engine address `{address}`: {e}"),
-        )
-    })?;
+    .map_err(|e| engine_error(&address, "connecting to the Docker engine", e))?;
     let client = match options.request_timeout {
         Some(limit) => client.with_timeout(limit),
         None => client,
@@ -132,6 +128,14 @@ pub(crate) fn engine_error(address: &str, doing: &str, err: bollard::errors::Err
         E::HyperLegacyError { err } => (
             ErrorKind::Unreachable,
             format!("{err} (is the Docker daemon running at `{address}`?)"),
+        ),
+        E::SocketNotFoundError(path) => (
+            ErrorKind::Unreachable,
+            format!("no Docker engine socket at `{path}` (is the Docker daemon running? is DOCKER_HOST right?)"),
+        ),
+        E::UnsupportedURISchemeError { uri } => (
+            ErrorKind::InvalidInput,
+            format!("`{uri}` is not an engine address this build understands (unix://, tcp://, https://)"),
         ),
         other => (ErrorKind::Protocol, other.to_string()),
     };

@@ -132,15 +132,13 @@ impl Lookup {
     }
 }
 
-/// Starts a command: through the agent when it runs and no terminal is asked for.
+/// Starts a command: through the agent when it runs, else as an engine exec.
 pub(crate) async fn exec(conn: Arc<Conn>, spec: ExecSpec) -> Result<Box<dyn Process>> {
-    if spec.pty.is_none() {
-        if let Some(agent) = conn.agent().await {
-            return Ok(Box::new(AgentProcess::start(&conn, agent, spec).await?));
-        }
-        if let Some(why) = conn.agent_lost() {
-            return Err(Error::new(ErrorKind::SessionDropped, why));
-        }
+    if let Some(agent) = conn.agent().await {
+        return Ok(Box::new(AgentProcess::start(&conn, agent, spec).await?));
+    }
+    if let Some(why) = conn.agent_lost() {
+        return Err(Error::new(ErrorKind::SessionDropped, why));
     }
     Ok(Box::new(EngineProcess::start(conn, spec).await?))
 }
@@ -178,6 +176,7 @@ pub(crate) struct AgentProcess {
     streams: Streams,
     exit: watch::Receiver<Option<Result<ExitStatus>>>,
     name: String,
+    pty: bool,
 }
 
 impl std::fmt::Debug for AgentProcess {
@@ -192,9 +191,14 @@ impl std::fmt::Debug for AgentProcess {
 impl AgentProcess {
     async fn start(conn: &Conn, agent: Arc<AgentConn>, spec: ExecSpec) -> Result<Self> {
         let argv = argv(&spec.command);
-        let piped = spec.stdin == StdinMode::Piped;
+        let pty = spec.pty.as_ref().map(|p| p.size);
+        let piped = spec.stdin == StdinMode::Piped || pty.is_some();
+        let mut env = spec.env.clone();
+        if let Some(p) = &spec.pty {
+            env.push(("TERM".to_owned(), p.term.clone()));
+        }
         let spawned = agent
-            .spawn(&argv, &spec.env, spec.cwd.as_deref(), piped)
+            .spawn(&argv, &env, spec.cwd.as_deref(), piped, pty)
             .await?
             .map_err(|f| spawn_error(conn, &argv[0], spec.cwd.as_deref(), f))?;
         let id = spawned.id;
@@ -249,10 +253,11 @@ impl AgentProcess {
             streams: Streams::new(
                 stdin,
                 Some(Box::pin(spawned.stdout)),
-                Some(Box::pin(spawned.stderr)),
+                pty.is_none().then(|| Box::pin(spawned.stderr) as BoxRead),
             ),
             exit: spawned.exit,
             name: conn.name.clone(),
+            pty: pty.is_some(),
         })
     }
 }
@@ -305,11 +310,14 @@ impl Process for AgentProcess {
         self.agent.signal(self.id, number, false).await
     }
 
-    async fn resize(&self, _size: PtySize) -> Result<()> {
-        Err(Error::new(
-            ErrorKind::InvalidInput,
-            "cannot resize: the process has no terminal (start it with a PTY)",
-        ))
+    async fn resize(&self, size: PtySize) -> Result<()> {
+        if !self.pty {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "cannot resize: the process has no terminal (start it with a PTY)",
+            ));
+        }
+        self.agent.resize(self.id, size).await
     }
 }
 
