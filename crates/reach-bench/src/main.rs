@@ -9,14 +9,21 @@
 //!   throwaway sshd: exec on a held connection vs `ssh` through a ControlMaster; a fresh
 //!   connection + exec vs plain `ssh`; upload and download of a large file through the SFTP
 //!   `FileSystem` vs `scp` and `sftp`, all with the same cipher.
+//! - `docker` (needs the Docker engine and Debian's busybox-static, as the tests do): in a
+//!   busybox container, exec on a held backend and `reach exec` vs `docker exec`; a large
+//!   file in and out through the archive API vs `docker cp`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::path::Path;
+use std::sync::Arc;
+
 use clap::Parser;
-use reach::{Backend, ExecSpec};
+use reach::{Backend, ExecSpec, FileSystem, WriteOptions};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 
 /// Benchmarks reach and writes docs/BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -82,6 +89,7 @@ impl Section {
     }
 }
 
+mod docker;
 mod ssh;
 
 /// Timings of one measured thing.
@@ -187,6 +195,81 @@ fn local_exec(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> 
     )])
 }
 
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    // One thread, as the `reach` CLI runs: on two cores the other one is the server's.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A file of `size` bytes that does not compress.
+pub fn make_source(path: &Path, size: u64) -> Result<(), String> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for chunk in block.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    file.flush().map_err(|e| e.to_string())
+}
+
+pub async fn upload(fs: &Arc<dyn FileSystem>, local: &Path, remote: &str) -> Result<(), String> {
+    let file = tokio::fs::File::open(local)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let len = std::fs::metadata(local).map_err(|e| e.to_string())?.len();
+    let options = WriteOptions {
+        len: Some(len),
+        ..WriteOptions::default()
+    };
+    let mut writer = fs
+        .open_write(remote, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::io::copy_buf(&mut reader, &mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
+    writer.shutdown().await.map_err(|e| e.to_string())
+}
+
+pub async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> Result<(), String> {
+    let mut reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
+    let file = tokio::fs::File::create(local)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut writer = BufWriter::with_capacity(1 << 20, file);
+    tokio::io::copy(&mut reader, &mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
+    // No fsync of the local copy: scp and sftp do not either.
+    writer.flush().await.map_err(|e| e.to_string())
+}
+
+pub fn same_size(a: &Path, b: &Path) -> Result<(), String> {
+    let (x, y) = (
+        std::fs::metadata(a).map_err(|e| e.to_string())?.len(),
+        std::fs::metadata(b).map_err(|e| e.to_string())?.len(),
+    );
+    if x == y {
+        Ok(())
+    } else {
+        Err(format!("{} has {y} bytes, expected {x}", b.display()))
+    }
+}
+
 fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -204,7 +287,10 @@ fn report(args: &Args, sections: &[Section]) -> String {
          reference in the same run and reported as a ratio: the machines are shared and \
          noisy, so absolute times are for orientation only.\n"
     );
-    let _ = writeln!(out, "Reproduce (as root, with openssh-server installed):\n");
+    let _ = writeln!(
+        out,
+        "Reproduce (as root, with openssh-server, busybox-static and a Docker engine):\n"
+    );
     let _ = writeln!(
         out,
         "```sh\ncargo build --release -p reach-cli -p reach-bench\n\
@@ -239,7 +325,11 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 2] = [("local", local_exec), ("ssh", ssh::run)];
+    let scenarios: [(&str, Scenario); 3] = [
+        ("local", local_exec),
+        ("ssh", ssh::run),
+        ("docker", docker::run),
+    ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {
             continue;

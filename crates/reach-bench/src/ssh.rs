@@ -1,16 +1,16 @@
 //! SSH scenarios, each against OpenSSH on the same throwaway sshd in the same run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Instant;
 
 use reach::ssh::{SshBackend, SshOptions};
-use reach::{Backend, Destination, ExecSpec, FileSystem, ProcessExt, WriteOptions};
+use reach::{Backend, Destination, ExecSpec, ProcessExt};
 use reach_test::sshd::SshdFixture;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 
-use crate::{run_ok, time, Args, Section, Series};
+use crate::{
+    download, make_source, run_ok, runtime, same_size, time, upload, Args, Section, Series,
+};
 
 /// The cipher both sides use in the throughput scenario (reach prefers it; OpenSSH is told).
 const CIPHER: &str = "aes256-gcm@openssh.com";
@@ -66,14 +66,6 @@ fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
         "-F".into(),
         "/dev/null".into(),
     ]
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    // One thread, as the `reach` CLI runs: on two cores the other one is the server's.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// Runs every SSH scenario.
@@ -208,68 +200,6 @@ fn fresh_connection(
         ),
         &[theirs, ours, ours_cli],
     ))
-}
-
-/// A file of `size` bytes that does not compress.
-fn make_source(path: &Path, size: u64) -> Result<(), String> {
-    use std::io::Write;
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| e.to_string())?);
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for chunk in block.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let bytes = state.to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
-        let n = left.min(block.len() as u64) as usize;
-        file.write_all(&block[..n]).map_err(|e| e.to_string())?;
-        left -= n as u64;
-    }
-    file.flush().map_err(|e| e.to_string())
-}
-
-async fn upload(fs: &Arc<dyn FileSystem>, local: &Path, remote: &str) -> Result<(), String> {
-    let file = tokio::fs::File::open(local)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut writer = fs
-        .open_write(remote, WriteOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::io::copy_buf(&mut reader, &mut writer)
-        .await
-        .map_err(|e| e.to_string())?;
-    writer.shutdown().await.map_err(|e| e.to_string())
-}
-
-async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> Result<(), String> {
-    let mut reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
-    let file = tokio::fs::File::create(local)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    tokio::io::copy(&mut reader, &mut writer)
-        .await
-        .map_err(|e| e.to_string())?;
-    // No fsync of the local copy: scp and sftp do not either.
-    writer.flush().await.map_err(|e| e.to_string())
-}
-
-fn same_size(a: &Path, b: &Path) -> Result<(), String> {
-    let (x, y) = (
-        std::fs::metadata(a).map_err(|e| e.to_string())?.len(),
-        std::fs::metadata(b).map_err(|e| e.to_string())?.len(),
-    );
-    if x == y {
-        Ok(())
-    } else {
-        Err(format!("{} has {y} bytes, expected {x}", b.display()))
-    }
 }
 
 fn throughput(

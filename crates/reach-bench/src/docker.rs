@@ -1,0 +1,203 @@
+//! Docker scenarios, each against the docker CLI on the same container in the same run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use reach::docker::{DockerBackend, DockerOptions};
+use reach::{Backend, Destination, ExecSpec, ProcessExt};
+use reach_test::docker::ContainerFixture;
+
+use crate::{
+    download, make_source, run_ok, runtime, same_size, time, upload, Args, Section, Series,
+};
+
+/// Runs every Docker scenario in one busybox container.
+pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
+    reach_test::docker::ensure_engine().map_err(|e| format!("no Docker engine: {e}"))?;
+    let container = ContainerFixture::busybox().map_err(|e| format!("busybox container: {e}"))?;
+    let rt = runtime()?;
+    let destination =
+        Destination::parse(&container.destination(None)).map_err(|e| e.to_string())?;
+    let backend =
+        DockerBackend::new(destination, DockerOptions::default()).map_err(|e| e.to_string())?;
+    Ok(vec![
+        exec_latency(args, &container, &backend, &rt, reach_bin)?,
+        throughput(args, &container, &backend, &rt)?,
+    ])
+}
+
+async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
+    let out = backend
+        .exec(ExecSpec::argv(["true"]))
+        .await
+        .map_err(|e| e.to_string())?
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`true` in the container gave {}", out.status))
+    }
+}
+
+fn exec_latency(
+    args: &Args,
+    container: &ContainerFixture,
+    backend: &DockerBackend,
+    rt: &tokio::runtime::Runtime,
+    reach_bin: &PathBuf,
+) -> Result<Section, String> {
+    let name = container.name().to_owned();
+    let dest = container.destination(None);
+    let docker = || run_ok(Command::new("docker").args(["exec", &name, "true"]));
+    let library = || rt.block_on(exec_true(backend));
+    let cli = || run_ok(Command::new(reach_bin).args(["exec", "-n", &dest, "--", "true"]));
+    let cli_bare =
+        || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-agent", &dest, "--", "true"]));
+    let samples = (args.iterations / 3).max(10);
+    let mut theirs = Series::new("docker CLI: `docker exec NAME true`");
+    let mut ours = Series::new("reach library: exec `true` on a held backend");
+    let mut ours_cli = Series::new("reach CLI: `reach exec docker://NAME -- true`");
+    let mut ours_bare = Series::new("reach CLI, engine only: `reach exec --no-agent ...`");
+    for _ in 0..5 {
+        docker()?;
+        library()?;
+        cli()?;
+        cli_bare()?;
+    }
+    for _ in 0..samples {
+        for (series, step) in [
+            (&mut theirs, &docker as &dyn Fn() -> Result<(), String>),
+            (&mut ours, &library),
+            (&mut ours_cli, &cli),
+            (&mut ours_bare, &cli_bare),
+        ] {
+            let (t, r) = time(step);
+            r?;
+            series.samples.push(t);
+        }
+    }
+    Ok(Section::latency(
+        "docker exec latency",
+        format!(
+            "`true` in a running busybox container on the local engine, {samples} interleaved \
+             samples each. The library keeps its backend, whose in-container agent (started \
+             once, through one engine exec) forks the command: no runc exec per command. \
+             Each `reach` CLI run is a new process that must start the agent (or, with \
+             `--no-agent`, run an engine exec) before the command, so it pays the same runc \
+             exec as `docker exec`; warm connections across CLI runs are issue 7's background \
+             process."
+        ),
+        &[theirs, ours, ours_cli, ours_bare],
+    ))
+}
+
+fn throughput(
+    args: &Args,
+    container: &ContainerFixture,
+    backend: &DockerBackend,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Section, String> {
+    let size = args.size_mib << 20;
+    let local_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let source = local_dir.path().join("source");
+    let back = local_dir.path().join("back");
+    make_source(&source, size)?;
+    let remote = "/tmp/copy";
+    let fs = rt.block_on(backend.fs()).map_err(|e| e.to_string())?;
+    let remote_size = || -> Result<(), String> {
+        let out = container
+            .exec(&["stat", "-c", "%s", remote])
+            .map_err(|e| e.to_string())?;
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if got == size.to_string() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{remote} in the container has {got} bytes, expected {size}"
+            ))
+        }
+    };
+    type Step<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+    let steps: Vec<(&'static str, Step)> = vec![
+        (
+            "copy in: `docker cp FILE NAME:PATH`",
+            Box::new(|| {
+                container
+                    .cp_to(&source, remote)
+                    .map_err(|e| e.to_string())?;
+                remote_size()
+            }),
+        ),
+        (
+            "copy in: reach FileSystem::open_write",
+            Box::new(|| {
+                rt.block_on(upload(&fs, &source, remote))?;
+                remote_size()
+            }),
+        ),
+        (
+            "copy out: `docker cp NAME:PATH FILE`",
+            Box::new(|| {
+                let _ = std::fs::remove_file(&back);
+                container
+                    .cp_from(remote, &back)
+                    .map_err(|e| e.to_string())?;
+                same_size(&source, &back)
+            }),
+        ),
+        (
+            "copy out: reach FileSystem::open_read",
+            Box::new(|| {
+                rt.block_on(download(&fs, remote, &back))?;
+                same_size(&source, &back)
+            }),
+        ),
+    ];
+    steps[1].1()?;
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    for _ in 0..args.transfers {
+        for (i, (_, step)) in steps.iter().enumerate() {
+            let start = Instant::now();
+            step()?;
+            seconds[i].push(start.elapsed().as_secs_f64());
+        }
+    }
+    // What reach read back is what was written, byte for byte.
+    run_ok(Command::new("cmp").arg(&source).arg(&back))?;
+    let mb = size as f64 / 1e6;
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
+    };
+    let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut rows = Vec::new();
+    for first in [0usize, 2] {
+        let reference = mb / median(&seconds[first]);
+        for i in first..first + 2 {
+            let rate = mb / median(&seconds[i]);
+            rows.push([
+                steps[i].0.to_owned(),
+                format!("{rate:.0} MB/s"),
+                format!("{:.0} MB/s", mb / best(&seconds[i])),
+                format!("{:.2}x", rate / reference),
+            ]);
+        }
+    }
+    Ok(Section {
+        title: format!("docker file throughput ({} MiB)", args.size_mib),
+        text: format!(
+            "One {} MiB file of incompressible bytes into and out of a busybox container on \
+             the local engine, {} rounds, the tools interleaved within each round. Both go \
+             through the engine's archive API (a tar stream); `docker cp` is the docker CLI. \
+             Every copy is checked for size, and reach's last read is compared byte for byte \
+             with the source.",
+            args.size_mib, args.transfers
+        ),
+        columns: ["median", "best", "ratio to docker cp (median)"],
+        rows,
+    })
+}
