@@ -82,13 +82,13 @@ async fn one_gib_streams_in_and_out_intact() {
     let backend = backend_for(&c.destination(None), DockerOptions::default());
     let fs = backend.fs().await.unwrap();
     let chunk = |i: u64| -> Vec<u8> {
-        let mut block = vec![0u8; 1 << 20];
+        let mut block = Vec::with_capacity(1 << 20);
         let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        for b in block.iter_mut() {
+        for _ in 0..(1 << 17) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            *b = x as u8;
+            block.extend_from_slice(&x.to_le_bytes());
         }
         block
     };
