@@ -22,20 +22,8 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-const HELLO: u8 = 0;
-const SPAWN: u8 = 1;
-const STDIN: u8 = 2;
-const STDIN_EOF: u8 = 3;
-const SIGNAL: u8 = 4;
-const FS_OP: u8 = 5;
-const RESIZE: u8 = 6;
-const STARTED: u8 = 10;
-const SPAWN_FAILED: u8 = 11;
-const STDOUT: u8 = 12;
-const STDERR: u8 = 13;
-const EXIT: u8 = 14;
-const FS_OK: u8 = 15;
-const FS_ERR: u8 = 16;
+mod protocol;
+use protocol::*;
 
 const VERSION: &str = "reach-agent 1";
 
@@ -449,15 +437,6 @@ fn wait(out: Out, table: Table, id: u32, mut child: Child, readers: [Option<thre
     }
     send(&out, EXIT, id, &payload);
 }
-
-const OP_RENAME: u8 = 1;
-const OP_CHMOD: u8 = 2;
-const OP_TRUNCATE: u8 = 3;
-const OP_REMOVE_FILE: u8 = 4;
-const OP_REMOVE_DIR: u8 = 5;
-const OP_REMOVE_DIR_ALL: u8 = 6;
-const OP_READ_DIR: u8 = 7;
-const OP_SHA256: u8 = 8;
 
 fn fs_op(out: &Out, id: u32, payload: &[u8]) {
     let mut fields = Fields(payload);

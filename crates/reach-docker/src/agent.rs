@@ -34,33 +34,22 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// (empty when it could not be built).
 pub(crate) static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reach-agent"));
 
-const HELLO: u8 = 0;
-const SPAWN: u8 = 1;
-const STDIN: u8 = 2;
-const STDIN_EOF: u8 = 3;
-const SIGNAL: u8 = 4;
-const FS_OP: u8 = 5;
-const RESIZE: u8 = 6;
-const STARTED: u8 = 10;
-const SPAWN_FAILED: u8 = 11;
-const STDOUT: u8 = 12;
-const STDERR: u8 = 13;
-const EXIT: u8 = 14;
-const FS_OK: u8 = 15;
-const FS_ERR: u8 = 16;
+#[path = "../agent/protocol.rs"]
+mod protocol;
+use protocol::*;
 
 /// File operations the agent performs.
 #[derive(Debug, Clone, Copy)]
 #[repr(u8)]
 pub(crate) enum Op {
-    Rename = 1,
-    Chmod = 2,
-    Truncate = 3,
-    RemoveFile = 4,
-    RemoveDir = 5,
-    RemoveDirAll = 6,
-    ReadDir = 7,
-    Sha256 = 8,
+    Rename = OP_RENAME,
+    Chmod = OP_CHMOD,
+    Truncate = OP_TRUNCATE,
+    RemoveFile = OP_REMOVE_FILE,
+    RemoveDir = OP_REMOVE_DIR,
+    RemoveDirAll = OP_REMOVE_DIR_ALL,
+    ReadDir = OP_READ_DIR,
+    Sha256 = OP_SHA256,
 }
 
 /// Where the agent lives in a container: a name that changes with its contents, so a

@@ -1,0 +1,49 @@
+//! The frame kinds and file operations of the agent protocol, shared by both ends: the agent
+//! (`agent/main.rs`, `mod protocol`) and reach-docker (`src/agent.rs`, included by path), so
+//! that the two cannot disagree. `src/agent.rs` documents each frame's payload.
+
+/// Agent → client, once at start: version, home, uid, gid.
+pub const HELLO: u8 = 0;
+/// Client → agent: start a command.
+pub const SPAWN: u8 = 1;
+/// Client → agent: bytes for a command's stdin.
+pub const STDIN: u8 = 2;
+/// Client → agent: end of a command's stdin.
+pub const STDIN_EOF: u8 = 3;
+/// Client → agent: send a signal.
+pub const SIGNAL: u8 = 4;
+/// Client → agent: a file operation.
+pub const FS_OP: u8 = 5;
+/// Client → agent: resize a command's terminal.
+pub const RESIZE: u8 = 6;
+/// Agent → client: the command runs (its pid).
+pub const STARTED: u8 = 10;
+/// Agent → client: the command could not start (errno, message).
+pub const SPAWN_FAILED: u8 = 11;
+/// Agent → client: stdout bytes (all terminal output, under a PTY).
+pub const STDOUT: u8 = 12;
+/// Agent → client: stderr bytes.
+pub const STDERR: u8 = 13;
+/// Agent → client: how the command ended, after all its output.
+pub const EXIT: u8 = 14;
+/// Agent → client: a file operation's result.
+pub const FS_OK: u8 = 15;
+/// Agent → client: a file operation's errno and message.
+pub const FS_ERR: u8 = 16;
+
+/// File operation: rename `path` to a second path.
+pub const OP_RENAME: u8 = 1;
+/// File operation: set permission bits.
+pub const OP_CHMOD: u8 = 2;
+/// File operation: cut or extend to a length.
+pub const OP_TRUNCATE: u8 = 3;
+/// File operation: remove a file or symlink.
+pub const OP_REMOVE_FILE: u8 = 4;
+/// File operation: remove an empty directory.
+pub const OP_REMOVE_DIR: u8 = 5;
+/// File operation: remove a tree, not following symlinks.
+pub const OP_REMOVE_DIR_ALL: u8 = 6;
+/// File operation: list a directory with each entry's lstat.
+pub const OP_READ_DIR: u8 = 7;
+/// File operation: SHA-256 of a file.
+pub const OP_SHA256: u8 = 8;
