@@ -765,8 +765,8 @@ impl FileSystem for DockerFs {
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let abs = self.abs(path).await;
-        let meta = stat_follow(&self.conn, &abs).await?;
-        if !meta.is_dir() {
+        let (real, stat) = resolve(&self.conn, &abs).await?;
+        if !stat.meta.is_dir() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 format!("`{abs}` in container `{}` is not a directory", self.name()),
@@ -776,7 +776,6 @@ impl FileSystem for DockerFs {
             let listing = self.op(Op::ReadDir, &abs, &[], None).await?;
             return Ok(parse_listing(listing));
         }
-        let (real, _) = resolve(&self.conn, &abs).await?;
         self.read_dir_archive(&real).await
     }
 
