@@ -18,18 +18,7 @@ use std::time::{Duration, Instant};
 /// Label on every container a fixture starts, for cleaning up after a crashed run.
 pub const LABEL: &str = "reach-test";
 
-fn run(cmd: &mut Command) -> io::Result<Output> {
-    let out = cmd.output()?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(io::Error::other(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
+use crate::run_checked as run;
 
 fn docker() -> Command {
     let mut cmd = Command::new("docker");

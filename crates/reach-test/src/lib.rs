@@ -18,7 +18,7 @@ pub mod docker;
 mod fixture;
 pub mod sshd;
 
-pub use fixture::{Fixture, LocalFixture};
+pub use fixture::{Fixture, LocalFixture, PeerFixture};
 
 /// Whether the tests run as root (who ignores permission bits, and whom sshd fixtures replace
 /// by an unprivileged user).
@@ -26,6 +26,23 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
+}
+
+/// Runs a command to its end; its output if it succeeded, else an error with the command,
+/// its status and its stderr.
+pub(crate) fn run_checked(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<std::process::Output> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(std::io::Error::other(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
 }
 
 /// Whether missing real peers must fail the run (`REACH_REQUIRE_REAL=1`, set by `.ci/run`).

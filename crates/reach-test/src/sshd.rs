@@ -28,16 +28,7 @@ pub struct SshdFixture {
 }
 
 fn run(cmd: &mut Command) -> io::Result<std::process::Output> {
-    let out = cmd.stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(io::Error::other(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    crate::run_checked(cmd.stdin(Stdio::null()))
 }
 
 /// Creates [`TEST_USER`] if it does not exist; tolerates another test process doing the same
