@@ -88,3 +88,31 @@ impl Fixture for LocalFixture {
         self.denied.path().to_string_lossy().into_owned()
     }
 }
+
+/// A backend whose real peer (a server process, a container) is kept alive by `peer`, with
+/// the directories the checks use. Fields drop in order, so the peer outlives the backend.
+#[derive(Debug)]
+pub struct PeerFixture<P> {
+    /// The backend under test.
+    pub backend: Arc<dyn Backend>,
+    /// [`Fixture::scratch`].
+    pub scratch: String,
+    /// [`Fixture::denied_dir`].
+    pub denied: String,
+    /// Whatever must live as long as the backend (removed or stopped on drop).
+    pub peer: P,
+}
+
+impl<P: Send + Sync> Fixture for PeerFixture<P> {
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
+    fn scratch(&self) -> String {
+        self.scratch.clone()
+    }
+
+    fn denied_dir(&self) -> String {
+        self.denied.clone()
+    }
+}

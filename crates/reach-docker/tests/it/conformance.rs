@@ -2,35 +2,12 @@
 
 use std::sync::Arc;
 
-use reach_core::{Backend, Destination};
+use reach_core::Destination;
 use reach_docker::{DockerBackend, DockerOptions};
 use reach_test::docker::ContainerFixture;
-use reach_test::Fixture;
+use reach_test::PeerFixture;
 
-/// A busybox container, a backend for it, and directories in it for the checks.
-pub struct DockerFixture {
-    backend: Arc<dyn Backend>,
-    scratch: String,
-    // Last, so that the container outlives the backend while dropping.
-    _container: ContainerFixture,
-}
-
-impl Fixture for DockerFixture {
-    fn backend(&self) -> Arc<dyn Backend> {
-        self.backend.clone()
-    }
-
-    fn scratch(&self) -> String {
-        self.scratch.clone()
-    }
-
-    fn denied_dir(&self) -> String {
-        // A read-only mount: nobody, root included, may create entries there.
-        "/denied".to_owned()
-    }
-}
-
-pub async fn fixture() -> Option<DockerFixture> {
+pub async fn fixture() -> Option<PeerFixture<ContainerFixture>> {
     if !reach_test::docker::available_or_skip("reach-docker conformance") {
         return None;
     }
@@ -38,10 +15,12 @@ pub async fn fixture() -> Option<DockerFixture> {
     let destination = Destination::parse(&container.destination(None)).expect("destination");
     let backend =
         Arc::new(DockerBackend::new(destination, DockerOptions::default()).expect("backend"));
-    Some(DockerFixture {
+    Some(PeerFixture {
         backend,
         scratch: container.scratch(None).expect("scratch dir"),
-        _container: container,
+        // A read-only mount: nobody, root included, may create entries there.
+        denied: "/denied".to_owned(),
+        peer: container,
     })
 }
 

@@ -2,35 +2,12 @@
 
 use std::sync::Arc;
 
-use reach_core::{Backend, Destination};
+use reach_core::Destination;
 use reach_ssh::{SshBackend, SshOptions};
 use reach_test::sshd::SshdFixture;
-use reach_test::Fixture;
+use reach_test::PeerFixture;
 
-/// An sshd, a backend connected to it, and directories on the server for the checks.
-struct SshFixture {
-    backend: Arc<dyn Backend>,
-    scratch: String,
-    denied: String,
-    // Last, so that it outlives the backend's connection while dropping.
-    _sshd: SshdFixture,
-}
-
-impl Fixture for SshFixture {
-    fn backend(&self) -> Arc<dyn Backend> {
-        self.backend.clone()
-    }
-
-    fn scratch(&self) -> String {
-        self.scratch.clone()
-    }
-
-    fn denied_dir(&self) -> String {
-        self.denied.clone()
-    }
-}
-
-async fn fixture() -> Option<SshFixture> {
+async fn fixture() -> Option<PeerFixture<SshdFixture>> {
     let sshd = SshdFixture::start_or_skip("reach-ssh conformance")?;
     let options = SshOptions {
         identity: Some(sshd.client_key()),
@@ -39,11 +16,11 @@ async fn fixture() -> Option<SshFixture> {
     };
     let destination = Destination::parse(&sshd.destination()).expect("destination");
     let backend = Arc::new(SshBackend::new(destination, options).expect("backend"));
-    Some(SshFixture {
+    Some(PeerFixture {
         backend,
         scratch: sshd.user_dir("scratch").expect("scratch dir"),
         denied: sshd.denied_dir("denied").expect("denied dir"),
-        _sshd: sshd,
+        peer: sshd,
     })
 }
 
