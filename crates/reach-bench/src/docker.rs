@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use reach::docker::{DockerBackend, DockerOptions};
 use reach::{Backend, Destination, ExecSpec, ProcessExt};
 use reach_test::docker::ContainerFixture;
 
 use crate::{
-    download, make_source, run_ok, runtime, same_size, time, upload, Args, Section, Series,
+    download, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload, Args,
+    Section, Series, Step,
 };
 
 /// Runs every Docker scenario in one busybox container.
@@ -120,7 +120,6 @@ fn throughput(
             ))
         }
     };
-    type Step<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
     let steps: Vec<(&'static str, Step)> = vec![
         (
             "copy in: `docker cp FILE NAME:PATH`",
@@ -157,36 +156,9 @@ fn throughput(
         ),
     ];
     steps[1].1()?;
-    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
-    for _ in 0..args.transfers {
-        for (i, (_, step)) in steps.iter().enumerate() {
-            let start = Instant::now();
-            step()?;
-            seconds[i].push(start.elapsed().as_secs_f64());
-        }
-    }
+    let rows = throughput_rounds(&steps, args.transfers, size, 2)?;
     // What reach read back is what was written, byte for byte.
     run_ok(Command::new("cmp").arg(&source).arg(&back))?;
-    let mb = size as f64 / 1e6;
-    let median = |v: &Vec<f64>| {
-        let mut v = v.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
-    };
-    let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut rows = Vec::new();
-    for first in [0usize, 2] {
-        let reference = mb / median(&seconds[first]);
-        for i in first..first + 2 {
-            let rate = mb / median(&seconds[i]);
-            rows.push([
-                steps[i].0.to_owned(),
-                format!("{rate:.0} MB/s"),
-                format!("{:.0} MB/s", mb / best(&seconds[i])),
-                format!("{:.2}x", rate / reference),
-            ]);
-        }
-    }
     Ok(Section {
         title: format!("docker file throughput ({} MiB)", args.size_mib),
         text: format!(

@@ -270,6 +270,49 @@ pub fn same_size(a: &Path, b: &Path) -> Result<(), String> {
     }
 }
 
+/// One copy step of a throughput scenario: copies and checks the result.
+pub type Step<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
+
+/// Runs every step `rounds` times, the steps interleaved within each round (so that noise
+/// hits them alike), and makes one row per step: median and best rate for `bytes`, and the
+/// ratio of its median to the first step of its group of `group` consecutive steps.
+pub fn throughput_rounds(
+    steps: &[(&'static str, Step)],
+    rounds: usize,
+    bytes: u64,
+    group: usize,
+) -> Result<Vec<[String; 4]>, String> {
+    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
+    for _ in 0..rounds {
+        for (i, (_, step)) in steps.iter().enumerate() {
+            let start = Instant::now();
+            step()?;
+            seconds[i].push(start.elapsed().as_secs_f64());
+        }
+    }
+    let mb = bytes as f64 / 1e6;
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
+    };
+    let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut rows = Vec::new();
+    for first in (0..steps.len()).step_by(group.max(1)) {
+        let reference = mb / median(&seconds[first]);
+        for i in first..(first + group).min(steps.len()) {
+            let rate = mb / median(&seconds[i]);
+            rows.push([
+                steps[i].0.to_owned(),
+                format!("{rate:.0} MB/s"),
+                format!("{:.0} MB/s", mb / best(&seconds[i])),
+                format!("{:.2}x", rate / reference),
+            ]);
+        }
+    }
+    Ok(rows)
+}
+
 fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

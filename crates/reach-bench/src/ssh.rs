@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
 
 use reach::ssh::{SshBackend, SshOptions};
 use reach::{Backend, Destination, ExecSpec, ProcessExt};
 use reach_test::sshd::SshdFixture;
 
 use crate::{
-    download, make_source, run_ok, runtime, same_size, time, upload, Args, Section, Series,
+    download, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload, Args,
+    Section, Series, Step,
 };
 
 /// The cipher both sides use in the throughput scenario (reach prefers it; OpenSSH is told).
@@ -221,7 +221,6 @@ fn throughput(
     let fs = rt.block_on(ssh.fs()).map_err(|e| e.to_string())?;
     let sftp_batch = local_dir.path().join("batch");
 
-    type Step<'a> = Box<dyn Fn() -> Result<(), String> + 'a>;
     let steps: Vec<(&'static str, Step)> = vec![
         (
             "upload: OpenSSH scp",
@@ -294,36 +293,9 @@ fn throughput(
     ];
     // The remote copy must exist before any download.
     steps[2].1()?;
-    let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); steps.len()];
-    for _ in 0..args.transfers {
-        for (i, (_, step)) in steps.iter().enumerate() {
-            let start = Instant::now();
-            step()?;
-            seconds[i].push(start.elapsed().as_secs_f64());
-        }
-    }
+    let rows = throughput_rounds(&steps, args.transfers, size, 3)?;
     // What reach downloaded is what was uploaded, byte for byte.
     run_ok(Command::new("cmp").arg(&source).arg(&back))?;
-    let mb = size as f64 / 1e6;
-    let median = |v: &Vec<f64>| {
-        let mut v = v.clone();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::INFINITY)
-    };
-    let best = |v: &Vec<f64>| v.iter().copied().fold(f64::INFINITY, f64::min);
-    let mut rows = Vec::new();
-    for first in [0usize, 3] {
-        let scp = mb / median(&seconds[first]);
-        for i in first..first + 3 {
-            let rate = mb / median(&seconds[i]);
-            rows.push([
-                steps[i].0.to_owned(),
-                format!("{rate:.0} MB/s"),
-                format!("{:.0} MB/s", mb / best(&seconds[i])),
-                format!("{:.2}x", rate / scp),
-            ]);
-        }
-    }
     Ok(Section {
         title: format!("ssh file throughput ({} MiB)", args.size_mib),
         text: format!(
