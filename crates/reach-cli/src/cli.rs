@@ -50,6 +50,14 @@ pub enum Command {
     Mv(MvArgs),
     /// Change permission bits (octal MODE, DEST:PATH).
     Chmod(ChmodArgs),
+    /// Copy files and trees between any two destinations, like scp: `SRC... DEST`, each a
+    /// `PATH`, `DEST:PATH` or `scheme://host/PATH`.
+    ///
+    /// Every file is written to `.NAME.reach-part` beside its destination, hashed (SHA-256)
+    /// against what was sent, then renamed into place: an interrupted or failed copy never
+    /// leaves a partial file where the old one was. Exits 0 when everything was copied,
+    /// else with the code of the first failure (1 for a missing source, 255 transport).
+    Cp(CpArgs),
 }
 
 /// How to connect: the same flags on every subcommand, before or after its name.
@@ -183,6 +191,35 @@ pub struct MvArgs {
     pub from: String,
     /// The new name, on the same destination (DEST:PATH or a bare path on it).
     pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Copy directories and everything in them (symlinks are copied as links).
+    #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+    pub recursive: bool,
+    /// Keep permission bits and modification times (`-p` is the port, as in ssh).
+    #[arg(short = 'a', long = "preserve")]
+    pub preserve: bool,
+    /// Continue a copy that was interrupted, from the part already written (when it still
+    /// matches the source); failed copies keep their part for the next --resume.
+    #[arg(long)]
+    pub resume: bool,
+    /// Files copied at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 32)]
+    pub jobs: usize,
+    /// Do not hash the written copy to check it.
+    #[arg(long = "no-verify")]
+    pub no_verify: bool,
+    /// Do not flush each file to stable storage before renaming it into place.
+    #[arg(long = "no-fsync")]
+    pub no_fsync: bool,
+    /// Never draw a progress bar (it is drawn only when stderr is a terminal).
+    #[arg(short = 'q', long = "quiet")]
+    pub quiet: bool,
+    /// Sources, then the destination (a directory when there are several sources).
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
+    pub locations: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,9 @@ pub struct WriteOptions {
     /// the size before the data (Docker's archive API) streams with it and buffers without
     /// it; writing a different number of bytes is then an error. Others ignore it.
     pub len: Option<u64>,
+    /// Flush the data to stable storage before `shutdown` returns (`fsync`), where the
+    /// backend can; backends that cannot ignore it.
+    pub sync: bool,
 }
 
 impl Default for WriteOptions {
@@ -95,6 +98,7 @@ impl Default for WriteOptions {
             append: false,
             mode: 0o644,
             len: None,
+            sync: false,
         }
     }
 }
@@ -139,6 +143,15 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     async fn symlink(&self, target: &str, link: &str) -> Result<()>;
     /// The login (home) directory.
     async fn home_dir(&self) -> Result<String>;
+    /// Sets the modification time (and, where the target needs both, the access time to the
+    /// same value), following symlinks. [`crate::ErrorKind::Unsupported`] by default.
+    async fn set_modified(&self, path: &str, modified: SystemTime) -> Result<()> {
+        let _ = (path, modified);
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "this backend cannot set modification times",
+        ))
+    }
     /// The SHA-256 of a file computed on the target, without moving its bytes.
     /// [`crate::ErrorKind::Unsupported`] unless the backend has a fast path.
     async fn sha256(&self, path: &str) -> Result<[u8; 32]> {

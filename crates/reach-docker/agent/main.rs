@@ -467,6 +467,14 @@ fn fs_op(out: &Out, id: u32, payload: &[u8]) {
             OP_REMOVE_DIR_ALL => std::fs::remove_dir_all(&path).map(|()| Vec::new()),
             OP_READ_DIR => read_dir(&path),
             OP_SHA256 => sha256_file(&path).map(|digest| digest.to_vec()),
+            OP_SET_MTIME => {
+                let secs = fields.u64().ok_or_else(bad)?;
+                let nanos = fields.u32().ok_or_else(bad)?;
+                let when = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+                std::fs::File::open(&path)?
+                    .set_modified(when)
+                    .map(|()| Vec::new())
+            }
             _ => Err(io::Error::new(io::ErrorKind::Unsupported, "unknown file operation")),
         }
     })();

@@ -47,3 +47,5 @@ pub const OP_REMOVE_DIR_ALL: u8 = 6;
 pub const OP_READ_DIR: u8 = 7;
 /// File operation: SHA-256 of a file.
 pub const OP_SHA256: u8 = 8;
+/// File operation: set the modification time (seconds, nanoseconds), following symlinks.
+pub const OP_SET_MTIME: u8 = 9;

@@ -50,6 +50,7 @@ pub(crate) enum Op {
     RemoveDirAll = OP_REMOVE_DIR_ALL,
     ReadDir = OP_READ_DIR,
     Sha256 = OP_SHA256,
+    SetMtime = OP_SET_MTIME,
 }
 
 /// Where the agent lives in a container: a name that changes with its contents, so a

@@ -644,6 +644,7 @@ fn op_verb(op: Op) -> &'static str {
         Op::RemoveDirAll => "remove tree",
         Op::ReadDir => "list",
         Op::Sha256 => "hash",
+        Op::SetMtime => "set the modification time of",
     }
 }
 
@@ -914,6 +915,23 @@ impl FileSystem for DockerFs {
 
     async fn home_dir(&self) -> Result<String> {
         Ok(self.home().await)
+    }
+
+    async fn set_modified(&self, path: &str, modified: std::time::SystemTime) -> Result<()> {
+        let abs = self.abs(path).await;
+        let since = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut args = since.as_secs().to_be_bytes().to_vec();
+        args.extend(since.subsec_nanos().to_be_bytes());
+        let line = format!(
+            "touch -c -m -d @{} -- {}",
+            since.as_secs(),
+            shell_quote(&abs)
+        );
+        self.op(Op::SetMtime, &abs, &args, Some(line))
+            .await
+            .map(drop)
     }
 
     async fn sha256(&self, path: &str) -> Result<[u8; 32]> {

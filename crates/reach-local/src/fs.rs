@@ -1,12 +1,17 @@
 //! Local files through `tokio::fs`.
 
+use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use reach_core::{
     BoxRead, BoxWrite, DirEntry, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
     WriteOptions,
 };
+use tokio::io::AsyncWrite;
 
 /// This machine's files.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +82,20 @@ impl FileSystem for LocalFs {
             .open(path)
             .await
             .map_err(|e| err("open for writing", path, e))?;
-        Ok(Box::pin(file))
+        if !options.sync {
+            return Ok(Box::pin(file));
+        }
+        let handle = file
+            .try_clone()
+            .await
+            .map_err(|e| err("open for writing", path, e))?
+            .into_std()
+            .await;
+        Ok(Box::pin(SyncOnShutdown {
+            file,
+            handle: Some(handle),
+            syncing: None,
+        }))
     }
 
     async fn metadata(&self, path: &str) -> Result<Metadata> {
@@ -184,5 +202,84 @@ impl FileSystem for LocalFs {
 
     async fn home_dir(&self) -> Result<String> {
         Ok(crate::current_user().dir.to_string_lossy().into_owned())
+    }
+
+    async fn set_modified(&self, path: &str, modified: SystemTime) -> Result<()> {
+        let since = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mtime = nix::sys::time::TimeSpec::from(since);
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            nix::sys::stat::utimensat(
+                None,
+                owned.as_str(),
+                &nix::sys::time::TimeSpec::UTIME_OMIT,
+                &mtime,
+                nix::sys::stat::UtimensatFlags::FollowSymlink,
+            )
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("set the time of `{path}`: {e}")))?
+        .map_err(|e| err("set the modification time of", path, e.into()))
+    }
+
+    async fn sha256(&self, path: &str) -> Result<[u8; 32]> {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
+            use sha2::Digest;
+            use std::io::Read;
+            let mut file = std::fs::File::open(&owned)?;
+            let mut hasher = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(hasher.finalize().into());
+                }
+                hasher.update(&buf[..n]);
+            }
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("hash `{path}`: {e}")))?
+        .map_err(|e| err("hash", path, e))
+    }
+}
+
+/// A file written with [`WriteOptions::sync`]: `shutdown` flushes, then `fsync`s.
+struct SyncOnShutdown {
+    file: tokio::fs::File,
+    /// A second handle on the same file, for the blocking `fsync`.
+    handle: Option<std::fs::File>,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl AsyncWrite for SyncOnShutdown {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.file).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.syncing.is_none() {
+            ready!(Pin::new(&mut self.file).poll_shutdown(cx))?;
+            let Some(handle) = self.handle.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.syncing = Some(tokio::task::spawn_blocking(move || handle.sync_all()));
+        }
+        let Some(syncing) = self.syncing.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let done = ready!(Pin::new(syncing).poll(cx)).map_err(std::io::Error::other)?;
+        self.syncing = None;
+        Poll::Ready(done)
     }
 }

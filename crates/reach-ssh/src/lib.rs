@@ -386,7 +386,11 @@ impl SshBackend {
                     format!("`{addr}` refused the SFTP subsystem: {e}"),
                 )
             })?;
-            SftpFs::start(channel.into_stream(), addr.clone())
+            let exec = sftp::RemoteExec {
+                handle: conn.handle.clone(),
+                sessions: conn.sessions.clone(),
+            };
+            SftpFs::start(channel.into_stream(), addr.clone(), Some(exec))
                 .await
                 .map(Arc::new)
         };

@@ -39,6 +39,15 @@ pub struct SftpFs {
     chunk: usize,
     fsync: bool,
     posix_rename: bool,
+    /// Runs commands on the same connection, for the remote SHA-256.
+    exec: Option<RemoteExec>,
+}
+
+/// What [`SftpFs::sha256`] needs to run `sha256sum` on the server.
+#[derive(Clone)]
+pub(crate) struct RemoteExec {
+    pub(crate) handle: Arc<russh::client::Handle<crate::HostKeyCheck>>,
+    pub(crate) sessions: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SftpFs {
@@ -71,7 +80,11 @@ fn parent(path: &str) -> Option<&str> {
 
 impl SftpFs {
     /// Starts the SFTP protocol on `stream` (a channel with the `sftp` subsystem running).
-    pub(crate) async fn start<S>(stream: S, addr: String) -> Result<SftpFs>
+    pub(crate) async fn start<S>(
+        stream: S,
+        addr: String,
+        exec: Option<RemoteExec>,
+    ) -> Result<SftpFs>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -107,6 +120,7 @@ impl SftpFs {
             raw: Arc::new(raw),
             addr,
             chunk: chunk.max(1024),
+            exec,
         })
     }
 
@@ -269,7 +283,7 @@ impl FileSystem for SftpFs {
             buf: Vec::new(),
             offset: 0,
             acks: VecDeque::new(),
-            fsync: self.fsync,
+            fsync: self.fsync && options.sync,
             closing: None,
             closed: false,
         }))
@@ -486,6 +500,76 @@ impl FileSystem for SftpFs {
                 Err(self.refine_create(err, link).await)
             }
         }
+    }
+
+    async fn set_modified(&self, path: &str, modified: std::time::SystemTime) -> Result<()> {
+        // SFTP v3 carries seconds as u32 and sets both times together.
+        let secs = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+            .unwrap_or(0);
+        let attrs = FileAttributes {
+            atime: Some(secs),
+            mtime: Some(secs),
+            ..FileAttributes::empty()
+        };
+        self.setstat(path, attrs, "set the modification time of")
+            .await
+    }
+
+    async fn sha256(&self, path: &str) -> Result<[u8; 32]> {
+        let Some(exec) = &self.exec else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "no remote SHA-256 without a command channel",
+            ));
+        };
+        let permit = exec.sessions.clone().acquire_owned().await.map_err(|_| {
+            Error::new(
+                ErrorKind::SessionDropped,
+                format!("the connection to `{}` was closed", self.addr),
+            )
+        })?;
+        // OpenSSL hashes about four times faster than coreutils where it is installed.
+        let quoted = reach_core::shell_quote(path);
+        let line = format!(
+            "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r -- {quoted}; \
+             else sha256sum -b -- {quoted}; fi"
+        );
+        let process = crate::process::SshProcess::start(
+            exec.handle.clone(),
+            reach_core::ExecSpec::shell(line),
+            self.addr.clone(),
+            permit,
+        )
+        .await?;
+        use reach_core::ProcessExt;
+        let process: Box<dyn reach_core::Process> = Box::new(process);
+        let out = process.output().await?;
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        if !out.status.success() {
+            let kind = match out.status.shell_code() {
+                126 | 127 => ErrorKind::Unsupported,
+                _ if said.to_ascii_lowercase().contains("no such file") => ErrorKind::NotFound,
+                _ if said.to_ascii_lowercase().contains("permission denied") => {
+                    ErrorKind::PermissionDenied
+                }
+                _ => ErrorKind::Unsupported,
+            };
+            return Err(Error::new(
+                kind,
+                format!("hash `{path}` on `{}`: {said}", self.addr),
+            ));
+        }
+        parse_digest(&out.stdout).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "hash `{path}` on `{}`: unexpected output from the hasher",
+                    self.addr
+                ),
+            )
+        })
     }
 
     async fn home_dir(&self) -> Result<String> {
@@ -733,6 +817,20 @@ impl Drop for ChunkWriter {
     }
 }
 
+/// The digest from the first line of `sha256sum` or `openssl dgst -r` output
+/// (`HEX *NAME`, with a leading `\\` when the name was escaped).
+fn parse_digest(out: &[u8]) -> Option<[u8; 32]> {
+    let line = out.split(|&b| b == b'\n').next()?;
+    let line = line.strip_prefix(b"\\").unwrap_or(line);
+    let hex = line.get(..64)?;
+    let mut digest = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        digest[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,6 +841,16 @@ mod tests {
         assert_eq!(remote(r"D:\data\f.txt"), "/D:/data/f.txt");
         assert_eq!(remote("/home/x"), "/home/x");
         assert_eq!(remote("rel/x"), "rel/x");
+    }
+
+    #[test]
+    fn digests() {
+        let hex = "b7b5fdcb54e1150682614ed7adee194d4458b6c5b6661489174e7d63b49e9382";
+        let digest = parse_digest(format!("{hex} *big\n").as_bytes());
+        assert_eq!(digest.map(|d| d[0]), Some(0xb7));
+        let escaped = parse_digest(format!("\\{hex} *a\\nb\n").as_bytes());
+        assert_eq!(escaped, digest);
+        assert_eq!(parse_digest(b"sha256sum: x: No such file"), None);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub use reach_core::*;
 pub use reach_docker as docker;
 #[cfg(feature = "ssh")]
 pub use reach_ssh as ssh;
+/// Copies between any two targets: streamed, verified, atomic, resumable (`reach-transfer`).
+pub use reach_transfer as transfer;
 
 /// How backends connect, beyond what a destination says (one field per backend that has
 /// settings; unset values fall back to each backend's own defaults and configuration).

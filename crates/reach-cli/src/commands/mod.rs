@@ -1,6 +1,7 @@
 //! What each subcommand does. `run` parses, builds a runtime, dispatches, and returns the
 //! exit code; nothing below it calls `std::process::exit`.
 
+mod cp;
 mod exec;
 mod files;
 mod info;
@@ -24,10 +25,15 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             return err.exit_code();
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // A copy hashes and encrypts on separate threads; everything else is I/O-bound.
+    let mut builder = if matches!(cli.command, Command::Cp(_)) {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2);
+        builder
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("reach: cannot start the async runtime: {err}");
@@ -93,6 +99,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Mkdir(args) => files::mkdir(args, json).await,
         Command::Mv(args) => files::mv(args, json).await,
         Command::Chmod(args) => files::chmod(args, json).await,
+        Command::Cp(args) => cp::cp(args, json).await,
     }
 }
 
