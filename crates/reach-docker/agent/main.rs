@@ -467,6 +467,55 @@ fn fs_op(out: &Out, id: u32, payload: &[u8]) {
             OP_REMOVE_DIR_ALL => std::fs::remove_dir_all(&path).map(|()| Vec::new()),
             OP_READ_DIR => read_dir(&path),
             OP_SHA256 => sha256_file(&path).map(|digest| digest.to_vec()),
+            OP_READ => {
+                use std::os::unix::fs::FileExt;
+                let offset = fields.u64().ok_or_else(bad)?;
+                let len = fields.u32().ok_or_else(bad)? as usize;
+                let file = std::fs::File::open(&path)?;
+                let mut buf = vec![0u8; len];
+                let mut filled = 0;
+                while filled < len {
+                    match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(buf)
+            }
+            OP_WRITE => {
+                use std::os::unix::fs::{FileExt, OpenOptionsExt};
+                let flags = fields.u8().ok_or_else(bad)?;
+                let mode = fields.u32().ok_or_else(bad)?;
+                let offset = fields.u64().ok_or_else(bad)?;
+                let data = fields.0;
+                let has = |flag: u8| flags & flag != 0;
+                let mut open = std::fs::OpenOptions::new();
+                open.write(true).mode(mode);
+                if has(WRITE_EXCLUSIVE) {
+                    open.create_new(true);
+                } else if has(WRITE_CREATE) {
+                    open.create(true);
+                }
+                if has(WRITE_TRUNCATE) {
+                    open.truncate(true);
+                }
+                if has(WRITE_APPEND) {
+                    open.append(true);
+                }
+                let mut file = open.open(&path)?;
+                if has(WRITE_APPEND) {
+                    file.write_all(data)?;
+                } else if !data.is_empty() {
+                    file.write_all_at(data, offset)?;
+                }
+                if has(WRITE_SYNC) {
+                    file.sync_all()?;
+                }
+                Ok(Vec::new())
+            }
             OP_SET_MTIME => {
                 let secs = fields.u64().ok_or_else(bad)?;
                 let nanos = fields.u32().ok_or_else(bad)?;

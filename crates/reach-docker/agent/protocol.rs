@@ -49,3 +49,19 @@ pub const OP_READ_DIR: u8 = 7;
 pub const OP_SHA256: u8 = 8;
 /// File operation: set the modification time (seconds, nanoseconds), following symlinks.
 pub const OP_SET_MTIME: u8 = 9;
+/// File operation: read up to a length (u32) at an offset (u64); the answer is the bytes,
+/// shorter only at the end of the file.
+pub const OP_READ: u8 = 10;
+/// File operation: open with flags (u8, `WRITE_*`) and a creation mode (u32), write the
+/// rest of the payload at an offset (u64) (at the end with `WRITE_APPEND`), close.
+pub const OP_WRITE: u8 = 11;
+/// [`OP_WRITE`] flag: create the file if it is missing.
+pub const WRITE_CREATE: u8 = 1;
+/// [`OP_WRITE`] flag: cut the file to nothing first.
+pub const WRITE_TRUNCATE: u8 = 2;
+/// [`OP_WRITE`] flag: fail if the file exists.
+pub const WRITE_EXCLUSIVE: u8 = 4;
+/// [`OP_WRITE`] flag: write at the end, whatever the offset.
+pub const WRITE_APPEND: u8 = 8;
+/// [`OP_WRITE`] flag: `fsync` before answering.
+pub const WRITE_SYNC: u8 = 16;

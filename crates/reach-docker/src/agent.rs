@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub(crate) static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reach-agent"));
 
 #[path = "../agent/protocol.rs"]
-mod protocol;
+pub(crate) mod protocol;
 use protocol::*;
 
 /// File operations the agent performs.
@@ -51,6 +51,8 @@ pub(crate) enum Op {
     ReadDir = OP_READ_DIR,
     Sha256 = OP_SHA256,
     SetMtime = OP_SET_MTIME,
+    Read = OP_READ,
+    Write = OP_WRITE,
 }
 
 /// Where the agent lives in a container: a name that changes with its contents, so a

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
 use crate::agent::{errno_kind, Fields, Op};
+use crate::agent_io;
 use crate::tar::{self, Event, Header, Kind};
 use crate::{engine_error, Conn};
 
@@ -514,6 +515,17 @@ impl DockerFs {
         }
     }
 
+    /// An agent read or write that failed, named.
+    fn agent_io_error(&self, verb: &str, path: &str, e: std::io::Error) -> Error {
+        let kind = e
+            .raw_os_error()
+            .map_or(ErrorKind::SessionDropped, errno_kind);
+        Error::new(
+            kind,
+            format!("{verb} `{path}` in container `{}`: {e}", self.name()),
+        )
+    }
+
     /// Runs an operation the archive API lacks: through the agent, else a shell command.
     async fn op(&self, op: Op, path: &str, args: &[u8], shell: Option<String>) -> Result<Bytes> {
         let verb = op_verb(op);
@@ -645,6 +657,8 @@ fn op_verb(op: Op) -> &'static str {
         Op::ReadDir => "list",
         Op::Sha256 => "hash",
         Op::SetMtime => "set the modification time of",
+        Op::Read => "read",
+        Op::Write => "write",
     }
 }
 
@@ -693,6 +707,12 @@ fn parse_listing(payload: Bytes) -> Vec<DirEntry> {
 impl FileSystem for DockerFs {
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let abs = self.abs(path).await;
+        if let Some(agent) = self.conn.agent().await {
+            let first = agent_io::read_at(agent.clone(), abs.clone(), 0, agent_io::CHUNK)
+                .await
+                .map_err(|e| self.agent_io_error("read", &abs, e))?;
+            return Ok(Box::pin(agent_io::AgentReader::new(agent, abs, first)));
+        }
         let (real, stat) = resolve(&self.conn, &abs).await?;
         if !stat.meta.is_file() {
             return Err(Error::new(
@@ -710,6 +730,27 @@ impl FileSystem for DockerFs {
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
         let abs = self.abs(path).await;
+        if let Some(agent) = self.conn.agent().await {
+            let mut flags = agent_io::WRITE_CREATE;
+            if options.append {
+                flags |= agent_io::WRITE_APPEND;
+            } else {
+                flags |= agent_io::WRITE_TRUNCATE;
+            }
+            if options.create_new {
+                flags |= agent_io::WRITE_EXCLUSIVE;
+            }
+            agent_io::write_at(agent.clone(), abs.clone(), flags, options.mode, 0, &[])
+                .await
+                .map_err(|e| self.agent_io_error("open for writing", &abs, e))?;
+            return Ok(Box::pin(agent_io::AgentWriter::new(
+                agent,
+                abs,
+                options.append,
+                options.sync,
+                options.len,
+            )));
+        }
         // Write through a symlink to its target, as open(2) does.
         let target = match resolve(&self.conn, &abs).await {
             Ok((real, stat)) => Some((real, stat)),

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod agent;
+mod agent_io;
 mod fs;
 mod lifecycle;
 mod process;

@@ -718,7 +718,16 @@ impl Transfer {
         let mut kept = 0;
         if self.options.resume {
             if let Some(len) = self.resumable(dst, part, meta.len).await {
-                let wanted = hash_target(dst.fs, part, len).await?.0;
+                // Exactly `len` bytes, read back: a writer killed a moment ago may leave a
+                // server still appending what it had received, so the whole file is no
+                // stable measure.
+                let mut prefix = dst.fs.open_read(part).await?;
+                let mut sum = Sha256::new();
+                hash_prefix(&mut prefix, &mut sum, len).await.map_err(|e| {
+                    Error::io(format_args!("read `{}`", describe(dst.backend, part)), e)
+                })?;
+                drop(prefix);
+                let wanted: [u8; 32] = sum.finalize().into();
                 let read = hash_prefix(&mut reader, &mut hasher, len)
                     .await
                     .map_err(|e| {

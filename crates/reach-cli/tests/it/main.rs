@@ -1,6 +1,7 @@
 //! End-to-end tests of the `reach` binary, run as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cp;
 mod docker;
 mod exec;
 mod files;

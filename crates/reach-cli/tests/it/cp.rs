@@ -1,0 +1,591 @@
+//! `reach cp` between every pair of backends (local, ssh, docker), against the real sshd
+//! and Docker engine. Files are put in place and checked with the peers' own tools (the
+//! local file system, `docker cp`, busybox `sha256sum`), never with reach itself.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use reach_test::docker::ContainerFixture;
+use reach_test::sshd::SshdFixture;
+use sha2::{Digest, Sha256};
+
+use crate::{reach, Outcome};
+
+const GIB: u64 = 1 << 30;
+
+/// Where one side of a copy lives.
+enum Peer {
+    Local,
+    Ssh(Rc<SshdFixture>),
+    Docker(Rc<ContainerFixture>),
+}
+
+/// One side of a copy: a peer and a fresh directory on it.
+struct Side {
+    peer: Peer,
+    /// The directory, in the peer's syntax (a local path for local and ssh: same disk).
+    dir: String,
+    _local: Option<tempfile::TempDir>,
+}
+
+fn sh(script: &str) -> std::process::Output {
+    let out = Command::new("sh").args(["-c", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Side {
+    /// The two sides of a pair; a pair of one kind shares one server.
+    fn pair(src: &str, dst: &str, test: &str) -> Option<(Side, Side)> {
+        let mut sshd = None;
+        let mut container = None;
+        for kind in [src, dst] {
+            match kind {
+                "ssh" if sshd.is_none() => sshd = Some(Rc::new(SshdFixture::start_or_skip(test)?)),
+                "docker" if container.is_none() => {
+                    if !reach_test::docker::available_or_skip(test) {
+                        return None;
+                    }
+                    container = Some(Rc::new(ContainerFixture::busybox().unwrap()));
+                }
+                _ => {}
+            }
+        }
+        let make = |kind: &str| match kind {
+            "local" => {
+                let dir = tempfile::tempdir().unwrap();
+                Side {
+                    peer: Peer::Local,
+                    dir: dir.path().display().to_string(),
+                    _local: Some(dir),
+                }
+            }
+            "ssh" => {
+                let sshd = sshd.clone().unwrap();
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir = sshd.user_dir(&format!("side-{n}")).unwrap();
+                Side {
+                    peer: Peer::Ssh(sshd),
+                    dir,
+                    _local: None,
+                }
+            }
+            "docker" => {
+                let c = container.clone().unwrap();
+                let dir = c.scratch(None).unwrap();
+                Side {
+                    peer: Peer::Docker(c),
+                    dir,
+                    _local: None,
+                }
+            }
+            other => panic!("no backend {other}"),
+        };
+        Some((make(src), make(dst)))
+    }
+
+    fn path(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.dir)
+    }
+
+    /// The CLI argument naming `rel` on this side.
+    fn arg(&self, rel: &str) -> String {
+        match &self.peer {
+            Peer::Local => self.path(rel),
+            Peer::Ssh(sshd) => format!("{}{}", sshd.destination(), self.path(rel)),
+            Peer::Docker(c) => format!("{}{}", c.destination(None), self.path(rel)),
+        }
+    }
+
+    /// Runs a shell script in this side's directory, as the side's user where it matters.
+    fn sh(&self, script: &str) -> std::process::Output {
+        match &self.peer {
+            Peer::Local => sh(&format!("cd {} && {script}", quote(&self.dir))),
+            Peer::Ssh(sshd) => {
+                let out = sh(&format!("cd {} && {script}", quote(&self.dir)));
+                sh(&format!("chown -R {} {}", sshd.user(), quote(&self.dir)));
+                out
+            }
+            Peer::Docker(c) => {
+                let out = c
+                    .exec(&["sh", "-c", &format!("cd {} && {script}", quote(&self.dir))])
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out
+            }
+        }
+    }
+
+    /// Puts a local file or tree at `rel`.
+    fn stage(&self, from: &Path, rel: &str) {
+        match &self.peer {
+            Peer::Docker(c) => c.cp_to(from, &self.path(rel)).unwrap(),
+            _ => {
+                sh(&format!(
+                    "cp -a {} {}",
+                    quote(&from.display().to_string()),
+                    quote(&self.path(rel))
+                ));
+                if let Peer::Ssh(sshd) = &self.peer {
+                    sh(&format!(
+                        "chown -R {} {}",
+                        sshd.user(),
+                        quote(&self.path(rel))
+                    ));
+                }
+            }
+        }
+    }
+
+    fn write(&self, rel: &str, data: &[u8]) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, data).unwrap();
+        self.stage(&file, rel);
+    }
+
+    /// A local view of `rel` (the path itself, or a `docker cp` of it).
+    fn fetch(&self, rel: &str) -> (PathBuf, Option<tempfile::TempDir>) {
+        match &self.peer {
+            Peer::Docker(c) => {
+                let dir = tempfile::tempdir().unwrap();
+                let to = dir.path().join("x");
+                c.cp_from(&self.path(rel), &to).unwrap();
+                (to, Some(dir))
+            }
+            _ => (PathBuf::from(self.path(rel)), None),
+        }
+    }
+
+    fn read(&self, rel: &str) -> Vec<u8> {
+        let (path, _keep) = self.fetch(rel);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+    }
+
+    fn exists(&self, rel: &str) -> bool {
+        match &self.peer {
+            Peer::Docker(c) => c
+                .exec(&["test", "-e", &self.path(rel)])
+                .unwrap()
+                .status
+                .success(),
+            _ => std::fs::symlink_metadata(self.path(rel)).is_ok(),
+        }
+    }
+
+    /// The size of `rel`, or `None` when it does not exist.
+    fn size(&self, rel: &str) -> Option<u64> {
+        match &self.peer {
+            Peer::Docker(c) => {
+                let out = c.exec(&["stat", "-c", "%s", &self.path(rel)]).unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+            }
+            _ => std::fs::metadata(self.path(rel)).ok().map(|m| m.len()),
+        }
+    }
+
+    /// The SHA-256 of `rel` by the peer's own tools.
+    fn sha256(&self, rel: &str) -> String {
+        match &self.peer {
+            Peer::Docker(c) => {
+                let out = c.exec(&["sha256sum", &self.path(rel)]).unwrap();
+                String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+            }
+            _ => file_sha256(Path::new(&self.path(rel))),
+        }
+    }
+
+    /// The flags `reach` needs for this side.
+    fn flags(&self) -> Vec<String> {
+        match &self.peer {
+            Peer::Ssh(sshd) => vec![
+                "-i".into(),
+                sshd.client_key().display().to_string(),
+                "--known-hosts".into(),
+                sshd.known_hosts().display().to_string(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn file_sha256(path: &Path) -> String {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            return hex(&hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `reach cp` with the flags both sides need, then `args`.
+fn cp_command(src: &Side, dst: &Side, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["cp".to_owned()];
+    let mut flags = src.flags();
+    if flags.is_empty() {
+        flags = dst.flags();
+    }
+    all.extend(flags);
+    all.extend(args.iter().map(|s| s.to_string()));
+    all
+}
+
+fn cp(src: &Side, dst: &Side, args: &[&str]) -> Outcome {
+    let all = cp_command(src, dst, args);
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    reach(&refs).run()
+}
+
+/// Deterministic incompressible bytes (xorshift), so every offset differs.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A 1 GiB pseudo-random file shared by the tests of this machine (made once, atomically),
+/// readable by the ssh test user; with its SHA-256.
+fn big_file() -> (PathBuf, String) {
+    let path = PathBuf::from("/tmp/reach-test-cp-1g.bin");
+    let hash_path = PathBuf::from("/tmp/reach-test-cp-1g.sha256");
+    if let (Ok(meta), Ok(hash)) = (
+        std::fs::metadata(&path),
+        std::fs::read_to_string(&hash_path),
+    ) {
+        if meta.len() == GIB && hash.len() == 64 {
+            return (path, hash);
+        }
+    }
+    let tmp = PathBuf::from(format!("/tmp/reach-test-cp-1g.{}", std::process::id()));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp).unwrap();
+        let mut hasher = Sha256::new();
+        for i in 0..(GIB / (64 << 20)) {
+            let chunk = pseudo_random(64 << 20, 0x9e37_79b9 + i);
+            hasher.update(&chunk);
+            file.write_all(&chunk).unwrap();
+        }
+        let hash = hex(&hasher.finalize());
+        std::fs::write(format!("{}.sha", tmp.display()), &hash).unwrap();
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let hash = std::fs::read_to_string(format!("{}.sha", tmp.display())).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    std::fs::write(&hash_path, &hash).unwrap();
+    let _ = std::fs::remove_file(format!("{}.sha", tmp.display()));
+    (path, hash)
+}
+
+/// Empty file, names with spaces and non-ASCII, a tree with a symlink and a FIFO,
+/// modes and mtimes with --preserve, a missing destination directory, an unreadable source.
+fn basics(src_kind: &str, dst_kind: &str) {
+    let test = format!("cp {src_kind}->{dst_kind} basics");
+    let Some((src, dst)) = Side::pair(src_kind, dst_kind, &test) else {
+        return;
+    };
+    // Empty file.
+    src.write("empty", b"");
+    let out = cp(
+        &src,
+        &dst,
+        &["--json", &src.arg("empty"), &dst.arg("empty")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["files"], 1);
+    assert_eq!(summary["bytes"], 0);
+    assert_eq!(
+        summary["copied"][0]["sha256"],
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+    assert_eq!(dst.read("empty"), b"");
+    assert!(!dst.exists(".empty.reach-part"));
+
+    // A name with spaces and non-ASCII, into an existing directory (several sources).
+    let name = "with space é ü.txt";
+    src.write(name, "héllo wörld\n".as_bytes());
+    src.write("second", b"2\n");
+    dst.sh("mkdir into");
+    let out = cp(
+        &src,
+        &dst,
+        &[&src.arg(name), &src.arg("second"), &dst.arg("into")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        dst.read(&format!("into/{name}")),
+        "héllo wörld\n".as_bytes()
+    );
+    assert_eq!(dst.read("into/second"), b"2\n");
+
+    // A tree: a file with mode and mtime, a nested dir with an odd name, a symlink, a FIFO.
+    src.sh(
+        "mkdir -p 't r/sub dir' && printf aaa > 't r/a' && chmod 640 't r/a' \
+         && touch -d '2001-02-03 04:05:06' 't r/a' && printf bbb > 't r/sub dir/ü b' \
+         && ln -s a 't r/link' && mkfifo 't r/fifo'",
+    );
+    let out = cp(
+        &src,
+        &dst,
+        &["-r", "--preserve", &src.arg("t r"), &dst.arg("t r")],
+    );
+    assert_ne!(out.code, 0, "a FIFO in the tree must fail the copy");
+    assert!(
+        out.stderr.contains("fifo") && out.stderr.contains("special files are not copied"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(dst.read("t r/a"), b"aaa");
+    assert_eq!(dst.read("t r/sub dir/ü b"), b"bbb");
+    let (local, _keep) = dst.fetch("t r");
+    let a = std::fs::metadata(local.join("a")).unwrap();
+    assert_eq!(a.permissions().mode() & 0o7777, 0o640);
+    let mtime = a
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let expected = sh("date -d '2001-02-03 04:05:06' +%s").stdout;
+    assert_eq!(
+        mtime.as_secs().to_string(),
+        String::from_utf8_lossy(&expected).trim()
+    );
+    assert_eq!(
+        std::fs::read_link(local.join("link")).unwrap(),
+        PathBuf::from("a"),
+        "the symlink is copied as a link"
+    );
+    assert!(!local.join("fifo").exists());
+
+    // A destination directory that does not exist: an error naming it; nothing made.
+    let out = cp(&src, &dst, &[&src.arg("empty"), &dst.arg("nope/x")]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nope") && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dst.exists("nope"));
+
+    // A directory without -r.
+    let out = cp(&src, &dst, &[&src.arg("t r"), &dst.arg("x")]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("-r"), "{}", out.stderr);
+
+    // An unreadable source over an existing destination: an error, the old file kept.
+    dst.write("keep", b"old\n");
+    if let Peer::Ssh(_) = src.peer {
+        // Root-owned and private: the ssh user cannot read it.
+        sh(&format!(
+            "printf secret > {0} && chown root {0} && chmod 600 {0}",
+            quote(&src.path("secret"))
+        ));
+        let out = cp(&src, &dst, &[&src.arg("secret"), &dst.arg("keep")]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("secret") && out.stderr.to_lowercase().contains("permission"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(dst.read("keep"), b"old\n");
+        assert!(!dst.exists(".keep.reach-part"));
+    } else {
+        eprintln!(
+            "{test}: unreadable source not tried: the {src_kind} source reads as root, \
+             which any file lets read (covered by the ssh-source pairs)"
+        );
+    }
+}
+
+/// A 1 GiB copy over an old destination, SIGKILLed at 50%: the old file is intact; then
+/// `--resume` continues from the part and the result hashes right.
+fn killed_at_half_then_resumed(src_kind: &str, dst_kind: &str) {
+    let test = format!("cp {src_kind}->{dst_kind} killed at half");
+    let Some((src, dst)) = Side::pair(src_kind, dst_kind, &test) else {
+        return;
+    };
+    let (big, hash) = big_file();
+    let source = match src.peer {
+        // Local and ssh read the shared file where it is (the ssh user may read /tmp).
+        Peer::Docker(_) => {
+            src.stage(&big, "big");
+            src.arg("big")
+        }
+        Peer::Local => big.display().to_string(),
+        Peer::Ssh(ref sshd) => format!("{}{}", sshd.destination(), big.display()),
+    };
+    dst.write("big", b"the old contents\n");
+    let args = cp_command(&src, &dst, &[&source, &dst.arg("big")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if dst.size(".big.reach-part").unwrap_or(0) >= GIB / 2 {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("reach cp ended before half the copy ({status})");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "copy too slow"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        dst.read("big"),
+        b"the old contents\n",
+        "the old destination is untouched"
+    );
+    let mut part = dst
+        .size(".big.reach-part")
+        .expect("the part stays for --resume");
+    // The server side may still be writing what it had received when the client died.
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = dst
+            .size(".big.reach-part")
+            .expect("the part stays for --resume");
+        if now == part {
+            break;
+        }
+        part = now;
+    }
+    assert!(part < GIB, "part {part}");
+
+    let out = cp(
+        &src,
+        &dst,
+        &["--resume", "--json", &source, &dst.arg("big")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    let file = &summary["copied"][0];
+    assert_eq!(file["bytes"], GIB);
+    assert_eq!(file["sha256"], hash.as_str());
+    let resumed = file["resumed_from"].as_u64().unwrap();
+    assert!(
+        resumed > 0 && resumed <= part,
+        "resumed from {resumed}, the part held {part}"
+    );
+    assert_eq!(dst.size("big"), Some(GIB));
+    assert_eq!(dst.sha256("big"), hash);
+    assert!(!dst.exists(".big.reach-part"));
+}
+
+/// 10,000 small files in 20 directories, copied with -r, every byte checked.
+fn tree_of_10000_files(src_kind: &str, dst_kind: &str) {
+    let test = format!("cp {src_kind}->{dst_kind} tree");
+    let Some((src, dst)) = Side::pair(src_kind, dst_kind, &test) else {
+        return;
+    };
+    let local = tempfile::tempdir().unwrap();
+    let root = local.path().join("tree");
+    for d in 0..20 {
+        let dir = root.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            let n = d * 500 + f;
+            let data = pseudo_random(64 + (n * 37) % 4000, n as u64);
+            std::fs::write(dir.join(format!("f{f:03}")), data).unwrap();
+        }
+    }
+    src.stage(&root, "tree");
+    let out = cp(
+        &src,
+        &dst,
+        &["-r", "--json", &src.arg("tree"), &dst.arg("tree")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let summary = out.json();
+    assert_eq!(summary["files"], 10_000);
+    assert_eq!(summary["failures"].as_array().map(Vec::len), Some(0));
+    let (copied, _keep) = dst.fetch("tree");
+    let mut checked = 0;
+    for d in 0..20 {
+        for f in 0..500 {
+            let rel = format!("d{d:02}/f{f:03}");
+            let want = std::fs::read(root.join(&rel)).unwrap();
+            let got = std::fs::read(copied.join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            assert!(got == want, "{rel} differs");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10_000);
+    let leftovers = sh(&format!(
+        "find {} -name '*.reach-part' | wc -l",
+        quote(&copied.display().to_string())
+    ));
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "0");
+}
+
+macro_rules! pairs {
+    ($($name:ident: $src:literal -> $dst:literal;)*) => {$(
+        mod $name {
+            #[test]
+            fn basics() {
+                super::basics($src, $dst);
+            }
+            #[test]
+            fn killed_at_half_then_resumed() {
+                super::killed_at_half_then_resumed($src, $dst);
+            }
+            #[test]
+            fn tree_of_10000_files() {
+                super::tree_of_10000_files($src, $dst);
+            }
+        }
+    )*};
+}
+
+pairs! {
+    local_to_local: "local" -> "local";
+    local_to_ssh: "local" -> "ssh";
+    local_to_docker: "local" -> "docker";
+    ssh_to_local: "ssh" -> "local";
+    ssh_to_ssh: "ssh" -> "ssh";
+    ssh_to_docker: "ssh" -> "docker";
+    docker_to_local: "docker" -> "local";
+    docker_to_ssh: "docker" -> "ssh";
+    docker_to_docker: "docker" -> "docker";
+}
