@@ -912,7 +912,8 @@ async fn pump(
             }
         }
     };
-    let write = async {
+    // Owns the receiver: when a write fails, the reader's next send fails and it stops.
+    let write = async move {
         let mut sent = 0u64;
         while let Some(buf) = rx.recv().await {
             writer.write_all(&buf).await?;

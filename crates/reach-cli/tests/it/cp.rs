@@ -589,3 +589,128 @@ pairs! {
     docker_to_ssh: "docker" -> "ssh";
     docker_to_docker: "docker" -> "docker";
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(test: &str) -> Option<SmallDisk> {
+        if !reach_test::is_root() {
+            reach_test::skip(test, "mounting a small tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        sh(&format!(
+            "mount -t tmpfs -o size=4m,mode=0777 reach-test-full {}",
+            quote(&dir.path().display().to_string())
+        ));
+        Some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn used(&self) -> u64 {
+        let out = sh(&format!("df -B1 --output=used {} | tail -1", quote(&self.path())));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// An 8 MiB file onto a 4 MiB file system: an error, the old file intact, no part left.
+fn disk_full(dst_kind: &str) {
+    let test = format!("cp local->{dst_kind} disk full");
+    let Some(disk) = SmallDisk::mount(&test) else {
+        return;
+    };
+    let Some((src, mut dst)) = Side::pair("local", dst_kind, &test) else {
+        return;
+    };
+    let _container;
+    match &dst.peer {
+        Peer::Local => dst.dir = disk.path(),
+        Peer::Ssh(sshd) => {
+            sh(&format!("chown {} {}", sshd.user(), quote(&disk.path())));
+            dst.dir = disk.path();
+        }
+        Peer::Docker(_) => {
+            let image = reach_test::docker::busybox_image().unwrap();
+            let mount = format!("{}:/small", disk.path());
+            let c = Rc::new(
+                ContainerFixture::run(&image, &["-v", &mount], &["sleep", "1000000"]).unwrap(),
+            );
+            _container = c.clone();
+            dst = Side {
+                peer: Peer::Docker(c),
+                dir: "/small".into(),
+                _local: None,
+            };
+        }
+    }
+    dst.write("keep", b"old\n");
+    let before = disk.used();
+    src.write("big", &pseudo_random(8 << 20, 7));
+    let out = cp(&src, &dst, &[&src.arg("big"), &dst.arg("keep")]);
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("keep"), "the error names the file: {}", out.stderr);
+    if !matches!(dst.peer, Peer::Ssh(_)) {
+        // OpenSSH's sftp-server reports ENOSPC as a bare "Failure".
+        assert!(out.stderr.contains("No space left"), "{}", out.stderr);
+    }
+    assert_eq!(dst.read("keep"), b"old\n");
+    assert!(!dst.exists(".keep.reach-part"), "the part is removed");
+    assert!(disk.used() <= before + 64 * 1024, "the space is given back");
+}
+
+#[test]
+fn disk_full_local() {
+    disk_full("local");
+}
+
+#[test]
+fn disk_full_ssh() {
+    disk_full("ssh");
+}
+
+#[test]
+fn disk_full_docker() {
+    disk_full("docker");
+}
+
+/// Ctrl-C in the middle of a copy: exit 130, the part removed, the old file intact.
+#[test]
+fn ctrl_c_removes_the_part_and_keeps_the_old_file() {
+    let Some((src, dst)) = Side::pair("local", "ssh", "cp ctrl-c") else {
+        return;
+    };
+    let (big, _) = big_file();
+    dst.write("big", b"the old contents\n");
+    let args = cp_command(&src, &dst, &[&big.display().to_string(), &dst.arg("big")]);
+    let child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while dst.size(".big.reach-part").unwrap_or(0) < 64 << 20 {
+        assert!(started.elapsed() < Duration::from_secs(120), "copy too slow");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sh(&format!("kill -INT {}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(dst.read("big"), b"the old contents\n");
+    assert!(!dst.exists(".big.reach-part"), "the part is removed");
+}
