@@ -163,8 +163,9 @@ fn throughput(
         title: format!("docker file throughput ({} MiB)", args.size_mib),
         text: format!(
             "One {} MiB file of incompressible bytes into and out of a busybox container on \
-             the local engine, {} rounds, the tools interleaved within each round. Both go \
-             through the engine's archive API (a tar stream); `docker cp` is the docker CLI. \
+             the local engine, {} rounds, the tools interleaved within each round. `docker cp` \
+             streams a tar through the engine's archive API; reach reads and writes through \
+             its agent in the container (chunked requests, several in flight). \
              Every copy is checked for size, and reach's last read is compared byte for byte \
              with the source.",
             args.size_mib, args.transfers

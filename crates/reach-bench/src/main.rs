@@ -11,7 +11,10 @@
 //!   `FileSystem` vs `scp` and `sftp`, all with the same cipher.
 //! - `docker` (needs the Docker engine and Debian's busybox-static, as the tests do): in a
 //!   busybox container, exec on a held backend and `reach exec` vs `docker exec`; a large
-//!   file in and out through the archive API vs `docker cp`.
+//!   file in and out through the `FileSystem` (the agent) vs `docker cp`.
+//! - `cp` (needs root, sshd, rsync and the Docker engine): `reach cp` of a large file and of
+//!   10,000 small files to and from the sshd vs `scp` and `rsync`, and of a large file into
+//!   and out of a container vs `docker cp`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -37,7 +40,7 @@ struct Args {
     /// Write the Markdown report here (for example docs/BENCHMARKS.md).
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Which scenarios to run: `local`, `ssh` (repeatable; default all).
+    /// Which scenarios to run: `local`, `ssh`, `docker`, `cp` (repeatable; default all).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Size of the file moved by the SSH throughput scenario, in MiB.
@@ -89,6 +92,7 @@ impl Section {
     }
 }
 
+mod cp;
 mod docker;
 mod ssh;
 
@@ -332,7 +336,7 @@ fn report(args: &Args, sections: &[Section]) -> String {
     );
     let _ = writeln!(
         out,
-        "Reproduce (as root, with openssh-server, busybox-static and a Docker engine):\n"
+        "Reproduce (as root, with openssh-server, rsync, busybox-static and a Docker engine):\n"
     );
     let _ = writeln!(
         out,
@@ -368,10 +372,11 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
+        ("cp", cp::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {

@@ -614,14 +614,20 @@ impl SmallDisk {
     }
 
     fn used(&self) -> u64 {
-        let out = sh(&format!("df -B1 --output=used {} | tail -1", quote(&self.path())));
+        let out = sh(&format!(
+            "df -B1 --output=used {} | tail -1",
+            quote(&self.path())
+        ));
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     }
 }
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -660,7 +666,11 @@ fn disk_full(dst_kind: &str) {
     src.write("big", &pseudo_random(8 << 20, 7));
     let out = cp(&src, &dst, &[&src.arg("big"), &dst.arg("keep")]);
     assert_ne!(out.code, 0, "{}", out.stderr);
-    assert!(out.stderr.contains("keep"), "the error names the file: {}", out.stderr);
+    assert!(
+        out.stderr.contains("keep"),
+        "the error names the file: {}",
+        out.stderr
+    );
     if !matches!(dst.peer, Peer::Ssh(_)) {
         // OpenSSH's sftp-server reports ENOSPC as a bare "Failure".
         assert!(out.stderr.contains("No space left"), "{}", out.stderr);
@@ -703,7 +713,10 @@ fn ctrl_c_removes_the_part_and_keeps_the_old_file() {
         .unwrap();
     let started = Instant::now();
     while dst.size(".big.reach-part").unwrap_or(0) < 64 << 20 {
-        assert!(started.elapsed() < Duration::from_secs(120), "copy too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "copy too slow"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     sh(&format!("kill -INT {}", child.id()));
