@@ -171,7 +171,8 @@ fn make_tree(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the copy scenarios.
+/// Runs the copy scenarios (the signature every scenario shares).
+#[allow(clippy::ptr_arg)]
 pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     if !SshdFixture::available() {
         return Err("the cp scenarios need /usr/sbin/sshd (apt-get install openssh-server)".into());
