@@ -26,7 +26,7 @@ mod agent_io;
 mod fs;
 mod lifecycle;
 mod process;
-mod tar;
+use reach_tar as tar;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

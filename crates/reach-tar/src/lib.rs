@@ -1,30 +1,44 @@
-//! Just enough tar for the archive API: headers to write one entry (PAX records for long
-//! names), and a streaming reader of headers and bodies. No payload is ever held whole.
+//! Just enough tar for reach (Docker's archive API, tree copies over SSH): headers to write
+//! one entry (PAX records for long names), and a streaming reader of headers and bodies. No
+//! payload is ever held whole.
+#![deny(missing_docs)]
 
 use bytes::{Buf, Bytes, BytesMut};
 
 /// A tar block.
-pub(crate) const BLOCK: usize = 512;
+pub const BLOCK: usize = 512;
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link.
     Symlink,
+    /// Anything else (hard links, devices, FIFOs): skipped by readers here.
     Other,
 }
 
 /// One entry's header, as written or read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
+    /// The path inside the archive.
     pub name: String,
+    /// What the entry is.
     pub kind: Kind,
+    /// Permission bits.
     pub mode: u32,
+    /// Owner id.
     pub uid: u32,
+    /// Group id.
     pub gid: u32,
+    /// Body size in bytes (files only).
     pub size: u64,
+    /// Modification time, seconds since the epoch.
     pub mtime: u64,
+    /// A symlink's target.
     pub link: String,
 }
 
@@ -74,7 +88,7 @@ fn ustar_block(name: &str, kind: u8, header: &Header, size: u64) -> [u8; BLOCK] 
 
 /// The header blocks for one entry (a PAX header first when the name or link is long or not
 /// ASCII); the body, when a file, follows with [`body_padding`] after it.
-pub(crate) fn header_bytes(header: &Header) -> Vec<u8> {
+pub fn header_bytes(header: &Header) -> Vec<u8> {
     let mut out = Vec::with_capacity(3 * BLOCK);
     let long = |s: &str| s.len() > 99 || !s.is_ascii();
     if long(&header.name) || long(&header.link) {
@@ -126,12 +140,12 @@ pub(crate) fn header_bytes(header: &Header) -> Vec<u8> {
 }
 
 /// Zeros after a file body of `len` bytes.
-pub(crate) fn body_padding(len: u64) -> Vec<u8> {
+pub fn body_padding(len: u64) -> Vec<u8> {
     vec![0u8; padding(len)]
 }
 
 /// The end-of-archive marker.
-pub(crate) fn end_of_archive() -> Vec<u8> {
+pub fn end_of_archive() -> Vec<u8> {
     vec![0u8; 2 * BLOCK]
 }
 
@@ -172,7 +186,7 @@ enum State {
 
 /// An event from the tar stream.
 #[derive(Debug)]
-pub(crate) enum Event {
+pub enum Event {
     /// A new entry starts.
     Entry(Header),
     /// Bytes of the current entry's body.
@@ -183,7 +197,7 @@ pub(crate) enum Event {
 
 /// A push parser: feed it chunks as they arrive, take events out.
 #[derive(Debug)]
-pub(crate) struct Reader {
+pub struct Reader {
     buf: BytesMut,
     state: State,
     pax_path: Option<String>,
@@ -191,8 +205,15 @@ pub(crate) struct Reader {
     pax_size: Option<u64>,
 }
 
+impl Default for Reader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Reader {
-    pub(crate) fn new() -> Self {
+    /// A reader expecting the first header.
+    pub fn new() -> Self {
         Reader {
             buf: BytesMut::new(),
             state: State::Header,
@@ -202,12 +223,13 @@ impl Reader {
         }
     }
 
-    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+    /// Adds input.
+    pub fn feed(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
     /// The next event, `Ok(None)` when more input is needed.
-    pub(crate) fn next_event(&mut self) -> Result<Option<Event>, String> {
+    pub fn next_event(&mut self) -> Result<Option<Event>, String> {
         loop {
             match &mut self.state {
                 State::End => return Ok(Some(Event::End)),
