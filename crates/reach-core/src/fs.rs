@@ -103,6 +103,17 @@ impl Default for WriteOptions {
     }
 }
 
+/// How [`FileSystem::write_tree`] unpacks a tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeOptions {
+    /// Keep permission bits and mtimes from the archive.
+    pub preserve: bool,
+    /// Flush the tree to stable storage before returning.
+    pub sync: bool,
+    /// Hash every regular file on the target once written, and return the digests.
+    pub hash: bool,
+}
+
 /// Files on one target.
 ///
 /// Operations a backend cannot offer return [`crate::ErrorKind::Unsupported`] with a message
@@ -150,6 +161,55 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
         Err(Error::new(
             crate::ErrorKind::Unsupported,
             "this backend cannot set modification times",
+        ))
+    }
+    /// Unpacks a tar stream into `dir`, which this call creates (it must not exist; its
+    /// parent must). With [`TreeOptions::preserve`], permission bits and mtimes come from
+    /// the archive; without, modes are masked by the target's umask and mtimes are the time
+    /// of writing. With [`TreeOptions::sync`] the tree is on stable storage when this returns;
+    /// with [`TreeOptions::hash`] the target hashes every regular file once written and
+    /// returns the digests by path relative to `dir` (`None` when it cannot).
+    ///
+    /// A fast path for whole trees: [`crate::ErrorKind::Unsupported`] by default (callers
+    /// then copy entry by entry), and returned before reading the archive.
+    async fn write_tree(
+        &self,
+        dir: &str,
+        archive: BoxRead,
+        options: TreeOptions,
+    ) -> Result<Option<Vec<(String, [u8; 32])>>> {
+        let _ = (dir, archive, options);
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no tree upload on this backend",
+        ))
+    }
+    /// Packs the tree under `dir` into a tar stream (entries relative to `dir`; regular files,
+    /// directories, symlinks, and any special files as such). The stream fails if packing
+    /// does. [`crate::ErrorKind::Unsupported`] by default.
+    async fn read_tree(&self, dir: &str) -> Result<BoxRead> {
+        let _ = dir;
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no tree download on this backend",
+        ))
+    }
+    /// The SHA-256 of every regular file under `dir`, computed on the target, with its path
+    /// relative to `dir` (`sub/name`). [`crate::ErrorKind::Unsupported`] by default.
+    async fn sha256_tree(&self, dir: &str) -> Result<Vec<(String, [u8; 32])>> {
+        let _ = dir;
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no remote tree hashing on this backend",
+        ))
+    }
+    /// Flushes everything written under `path` to stable storage (`syncfs`).
+    /// [`crate::ErrorKind::Unsupported`] by default.
+    async fn sync_tree(&self, path: &str) -> Result<()> {
+        let _ = path;
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no file system sync on this backend",
         ))
     }
     /// The SHA-256 of a file computed on the target, without moving its bytes.

@@ -39,4 +39,4 @@ pub use exec::{
     shell_quote, BoxRead, BoxWrite, CommandLine, ExecSpec, ExitStatus, Output, Process, ProcessExt,
     PtyRequest, PtySize, Signal, StdinMode, Streams,
 };
-pub use fs::{DirEntry, FileSystem, FileSystemExt, FileType, Metadata, WriteOptions};
+pub use fs::{DirEntry, FileSystem, FileSystemExt, FileType, Metadata, TreeOptions, WriteOptions};

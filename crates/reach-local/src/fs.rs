@@ -226,23 +226,63 @@ impl FileSystem for LocalFs {
 
     async fn sha256(&self, path: &str) -> Result<[u8; 32]> {
         let owned = path.to_owned();
-        tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 32]> {
-            use sha2::Digest;
-            use std::io::Read;
-            let mut file = std::fs::File::open(&owned)?;
-            let mut hasher = sha2::Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(hasher.finalize().into());
+        tokio::task::spawn_blocking(move || hash_file(std::path::Path::new(&owned)))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("hash `{path}`: {e}")))?
+            .map_err(|e| err("hash", path, e))
+    }
+
+    async fn sha256_tree(&self, dir: &str) -> Result<Vec<(String, [u8; 32])>> {
+        let root = std::path::PathBuf::from(dir);
+        tokio::task::spawn_blocking(move || -> std::io::Result<Vec<(String, [u8; 32])>> {
+            let mut out = Vec::new();
+            let mut pending = vec![root.clone()];
+            while let Some(at) = pending.pop() {
+                for entry in std::fs::read_dir(&at)? {
+                    let entry = entry?;
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        pending.push(entry.path());
+                    } else if kind.is_file() {
+                        let path = entry.path();
+                        let rel = path.strip_prefix(&root).unwrap_or(&path);
+                        out.push((rel.to_string_lossy().into_owned(), hash_file(&path)?));
+                    }
                 }
-                hasher.update(&buf[..n]);
             }
+            Ok(out)
         })
         .await
-        .map_err(|e| Error::new(ErrorKind::Io, format!("hash `{path}`: {e}")))?
-        .map_err(|e| err("hash", path, e))
+        .map_err(|e| Error::new(ErrorKind::Io, format!("hash the tree `{dir}`: {e}")))?
+        .map_err(|e| err("hash the tree", dir, e))
+    }
+
+    async fn sync_tree(&self, path: &str) -> Result<()> {
+        let owned = path.to_owned();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let file = std::fs::File::open(&owned)?;
+            use std::os::fd::AsRawFd;
+            nix::unistd::syncfs(file.as_raw_fd()).map_err(std::io::Error::from)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Io, format!("sync `{path}`: {e}")))?
+        .map_err(|e| err("sync the file system of", path, e))
+    }
+}
+
+/// The SHA-256 of a file's contents.
+fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize().into());
+        }
+        hasher.update(&buf[..n]);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod config;
 pub mod known_hosts;
 mod process;
 mod sftp;
+mod tree;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

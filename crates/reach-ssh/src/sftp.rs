@@ -39,8 +39,10 @@ pub struct SftpFs {
     chunk: usize,
     fsync: bool,
     posix_rename: bool,
-    /// Runs commands on the same connection, for the remote SHA-256.
+    /// Runs commands on the same connection, for the remote SHA-256 and tree fast paths.
     exec: Option<RemoteExec>,
+    /// Whether the server has GNU tar, find and sha256sum (asked once).
+    tree_tools: tokio::sync::OnceCell<bool>,
 }
 
 /// What [`SftpFs::sha256`] needs to run `sha256sum` on the server.
@@ -121,7 +123,28 @@ impl SftpFs {
             addr,
             chunk: chunk.max(1024),
             exec,
+            tree_tools: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The command channel, when the server has the tools the tree fast paths use.
+    async fn tree_exec(&self) -> Result<&RemoteExec> {
+        let unsupported = || {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("`{}` lacks GNU tar, find or sha256sum", self.addr),
+            )
+        };
+        let exec = self.exec.as_ref().ok_or_else(unsupported)?;
+        let has = self
+            .tree_tools
+            .get_or_init(|| crate::tree::available(exec, &self.addr))
+            .await;
+        if *has {
+            Ok(exec)
+        } else {
+            Err(unsupported())
+        }
     }
 
     /// Maps an SFTP failure of `what` (which names the path) to an [`Error`].
@@ -515,6 +538,31 @@ impl FileSystem for SftpFs {
         };
         self.setstat(path, attrs, "set the modification time of")
             .await
+    }
+
+    async fn write_tree(
+        &self,
+        dir: &str,
+        archive: BoxRead,
+        options: reach_core::TreeOptions,
+    ) -> Result<Option<Vec<(String, [u8; 32])>>> {
+        let exec = self.tree_exec().await?;
+        crate::tree::write_tree(exec, &self.addr, &remote(dir), archive, options).await
+    }
+
+    async fn read_tree(&self, dir: &str) -> Result<BoxRead> {
+        let exec = self.tree_exec().await?;
+        crate::tree::read_tree(exec, &self.addr, &remote(dir)).await
+    }
+
+    async fn sha256_tree(&self, dir: &str) -> Result<Vec<(String, [u8; 32])>> {
+        let exec = self.tree_exec().await?;
+        crate::tree::sha256_tree(exec, &self.addr, &remote(dir)).await
+    }
+
+    async fn sync_tree(&self, path: &str) -> Result<()> {
+        let exec = self.tree_exec().await?;
+        crate::tree::sync_tree(exec, &self.addr, &remote(path)).await
     }
 
     async fn sha256(&self, path: &str) -> Result<[u8; 32]> {

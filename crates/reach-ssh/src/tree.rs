@@ -1,0 +1,256 @@
+//! Whole-tree fast paths over an exec channel on the same connection: GNU `tar` to pack and
+//! unpack, `find` + `sha256sum` to hash, `sync -f` to flush. One stream instead of several
+//! SFTP round trips per file (OpenSSH's `sftp-server` is single-threaded and was the limit).
+
+use bytes::Bytes;
+use reach_core::{
+    shell_quote, BoxRead, Error, ErrorKind, ExecSpec, Process, ProcessExt, Result, StdinMode,
+    TreeOptions,
+};
+use tokio::io::AsyncWriteExt;
+
+use crate::sftp::RemoteExec;
+
+/// Starts `line` through the user's shell on the connection.
+async fn start(
+    exec: &RemoteExec,
+    addr: &str,
+    line: String,
+    stdin: bool,
+) -> Result<Box<dyn Process>> {
+    let permit = exec.sessions.clone().acquire_owned().await.map_err(|_| {
+        Error::new(
+            ErrorKind::SessionDropped,
+            format!("the connection to `{addr}` was closed"),
+        )
+    })?;
+    let mut spec = ExecSpec::shell(line);
+    if stdin {
+        spec = spec.stdin(StdinMode::Piped);
+    }
+    let process =
+        crate::process::SshProcess::start(exec.handle.clone(), spec, addr.to_owned(), permit)
+            .await?;
+    Ok(Box::new(process))
+}
+
+/// Whether the server has what the fast paths need (GNU tar, find, sha256sum).
+pub(crate) async fn available(exec: &RemoteExec, addr: &str) -> bool {
+    let line = "tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar' \
+                && command -v find >/dev/null && command -v sha256sum >/dev/null"
+        .to_owned();
+    match start(exec, addr, line, false).await {
+        Ok(process) => process
+            .output()
+            .await
+            .map(|out| out.status.success())
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// An error from a remote tool's stderr, classified.
+fn failure(addr: &str, what: &str, stderr: &[u8]) -> Error {
+    let said = String::from_utf8_lossy(stderr).trim().to_owned();
+    let lower = said.to_ascii_lowercase();
+    let kind = if lower.contains("no such file") {
+        ErrorKind::NotFound
+    } else if lower.contains("permission denied") || lower.contains("read-only") {
+        ErrorKind::PermissionDenied
+    } else if lower.contains("file exists") {
+        ErrorKind::AlreadyExists
+    } else {
+        ErrorKind::Io
+    };
+    Error::new(kind, format!("{what} on `{addr}`: {said}"))
+}
+
+/// The script that hashes every regular file under the current directory.
+const HASH_ALL: &str = "find . -type f -exec sha256sum -b -- {} +";
+/// The script that flushes the file system holding the current directory.
+const SYNC_HERE: &str = "{ sync -f . 2>/dev/null || sync; }";
+
+/// Unpacks `archive` into the new directory `dir`, then (in the same command, so in one
+/// round trip) syncs and hashes as asked.
+pub(crate) async fn write_tree(
+    exec: &RemoteExec,
+    addr: &str,
+    dir: &str,
+    mut archive: BoxRead,
+    options: TreeOptions,
+) -> Result<Option<Vec<(String, [u8; 32])>>> {
+    let flags = if options.preserve { "-xpf" } else { "-xmf" };
+    let mut line = format!(
+        "mkdir -- {0} && cd -- {0} && tar --no-same-owner {flags} -",
+        shell_quote(dir)
+    );
+    if options.sync {
+        line = format!("{line} && {SYNC_HERE}");
+    }
+    if options.hash {
+        line = format!("{line} && {HASH_ALL}");
+    }
+    let process = start(exec, addr, line, true).await?;
+    let mut stdin = process
+        .take_stdin()
+        .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdin"))?;
+    let fed = async {
+        tokio::io::copy(&mut archive, &mut stdin).await?;
+        stdin.shutdown().await
+    }
+    .await;
+    drop(stdin);
+    let out = process.output().await?;
+    let what = format!("unpack into `{dir}`");
+    if !out.status.success() {
+        return Err(failure(addr, &what, &out.stderr));
+    }
+    fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))?;
+    if !options.hash {
+        return Ok(None);
+    }
+    parse_sums(&out.stdout).map(Some).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("{what} on `{addr}`: unexpected output from sha256sum"),
+        )
+    })
+}
+
+/// Packs the tree under `dir`; the stream fails if `tar` does.
+pub(crate) async fn read_tree(exec: &RemoteExec, addr: &str, dir: &str) -> Result<BoxRead> {
+    let line = format!(
+        "cd -- {} && exec tar --hard-dereference -cf - .",
+        shell_quote(dir)
+    );
+    let process = start(exec, addr, line, false).await?;
+    let mut stdout = process
+        .take_stdout()
+        .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdout"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+    let (addr, what) = (addr.to_owned(), format!("pack `{dir}`"));
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut buf = vec![0u8; 256 * 1024];
+            match stdout.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        match process.output().await {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let err = failure(&addr, &what, &out.stderr);
+                let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+            }
+            Err(err) => {
+                let _ = tx.send(Err(std::io::Error::other(err.to_string()))).await;
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The SHA-256 of every regular file under `dir`.
+pub(crate) async fn sha256_tree(
+    exec: &RemoteExec,
+    addr: &str,
+    dir: &str,
+) -> Result<Vec<(String, [u8; 32])>> {
+    let line = format!("cd -- {} && {HASH_ALL}", shell_quote(dir));
+    let out = start(exec, addr, line, false).await?.output().await?;
+    if !out.status.success() {
+        return Err(failure(
+            addr,
+            &format!("hash the tree `{dir}`"),
+            &out.stderr,
+        ));
+    }
+    parse_sums(&out.stdout).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Protocol,
+            format!("hash the tree `{dir}` on `{addr}`: unexpected output from sha256sum"),
+        )
+    })
+}
+
+/// Flushes the file system holding `path`.
+pub(crate) async fn sync_tree(exec: &RemoteExec, addr: &str, path: &str) -> Result<()> {
+    let line = format!("sync -f -- {} 2>/dev/null || sync", shell_quote(path));
+    let out = start(exec, addr, line, false).await?.output().await?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(failure(addr, &format!("sync `{path}`"), &out.stderr))
+    }
+}
+
+/// `sha256sum -b` lines (`HEX *./NAME`; `\HEX *./NAME` with `\\`, `\n`, `\r` escaped in the
+/// name) as relative names and digests.
+pub(crate) fn parse_sums(out: &[u8]) -> Option<Vec<(String, [u8; 32])>> {
+    let mut sums = Vec::new();
+    for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let (escaped, line) = match line.strip_prefix(b"\\") {
+            Some(rest) => (true, rest),
+            None => (false, line),
+        };
+        let hex = line.get(..64)?;
+        let name = line.get(66..)?;
+        let mut digest = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            digest[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        let mut plain = Vec::with_capacity(name.len());
+        let mut bytes = name.iter();
+        while let Some(&b) = bytes.next() {
+            if escaped && b == b'\\' {
+                match bytes.next() {
+                    Some(b'n') => plain.push(b'\n'),
+                    Some(b'r') => plain.push(b'\r'),
+                    Some(&other) => plain.push(other),
+                    None => return None,
+                }
+            } else {
+                plain.push(b);
+            }
+        }
+        let name = String::from_utf8(plain).ok()?;
+        let name = name.strip_prefix("./").unwrap_or(&name).to_owned();
+        sums.push((name, digest));
+    }
+    Some(sums)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_with_escaped_names() {
+        let hex = "b7b5fdcb54e1150682614ed7adee194d4458b6c5b6661489174e7d63b49e9382";
+        let out = format!("{hex} *./a b/é\n\\{hex} *./x\\ny\\\\z\n");
+        let sums = parse_sums(out.as_bytes()).unwrap();
+        assert_eq!(sums.len(), 2);
+        assert_eq!(sums[0].0, "a b/é");
+        assert_eq!(sums[1].0, "x\ny\\z");
+        assert_eq!(sums[1].1[0], 0xb7);
+        assert!(parse_sums(b"garbage").is_none());
+    }
+}
