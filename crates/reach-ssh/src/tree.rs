@@ -34,6 +34,20 @@ async fn start(
     Ok(Box::new(process))
 }
 
+/// Copies `data` into a command's stdin in large writes (each becomes channel data; the
+/// 8 KiB of `tokio::io::copy` made the channel several times slower), then closes it.
+async fn feed(data: &mut BoxRead, stdin: &mut reach_core::BoxWrite) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = data.read(&mut buf).await?;
+        if n == 0 {
+            return stdin.shutdown().await;
+        }
+        stdin.write_all(&buf[..n]).await?;
+    }
+}
+
 /// Whether the server has what the fast paths need (GNU tar, find, sha256sum).
 pub(crate) async fn available(exec: &RemoteExec, addr: &str) -> bool {
     let line = "tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar' \
@@ -94,11 +108,7 @@ pub(crate) async fn write_tree(
     let mut stdin = process
         .take_stdin()
         .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdin"))?;
-    let fed = async {
-        tokio::io::copy(&mut archive, &mut stdin).await?;
-        stdin.shutdown().await
-    }
-    .await;
+    let fed = feed(&mut archive, &mut stdin).await;
     drop(stdin);
     let out = process.output().await?;
     let what = format!("unpack into `{dir}`");

@@ -305,6 +305,14 @@ pub fn part_path(path: &str) -> String {
     join(parent_of(path), &format!(".{name}{PART_SUFFIX}"))
 }
 
+/// A filled temporary: the digest of the whole source, its length, and the bytes kept from
+/// an interrupted copy.
+struct Filled {
+    digest: [u8; 32],
+    bytes: u64,
+    kept: u64,
+}
+
 /// One thing to copy.
 #[derive(Debug)]
 pub(crate) enum Item {
@@ -724,7 +732,11 @@ impl Transfer {
         let id = self.temps.add(dst.fs, &part);
         let outcome = self.fill_part(src, dst, from, &part, meta).await;
         let outcome = match outcome {
-            Ok((digest, bytes, resumed_from)) => self
+            Ok(Filled {
+                digest,
+                bytes,
+                kept: resumed_from,
+            }) => self
                 .finish(dst, &part, to, meta, digest)
                 .await
                 .map(|verified| FileReport {
@@ -753,7 +765,7 @@ impl Transfer {
         from: &str,
         part: &str,
         meta: &Metadata,
-    ) -> Result<([u8; 32], u64, u64)> {
+    ) -> Result<Filled> {
         let mut reader = src.fs.open_read(from).await?;
         let mut hasher = Sha256::new();
         let mut kept = 0;
@@ -796,9 +808,9 @@ impl Transfer {
             sync: self.options.sync,
             ..WriteOptions::default()
         };
-        let writer = dst.fs.open_write(part, options).await?;
         let shown_from = describe(src.backend, from);
         let shown_to = describe(dst.backend, part);
+        let writer = dst.fs.open_write(part, options).await?;
         let sent = pump(
             reader,
             writer,
@@ -808,7 +820,11 @@ impl Transfer {
             &shown_to,
         )
         .await?;
-        Ok((hasher.finalize().into(), kept + sent, kept))
+        Ok(Filled {
+            digest: hasher.finalize().into(),
+            bytes: kept + sent,
+            kept,
+        })
     }
 
     /// The length of a temporary worth continuing: a file no longer than the source.
