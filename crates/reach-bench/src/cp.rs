@@ -9,10 +9,10 @@ use std::time::Instant;
 use reach_test::docker::ContainerFixture;
 use reach_test::sshd::SshdFixture;
 
+use crate::ssh::openssh_flags;
 use crate::{make_source, run_ok, same_size, Args, Section, Step};
 
-/// The cipher every SSH tool uses here (reach prefers it; OpenSSH and rsync's ssh are told).
-const CIPHER: &str = "aes256-gcm@openssh.com";
+use crate::ssh::CIPHER;
 /// Files in the tree scenario, and their size.
 const TREE_FILES: usize = 10_000;
 const TREE_FILE_SIZE: usize = 4096;
@@ -69,29 +69,6 @@ fn rows(
         }
     }
     rows
-}
-
-fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
-    [
-        "-q".to_owned(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "StrictHostKeyChecking=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", sshd.known_hosts().display()),
-        "-o".into(),
-        format!("IdentityFile={}", sshd.client_key().display()),
-        "-o".into(),
-        format!("Port={}", sshd.port()),
-        "-o".into(),
-        format!("User={}", sshd.user()),
-        "-o".into(),
-        format!("Ciphers={CIPHER}"),
-        "-F".into(),
-        "/dev/null".into(),
-    ]
-    .to_vec()
 }
 
 fn reach_cp(reach_bin: &Path, sshd: &SshdFixture) -> Command {
@@ -316,7 +293,7 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to scp (median)"],
-        rows: rows(&copies, &times, size as f64 / 1e6, "MB", 3),
+        rows: rows(&copies, &times, size as f64 / 1e6, "MB", 4),
     })
 }
 
@@ -491,17 +468,7 @@ fn docker_file(args: &Args, reach_bin: &Path) -> Result<Section, String> {
             .map(drop)
             .map_err(|e| e.to_string())
     };
-    let remote_ok = || {
-        let out = container
-            .exec(&["stat", "-c", "%s", remote])
-            .map_err(|e| e.to_string())?;
-        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if got == size.to_string() {
-            Ok(())
-        } else {
-            Err(format!("{remote} holds {got} bytes, expected {size}"))
-        }
-    };
+    let remote_ok = || crate::docker::container_file_size(&container, remote, size);
     let clear_back = || remove(&back);
     let back_ok = || same_size(&source, &back);
     let cp = || {

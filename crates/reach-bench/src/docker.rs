@@ -94,6 +94,25 @@ fn exec_latency(
     ))
 }
 
+/// Checks that `path` in the container holds `size` bytes (with the container's own `stat`).
+pub fn container_file_size(
+    container: &ContainerFixture,
+    path: &str,
+    size: u64,
+) -> Result<(), String> {
+    let out = container
+        .exec(&["stat", "-c", "%s", path])
+        .map_err(|e| e.to_string())?;
+    let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if got == size.to_string() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path} in the container has {got} bytes, expected {size}"
+        ))
+    }
+}
+
 fn throughput(
     args: &Args,
     container: &ContainerFixture,
@@ -107,19 +126,7 @@ fn throughput(
     make_source(&source, size)?;
     let remote = "/tmp/copy";
     let fs = rt.block_on(backend.fs()).map_err(|e| e.to_string())?;
-    let remote_size = || -> Result<(), String> {
-        let out = container
-            .exec(&["stat", "-c", "%s", remote])
-            .map_err(|e| e.to_string())?;
-        let got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if got == size.to_string() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{remote} in the container has {got} bytes, expected {size}"
-            ))
-        }
-    };
+    let remote_size = || container_file_size(container, remote, size);
     let steps: Vec<(&'static str, Step)> = vec![
         (
             "copy in: `docker cp FILE NAME:PATH`",

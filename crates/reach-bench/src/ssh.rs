@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// The cipher both sides use in the throughput scenario (reach prefers it; OpenSSH is told).
-const CIPHER: &str = "aes256-gcm@openssh.com";
+pub const CIPHER: &str = "aes256-gcm@openssh.com";
 
 fn options(sshd: &SshdFixture) -> SshOptions {
     SshOptions {
@@ -46,7 +46,7 @@ async fn exec_true(ssh: &dyn Backend) -> Result<(), String> {
 }
 
 /// OpenSSH's options for this server, as `-o` flags (for ssh, scp and sftp alike).
-fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
+pub fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
     vec![
         "-q".into(),
         "-o".into(),

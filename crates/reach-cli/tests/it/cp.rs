@@ -727,3 +727,32 @@ fn ctrl_c_removes_the_part_and_keeps_the_old_file() {
     assert_eq!(dst.read("big"), b"the old contents\n");
     assert!(!dst.exists(".big.reach-part"), "the part is removed");
 }
+
+/// The progress bar is drawn on a terminal (here one made by `script`) and never on a pipe.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let (big, _) = big_file();
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("copy").display().to_string();
+    let line = format!(
+        "{} cp {} {}",
+        env!("CARGO_BIN_EXE_reach"),
+        quote(&big.display().to_string()),
+        quote(&to)
+    );
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("ETA") && shown.contains("/s") && shown.contains("GiB"),
+        "no progress bar on a terminal: {shown:?}"
+    );
+    std::fs::remove_file(&to).unwrap();
+    let piped = reach(&["cp", &big.display().to_string(), &to]).run();
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert_eq!(piped.stderr, "", "nothing is drawn on a pipe");
+}
