@@ -572,52 +572,7 @@ impl FileSystem for SftpFs {
                 "no remote SHA-256 without a command channel",
             ));
         };
-        let permit = exec.sessions.clone().acquire_owned().await.map_err(|_| {
-            Error::new(
-                ErrorKind::SessionDropped,
-                format!("the connection to `{}` was closed", self.addr),
-            )
-        })?;
-        // OpenSSL hashes about four times faster than coreutils where it is installed.
-        let quoted = reach_core::shell_quote(path);
-        let line = format!(
-            "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r -- {quoted}; \
-             else sha256sum -b -- {quoted}; fi"
-        );
-        let process = crate::process::SshProcess::start(
-            exec.handle.clone(),
-            reach_core::ExecSpec::shell(line),
-            self.addr.clone(),
-            permit,
-        )
-        .await?;
-        use reach_core::ProcessExt;
-        let process: Box<dyn reach_core::Process> = Box::new(process);
-        let out = process.output().await?;
-        let said = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        if !out.status.success() {
-            let kind = match out.status.shell_code() {
-                126 | 127 => ErrorKind::Unsupported,
-                _ if said.to_ascii_lowercase().contains("no such file") => ErrorKind::NotFound,
-                _ if said.to_ascii_lowercase().contains("permission denied") => {
-                    ErrorKind::PermissionDenied
-                }
-                _ => ErrorKind::Unsupported,
-            };
-            return Err(Error::new(
-                kind,
-                format!("hash `{path}` on `{}`: {said}", self.addr),
-            ));
-        }
-        parse_digest(&out.stdout).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "hash `{path}` on `{}`: unexpected output from the hasher",
-                    self.addr
-                ),
-            )
-        })
+        crate::tree::sha256(exec, &self.addr, &remote(path)).await
     }
 
     async fn home_dir(&self) -> Result<String> {
@@ -865,20 +820,6 @@ impl Drop for ChunkWriter {
     }
 }
 
-/// The digest from the first line of `sha256sum` or `openssl dgst -r` output
-/// (`HEX *NAME`, with a leading `\\` when the name was escaped).
-fn parse_digest(out: &[u8]) -> Option<[u8; 32]> {
-    let line = out.split(|&b| b == b'\n').next()?;
-    let line = line.strip_prefix(b"\\").unwrap_or(line);
-    let hex = line.get(..64)?;
-    let mut digest = [0u8; 32];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        digest[i] = u8::from_str_radix(text, 16).ok()?;
-    }
-    Some(digest)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -889,16 +830,6 @@ mod tests {
         assert_eq!(remote(r"D:\data\f.txt"), "/D:/data/f.txt");
         assert_eq!(remote("/home/x"), "/home/x");
         assert_eq!(remote("rel/x"), "rel/x");
-    }
-
-    #[test]
-    fn digests() {
-        let hex = "b7b5fdcb54e1150682614ed7adee194d4458b6c5b6661489174e7d63b49e9382";
-        let digest = parse_digest(format!("{hex} *big\n").as_bytes());
-        assert_eq!(digest.map(|d| d[0]), Some(0xb7));
-        let escaped = parse_digest(format!("\\{hex} *a\\nb\n").as_bytes());
-        assert_eq!(escaped, digest);
-        assert_eq!(parse_digest(b"sha256sum: x: No such file"), None);
     }
 
     #[test]

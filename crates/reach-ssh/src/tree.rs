@@ -178,6 +178,37 @@ fn tokio_stream_from(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// The SHA-256 of one file: OpenSSL where installed (about four times faster than
+/// coreutils), else `sha256sum`. A missing hasher, or output we cannot read, is
+/// `Unsupported`, so that callers read the file back instead.
+pub(crate) async fn sha256(exec: &RemoteExec, addr: &str, path: &str) -> Result<[u8; 32]> {
+    let quoted = shell_quote(path);
+    let line = format!(
+        "if command -v openssl >/dev/null 2>&1; then openssl dgst -sha256 -r -- {quoted}; \
+         else sha256sum -b -- {quoted}; fi"
+    );
+    let out = start(exec, addr, line, false).await?.output().await?;
+    let what = format!("hash `{path}`");
+    if !out.status.success() {
+        let err = failure(addr, &what, &out.stderr);
+        return Err(match (out.status.shell_code(), err.kind()) {
+            (126 | 127, _) | (_, ErrorKind::Io) => {
+                Error::new(ErrorKind::Unsupported, err.message().to_owned())
+            }
+            _ => err,
+        });
+    }
+    parse_sums(&out.stdout)
+        .and_then(|sums| sums.into_iter().next())
+        .map(|(_, digest)| digest)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("{what} on `{addr}`: unexpected output from the hasher"),
+            )
+        })
+}
+
 /// The SHA-256 of every regular file under `dir`.
 pub(crate) async fn sha256_tree(
     exec: &RemoteExec,
@@ -262,5 +293,16 @@ mod tests {
         assert_eq!(sums[1].0, "x\ny\\z");
         assert_eq!(sums[1].1[0], 0xb7);
         assert!(parse_sums(b"garbage").is_none());
+    }
+
+    #[test]
+    fn one_digest_as_sha256sum_or_openssl_prints_it() {
+        let hex = "b7b5fdcb54e1150682614ed7adee194d4458b6c5b6661489174e7d63b49e9382";
+        let first = |out: String| parse_sums(out.as_bytes()).and_then(|s| s.into_iter().next());
+        let digest = first(format!("{hex} *big\n")).map(|(_, d)| d);
+        assert_eq!(digest.map(|d| d[0]), Some(0xb7));
+        let escaped = first(format!("\\{hex} *a\\nb\n")).map(|(_, d)| d);
+        assert_eq!(escaped, digest);
+        assert_eq!(first("sha256sum: x: No such file".to_owned()), None);
     }
 }
