@@ -32,9 +32,26 @@ struct Sent {
     digest: [u8; 32],
 }
 
-/// A file ready to go into the stream.
+/// A planned item ready to go into the stream, with its paths.
+enum Ready<'i> {
+    /// A symlink, and where it points.
+    Link {
+        to: &'i str,
+        meta: Metadata,
+        link: String,
+    },
+    /// A regular file and its contents.
+    File {
+        from: &'i String,
+        to: &'i str,
+        meta: &'i Metadata,
+        data: Loaded,
+    },
+}
+
+/// A file's contents, ready to go into the stream.
 enum Loaded {
-    /// Read whole, with its digest.
+    /// Read whole.
     Small(Vec<u8>),
     /// Opened, to be streamed in turn.
     Big(BoxRead),
@@ -133,22 +150,20 @@ impl Transfer {
             let mut loaded = stream::iter(items)
                 .map(|item| self.load(src, item))
                 .buffered(self.options.concurrency.max(1));
-            while let Some((item, got)) = loaded.next().await {
-                match (item, got) {
-                    (_, Err(error)) => failures.push(error),
-                    (Item::Link { dst: to, .. }, Ok((meta, Some(link), _))) => {
+            while let Some(got) = loaded.next().await {
+                match got {
+                    Err(error) => failures.push(error),
+                    Ok(Ready::Link { to, meta, link }) => {
                         let h = header(rel_of(target, to), Kind::Symlink, &meta, 0, link);
                         writer.write_all(&reach_tar::header_bytes(&h)).await?;
                         summary.symlinks += 1;
                     }
-                    (
-                        Item::File {
-                            src: from,
-                            dst: to,
-                            meta,
-                        },
-                        Ok((_, _, Some(data))),
-                    ) => {
+                    Ok(Ready::File {
+                        from,
+                        to,
+                        meta,
+                        data,
+                    }) => {
                         let rel = rel_of(target, to);
                         let h = header(rel.clone(), Kind::File, meta, meta.len, String::new());
                         writer.write_all(&reach_tar::header_bytes(&h)).await?;
@@ -193,7 +208,6 @@ impl Transfer {
                             digest: hasher.finalize().into(),
                         });
                     }
-                    _ => {}
                 }
             }
             writer.write_all(&reach_tar::end_of_archive()).await?;
@@ -224,48 +238,43 @@ impl Transfer {
         &self,
         src: &Side<'_>,
         item: &'i Item,
-    ) -> (
-        &'i Item,
-        std::result::Result<(Metadata, Option<String>, Option<Loaded>), Failure>,
-    ) {
-        let failure = |from: &str, error: Error| Failure {
+    ) -> std::result::Result<Ready<'i>, Failure> {
+        let (Item::Link { src: from, .. } | Item::File { src: from, .. }) = item;
+        let ready = async {
+            match item {
+                Item::Link { dst: to, .. } => {
+                    let link = src.fs.read_link(from).await?;
+                    let meta = src.fs.symlink_metadata(from).await?;
+                    Ok(Ready::Link { to, meta, link })
+                }
+                Item::File { meta, .. } if meta.file_type != FileType::File => {
+                    Err(special(&describe(src.backend, from)))
+                }
+                Item::File { dst: to, meta, .. } => {
+                    let mut reader = src.fs.open_read(from).await?;
+                    let data = if meta.len <= PREFETCH_MAX {
+                        let mut bytes = Vec::with_capacity(meta.len as usize);
+                        reader.read_to_end(&mut bytes).await.map_err(|e| {
+                            Error::io(format_args!("read `{}`", describe(src.backend, from)), e)
+                        })?;
+                        self.progress.advance(bytes.len() as u64);
+                        Loaded::Small(bytes)
+                    } else {
+                        Loaded::Big(reader)
+                    };
+                    Ok(Ready::File {
+                        from,
+                        to,
+                        meta,
+                        data,
+                    })
+                }
+            }
+        };
+        ready.await.map_err(|error| Failure {
             source: describe(src.backend, from),
             error,
-        };
-        let got = match item {
-            Item::Link { src: from, .. } => match src.fs.read_link(from).await {
-                Ok(link) => match src.fs.symlink_metadata(from).await {
-                    Ok(meta) => Ok((meta, Some(link), None)),
-                    Err(e) => Err(failure(from, e)),
-                },
-                Err(e) => Err(failure(from, e)),
-            },
-            Item::File {
-                src: from, meta, ..
-            } if meta.file_type != FileType::File => {
-                Err(failure(from, special(&describe(src.backend, from))))
-            }
-            Item::File {
-                src: from, meta, ..
-            } => match src.fs.open_read(from).await {
-                Ok(mut reader) if meta.len <= PREFETCH_MAX => {
-                    let mut bytes = Vec::with_capacity(meta.len as usize);
-                    match reader.read_to_end(&mut bytes).await {
-                        Ok(_) => {
-                            self.progress.advance(bytes.len() as u64);
-                            Ok((meta.clone(), None, Some(Loaded::Small(bytes))))
-                        }
-                        Err(e) => Err(failure(
-                            from,
-                            Error::io(format_args!("read `{}`", describe(src.backend, from)), e),
-                        )),
-                    }
-                }
-                Ok(reader) => Ok((meta.clone(), None, Some(Loaded::Big(reader)))),
-                Err(e) => Err(failure(from, e)),
-            },
-        };
-        (item, got)
+        })
     }
 
     /// Unpacks the source's `read_tree` stream into `staging` entry by entry.
