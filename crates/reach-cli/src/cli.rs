@@ -58,6 +58,14 @@ pub enum Command {
     /// leaves a partial file where the old one was. Exits 0 when everything was copied,
     /// else with the code of the first failure (1 for a missing source, 255 transport).
     Cp(CpArgs),
+    /// Run an SSH gateway: OpenSSH clients connect and each session runs on a backend (this
+    /// host, or a Docker container per connection, per session or per user).
+    ///
+    /// With no flags: listens on 127.0.0.1:2222, runs sessions here as this user, lets in the
+    /// keys of ~/.ssh/authorized_keys, keeps its host key in ~/.local/state/reach/serve.
+    /// Flags override the --config file. Logs are JSON lines on stderr. SIGINT/SIGTERM stop it
+    /// and remove its containers.
+    Serve(ServeArgs),
 }
 
 /// How to connect: the same flags on every subcommand, before or after its name.
@@ -220,6 +228,38 @@ pub struct CpArgs {
     /// Sources, then the destination (a directory when there are several sources).
     #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
     pub locations: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML configuration file (see docs/GATEWAY.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Where to listen (default 127.0.0.1:2222).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The authorized_keys file for every user; `%u` in it is the user name.
+    #[arg(long = "authorized-keys", value_name = "FILE")]
+    pub authorized_keys: Option<std::path::PathBuf>,
+    /// Where the host key and instance id are kept.
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Where sessions run.
+    #[arg(long, value_name = "local|docker")]
+    pub backend: Option<String>,
+    /// Docker: the image of session containers.
+    #[arg(long, value_name = "IMG")]
+    pub image: Option<String>,
+    /// Docker: a container per `connection`, per `session` (channel), or per user
+    /// (`persistent`).
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+    /// Serve Prometheus metrics at ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Read a password on stdin, print its argon2 hash for the config file, and exit.
+    #[arg(long = "hash-password")]
+    pub hash_password: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod cp;
 mod exec;
 mod files;
 mod info;
+mod serve;
 
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,7 +27,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     // A copy hashes and encrypts on separate threads; everything else is I/O-bound.
-    let mut builder = if matches!(cli.command, Command::Cp(_)) {
+    let mut builder = if matches!(cli.command, Command::Cp(_) | Command::Serve(_)) {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(2);
         builder
@@ -100,6 +101,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Mv(args) => files::mv(args, json).await,
         Command::Chmod(args) => files::chmod(args, json).await,
         Command::Cp(args) => cp::cp(args, json).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 

@@ -1,0 +1,521 @@
+//! One SSH session channel: gathers `pty-req`, `env` and agent requests, then runs `exec`,
+//! `shell` or the `sftp` subsystem on the connection's backend, and passes back output, then
+//! `exit-status` or `exit-signal`, then EOF and close — in that order, so a client never sees
+//! an exit before the last byte.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use reach_core::{
+    Backend, CommandLine, ExecSpec, ExitStatus, PtyRequest, PtySize, Signal, StdinMode,
+};
+use russh::server::{Handle, Msg};
+use russh::{Channel, ChannelId, ChannelMsg, Sig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::backends::public_reason;
+use crate::log::Level;
+use crate::server::Conn;
+
+/// What the client asked for before starting something.
+#[derive(Debug, Default)]
+struct Requests {
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    agent: bool,
+    /// Input that arrived before the command started.
+    early_input: Vec<u8>,
+    early_eof: bool,
+}
+
+/// What to start.
+enum Start {
+    Command(CommandLine, &'static str),
+    Sftp,
+}
+
+/// Serves one channel until it closes.
+pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Handle) {
+    let id = channel.id();
+    let mut requests = Requests::default();
+    let start = loop {
+        let Some(msg) = channel.wait().await else {
+            return;
+        };
+        match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                ..
+            } => {
+                let allowed = conn.permissions().pty;
+                if allowed {
+                    requests.pty = Some(PtyRequest {
+                        term,
+                        size: size(col_width, row_height),
+                    });
+                }
+                reply(&handle, id, allowed).await;
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                let allowed = conn.accepts_env(&variable_name);
+                if allowed {
+                    requests.env.push((variable_name, variable_value));
+                } else {
+                    crate::log!(Level::Info, conn.id(), "env.refused", name = variable_name);
+                }
+                reply(&handle, id, allowed).await;
+            }
+            // russh answers this one itself, from `Handler::agent_request`.
+            ChannelMsg::AgentForward { .. } => requests.agent = conn.agent_allowed(),
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                if let Some(pty) = requests.pty.as_mut() {
+                    pty.size = size(col_width, row_height);
+                }
+            }
+            ChannelMsg::Exec { command, .. } => {
+                let line = String::from_utf8_lossy(&command).into_owned();
+                break Start::Command(CommandLine::Shell(line), "exec");
+            }
+            ChannelMsg::RequestShell { .. } => {
+                break Start::Command(CommandLine::LoginShell, "shell")
+            }
+            ChannelMsg::RequestSubsystem { name, .. } => {
+                if name == "sftp" {
+                    break Start::Sftp;
+                }
+                crate::log!(Level::Info, conn.id(), "subsystem.refused", name = name);
+                reply(&handle, id, false).await;
+            }
+            ChannelMsg::Data { data } => requests.early_input.extend_from_slice(&data),
+            ChannelMsg::Eof => requests.early_eof = true,
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    };
+    let op = match &start {
+        Start::Command(_, op) => *op,
+        Start::Sftp => "sftp",
+    };
+    let metrics = conn.metrics();
+    let (backend, container) = match conn.backend(id).await {
+        Ok(made) => made,
+        Err(err) => {
+            metrics.backend(op, false);
+            refuse(&conn, &handle, id, &err).await;
+            return;
+        }
+    };
+    metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+    metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+    match start {
+        Start::Command(command, op) => {
+            run_command(
+                channel,
+                &conn,
+                &handle,
+                backend.clone(),
+                command,
+                op,
+                requests,
+            )
+            .await;
+        }
+        Start::Sftp => run_sftp(channel, &conn, &handle, backend.clone()).await,
+    }
+    metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    if let Some(container) = container {
+        conn.release(container, backend).await;
+    }
+}
+
+fn size(cols: u32, rows: u32) -> PtySize {
+    PtySize {
+        rows: u16::try_from(rows).unwrap_or(u16::MAX).max(1),
+        cols: u16::try_from(cols).unwrap_or(u16::MAX).max(1),
+    }
+}
+
+async fn reply(handle: &Handle, id: ChannelId, ok: bool) {
+    let _ = if ok {
+        handle.channel_success(id).await
+    } else {
+        handle.channel_failure(id).await
+    };
+}
+
+/// Tells the client, in words it can show, that its session did not start; the full error
+/// goes to the log only.
+async fn refuse(conn: &Conn, handle: &Handle, id: ChannelId, err: &reach_core::Error) {
+    crate::log!(Level::Error, conn.id(), "session.failed", error = err);
+    let message = format!(
+        "Failed to initialize SSH session. {}\r\n",
+        public_reason(err)
+    );
+    let _ = handle.extended_data(id, 1, message.into_bytes()).await;
+    reply(handle, id, false).await;
+    let _ = handle.close(id).await;
+}
+
+async fn run_command(
+    channel: Channel<Msg>,
+    conn: &Arc<Conn>,
+    handle: &Handle,
+    backend: Arc<dyn Backend>,
+    command: CommandLine,
+    op: &'static str,
+    requests: Requests,
+) {
+    let id = channel.id();
+    let mut spec = ExecSpec::new(command).stdin(StdinMode::Piped);
+    spec.env = requests.env;
+    spec.pty = requests.pty;
+    let agent = if requests.agent {
+        match crate::agent::forward(handle.clone(), conn.id()).await {
+            Ok(agent) => {
+                spec.env
+                    .push(("SSH_AUTH_SOCK".to_owned(), agent.socket().to_owned()));
+                Some(agent)
+            }
+            Err(e) => {
+                crate::log!(Level::Warn, conn.id(), "agent.failed", error = e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let metrics = conn.metrics();
+    let process = match backend.exec(spec).await {
+        Ok(process) => process,
+        Err(err) => {
+            metrics.backend(op, false);
+            refuse(conn, handle, id, &err).await;
+            return;
+        }
+    };
+    metrics.backend(op, true);
+    reply(handle, id, true).await;
+    crate::log!(
+        Level::Info,
+        conn.id(),
+        "session.started",
+        channel = id,
+        op = op
+    );
+
+    let (mut rx, tx) = channel.split();
+    let stdin = process.take_stdin();
+    let (input, input_rx) = mpsc::channel::<Vec<u8>>(16);
+    let feeder = tokio::spawn(feed(stdin, input_rx, conn.metrics()));
+    if !requests.early_input.is_empty() {
+        let _ = input.send(requests.early_input).await;
+    }
+    let mut input = (!requests.early_eof).then_some(input);
+
+    let out = pump(process.take_stdout(), tx.make_writer(), conn.clone());
+    let err = pump(
+        process.take_stderr(),
+        tx.make_writer_ext(Some(1)),
+        conn.clone(),
+    );
+    let finished = async {
+        let _ = tokio::join!(out, err);
+        process.wait().await
+    };
+    tokio::pin!(finished);
+    let status = loop {
+        tokio::select! {
+            status = &mut finished => break Some(status),
+            msg = rx.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if let Some(sender) = &input {
+                        if sender.send(data.to_vec()).await.is_err() {
+                            input = None;
+                        }
+                    }
+                }
+                Some(ChannelMsg::Eof) => input = None,
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    let _ = process.resize(size(col_width, row_height)).await;
+                }
+                Some(ChannelMsg::Signal { signal }) => {
+                    let name = sig_name(&signal);
+                    crate::log!(Level::Info, conn.id(), "session.signal", channel = id, signal = name);
+                    let _ = process.signal(Signal::from_name(&name)).await;
+                }
+                // The client closed the channel or went away: stop the command.
+                Some(ChannelMsg::Close) | None => break None,
+                Some(_) => {}
+            },
+        }
+    };
+    drop(input);
+    feeder.abort();
+    drop(agent);
+    match status {
+        Some(Ok(status)) => {
+            crate::log!(
+                Level::Info,
+                conn.id(),
+                "session.ended",
+                channel = id,
+                status = status
+            );
+            match &status {
+                ExitStatus::Code(code) => {
+                    let _ = tx.exit_status(u32::try_from(*code).unwrap_or(255)).await;
+                }
+                ExitStatus::Signal {
+                    signal,
+                    core_dumped,
+                } => {
+                    let _ = handle
+                        .exit_signal_request(
+                            id,
+                            to_sig(signal.name()),
+                            *core_dumped,
+                            String::new(),
+                            "en".to_owned(),
+                        )
+                        .await;
+                }
+            }
+            let _ = tx.eof().await;
+            let _ = tx.close().await;
+        }
+        Some(Err(err)) => {
+            // No exit status is invented: the client sees the channel close without one
+            // (ssh exits 255), after a line saying why.
+            metrics.backend(op, false);
+            crate::log!(
+                Level::Error,
+                conn.id(),
+                "session.lost",
+                channel = id,
+                error = err
+            );
+            let line = format!(
+                "reach serve: the session was lost: {}\r\n",
+                public_reason(&err)
+            );
+            let _ = handle.extended_data(id, 1, line.into_bytes()).await;
+            let _ = tx.eof().await;
+            let _ = tx.close().await;
+        }
+        None => {
+            crate::log!(
+                Level::Info,
+                conn.id(),
+                "session.closed_by_client",
+                channel = id
+            );
+            // Dropping the process kills it (and what it started).
+            let _ = process.signal(Signal::HUP).await;
+        }
+    }
+}
+
+/// Copies client input to the command's stdin; EOF when the sender goes.
+async fn feed(
+    stdin: Option<reach_core::BoxWrite>,
+    mut input: mpsc::Receiver<Vec<u8>>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let Some(mut stdin) = stdin else {
+        return;
+    };
+    while let Some(chunk) = input.recv().await {
+        metrics
+            .bytes_in
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if stdin.write_all(&chunk).await.is_err() {
+            // The command closed its stdin; keep draining so the client is not blocked.
+            while input.recv().await.is_some() {}
+            return;
+        }
+        let _ = stdin.flush().await;
+    }
+    let _ = stdin.shutdown().await;
+}
+
+/// Copies one output stream to the channel.
+async fn pump(
+    source: Option<reach_core::BoxRead>,
+    mut sink: impl AsyncWrite + Unpin,
+    conn: Arc<Conn>,
+) {
+    let Some(mut source) = source else {
+        return;
+    };
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match source.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        conn.metrics()
+            .bytes_out
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if sink.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.flush().await;
+}
+
+async fn run_sftp(
+    channel: Channel<Msg>,
+    conn: &Arc<Conn>,
+    handle: &Handle,
+    backend: Arc<dyn Backend>,
+) {
+    let id = channel.id();
+    let metrics = conn.metrics();
+    let fs = match backend.fs().await {
+        Ok(fs) => fs,
+        Err(err) => {
+            metrics.backend("sftp", false);
+            refuse(conn, handle, id, &err).await;
+            return;
+        }
+    };
+    let home = fs.home_dir().await.unwrap_or_else(|_| "/".to_owned());
+    metrics.backend("sftp", true);
+    reply(handle, id, true).await;
+    crate::log!(
+        Level::Info,
+        conn.id(),
+        "session.started",
+        channel = id,
+        op = "sftp"
+    );
+    let (done, ended) = tokio::sync::oneshot::channel();
+    let exit_handle = handle.clone();
+    let stream = SubsystemStream {
+        inner: channel.into_stream(),
+        done: Some(done),
+        // As sshd does when sftp-server exits: scp takes a missing status as failure. It
+        // must go out before the stream's drop closes the channel.
+        exit: Some(Box::pin(async move {
+            let _ = exit_handle.exit_status_request(id, 0).await;
+            let _ = exit_handle.eof(id).await;
+        })),
+    };
+    russh_sftp::server::run(stream, crate::sftp::Sftp::new(fs, home, metrics)).await;
+    let _ = ended.await;
+    crate::log!(
+        Level::Info,
+        conn.id(),
+        "session.ended",
+        channel = id,
+        op = "sftp"
+    );
+}
+
+/// The subsystem's end of the channel: at the client's EOF it sends exit status 0 before
+/// passing the EOF on, and says when the SFTP server (in its own task) let go of it.
+struct SubsystemStream<S> {
+    inner: S,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    exit: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+}
+
+impl<S> Drop for SubsystemStream<S> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SubsystemStream<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            if let Some(exit) = self.exit.as_mut() {
+                std::task::ready!(exit.as_mut().poll(cx));
+                self.exit = None;
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SubsystemStream<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A russh signal's name, without `SIG`.
+fn sig_name(sig: &Sig) -> String {
+    match sig {
+        Sig::ABRT => "ABRT",
+        Sig::ALRM => "ALRM",
+        Sig::FPE => "FPE",
+        Sig::HUP => "HUP",
+        Sig::ILL => "ILL",
+        Sig::INT => "INT",
+        Sig::KILL => "KILL",
+        Sig::PIPE => "PIPE",
+        Sig::QUIT => "QUIT",
+        Sig::SEGV => "SEGV",
+        Sig::TERM => "TERM",
+        Sig::USR1 => "USR1",
+        Sig::Custom(name) => name.as_str(),
+    }
+    .to_owned()
+}
+
+/// A signal name as russh's type.
+fn to_sig(name: &str) -> Sig {
+    match name {
+        "ABRT" => Sig::ABRT,
+        "ALRM" => Sig::ALRM,
+        "FPE" => Sig::FPE,
+        "HUP" => Sig::HUP,
+        "ILL" => Sig::ILL,
+        "INT" => Sig::INT,
+        "KILL" => Sig::KILL,
+        "PIPE" => Sig::PIPE,
+        "QUIT" => Sig::QUIT,
+        "SEGV" => Sig::SEGV,
+        "TERM" => Sig::TERM,
+        "USR1" => Sig::USR1,
+        other => Sig::Custom(other.to_owned()),
+    }
+}
