@@ -40,7 +40,7 @@ struct Args {
     /// Write the Markdown report here (for example docs/BENCHMARKS.md).
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Which scenarios to run: `local`, `ssh`, `docker`, `cp` (repeatable; default all).
+    /// Which scenarios to run: `local`, `ssh`, `docker`, `cp`, `serve` (repeatable; default all).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Size of the file moved by the SSH throughput scenario, in MiB.
@@ -94,6 +94,7 @@ impl Section {
 
 mod cp;
 mod docker;
+mod serve;
 mod ssh;
 
 /// Timings of one measured thing.
@@ -372,11 +373,12 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 4] = [
+    let scenarios: [(&str, Scenario); 5] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
         ("cp", cp::run),
+        ("serve", serve::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {

@@ -155,15 +155,18 @@ async fn reply(handle: &Handle, id: ChannelId, ok: bool) {
 }
 
 /// Tells the client, in words it can show, that its session did not start; the full error
-/// goes to the log only.
+/// goes to the log only. The request is answered with success so that the client shows the
+/// message (OpenSSH's exits at once on a failed exec), then the channel closes without an
+/// exit status, which the client reports as 255.
 async fn refuse(conn: &Conn, handle: &Handle, id: ChannelId, err: &reach_core::Error) {
     crate::log!(Level::Error, conn.id(), "session.failed", error = err);
     let message = format!(
         "Failed to initialize SSH session. {}\r\n",
         public_reason(err)
     );
+    reply(handle, id, true).await;
     let _ = handle.extended_data(id, 1, message.into_bytes()).await;
-    reply(handle, id, false).await;
+    let _ = handle.eof(id).await;
     let _ = handle.close(id).await;
 }
 
@@ -216,10 +219,11 @@ async fn run_command(
 
     let (mut rx, tx) = channel.split();
     let stdin = process.take_stdin();
-    let (input, input_rx) = mpsc::channel::<Vec<u8>>(16);
-    let feeder = tokio::spawn(feed(stdin, input_rx, conn.metrics()));
+    let queue = Arc::new(InputQueue::default());
+    let (input, input_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let feeder = tokio::spawn(feed(stdin, input_rx, queue.clone(), conn.metrics()));
     if !requests.early_input.is_empty() {
-        let _ = input.send(requests.early_input).await;
+        let _ = queue.push(&input, requests.early_input);
     }
     let mut input = (!requests.early_eof).then_some(input);
 
@@ -240,8 +244,13 @@ async fn run_command(
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(sender) = &input {
-                        if sender.send(data.to_vec()).await.is_err() {
-                            input = None;
+                        match queue.push(sender, data.to_vec()) {
+                            Ok(true) => {}
+                            Ok(false) => input = None,
+                            Err(queued) => break Some(Err(reach_core::Error::new(
+                                reach_core::ErrorKind::InvalidInput,
+                                format!("the command fell {} MiB behind its input", queued >> 20),
+                            ))),
                         }
                     }
                 }
@@ -305,10 +314,13 @@ async fn run_command(
                 channel = id,
                 error = err
             );
-            let line = format!(
-                "reach serve: the session was lost: {}\r\n",
+            // Our own limits say what they are; backend failures get the safe summary.
+            let why = if err.kind() == reach_core::ErrorKind::InvalidInput {
+                err.message()
+            } else {
                 public_reason(&err)
-            );
+            };
+            let line = format!("reach serve: the session was lost: {why}\r\n");
             let _ = handle.extended_data(id, 1, line.into_bytes()).await;
             let _ = tx.eof().await;
             let _ = tx.close().await;
@@ -326,27 +338,62 @@ async fn run_command(
     }
 }
 
+/// Client input waiting for the command's stdin.
+///
+/// russh widens the client's window as data arrives, not as it is consumed, and hands every
+/// message to the channel through the connection's one session loop. Blocking that loop on
+/// a command that is not reading stdin — because its stdout waits on the client's window —
+/// would also stop the window adjustments that would unblock it: a deadlock (seen with
+/// `ssh gw cat < 300MB`). So input queues here without ever blocking; a command that falls
+/// more than [`InputQueue::LIMIT`] behind its input has its session ended with a message,
+/// which bounds the memory one channel can take.
+#[derive(Debug, Default)]
+struct InputQueue {
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl InputQueue {
+    const LIMIT: usize = 256 << 20;
+
+    /// Queues a chunk: `Ok(false)` once the command's stdin is gone, `Err` when the command
+    /// is too far behind.
+    fn push(&self, sender: &mpsc::UnboundedSender<Vec<u8>>, chunk: Vec<u8>) -> Result<bool, usize> {
+        let queued = self.queued.fetch_add(chunk.len(), Ordering::SeqCst) + chunk.len();
+        if queued > Self::LIMIT {
+            return Err(queued);
+        }
+        Ok(sender.send(chunk).is_ok())
+    }
+
+    fn done(&self, len: usize) {
+        self.queued.fetch_sub(len, Ordering::SeqCst);
+    }
+}
+
 /// Copies client input to the command's stdin; EOF when the sender goes.
 async fn feed(
     stdin: Option<reach_core::BoxWrite>,
-    mut input: mpsc::Receiver<Vec<u8>>,
+    mut input: mpsc::UnboundedReceiver<Vec<u8>>,
+    queue: Arc<InputQueue>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let Some(mut stdin) = stdin else {
-        return;
-    };
+    let mut stdin = stdin;
     while let Some(chunk) = input.recv().await {
         metrics
             .bytes_in
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if stdin.write_all(&chunk).await.is_err() {
-            // The command closed its stdin; keep draining so the client is not blocked.
-            while input.recv().await.is_some() {}
-            return;
+        if let Some(pipe) = stdin.as_mut() {
+            let written = pipe.write_all(&chunk).await.is_ok() && pipe.flush().await.is_ok();
+            if !written {
+                // The command closed its stdin: drop the rest, keep the client flowing.
+                stdin = None;
+            }
         }
-        let _ = stdin.flush().await;
+        queue.done(chunk.len());
     }
-    let _ = stdin.shutdown().await;
+    if let Some(mut pipe) = stdin {
+        let _ = pipe.shutdown().await;
+    }
 }
 
 /// Copies one output stream to the channel.

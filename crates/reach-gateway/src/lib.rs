@@ -78,8 +78,6 @@ impl Gateway {
             keepalive_interval: config.keepalive(),
             keepalive_max: config.keepalive_max,
             nodelay: true,
-            window_size: 8 * 1024 * 1024,
-            maximum_packet_size: 65535,
             ..Default::default()
         };
         let listener = TcpListener::bind(config.listen)

@@ -5,6 +5,7 @@ mod cp;
 mod docker;
 mod exec;
 mod files;
+mod serve;
 mod ssh;
 
 use std::io::Write;

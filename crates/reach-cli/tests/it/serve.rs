@@ -1,0 +1,997 @@
+//! `reach serve` driven by the real OpenSSH clients (`ssh`, `sftp`, `scp`, `ssh-agent`), on
+//! the local backend and on Docker containers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A `reach serve` process with its own keys, state and config.
+pub struct Gateway {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    port: u16,
+    metrics: Option<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    instance: String,
+}
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+}
+
+impl Gateway {
+    /// Starts a gateway whose config is `config` (TOML) with `{dir}` replaced by its
+    /// directory. The client key `client` is in `{dir}/authorized_keys`.
+    pub fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(&dir.path().join("client"));
+        keygen(&dir.path().join("stranger"));
+        std::fs::copy(
+            dir.path().join("client.pub"),
+            dir.path().join("authorized_keys"),
+        )
+        .unwrap();
+        let text = config.replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(dir.path().join("serve.toml"), text).unwrap();
+        let mut gateway = Gateway {
+            dir,
+            child: None,
+            port: 0,
+            metrics: None,
+            log: Arc::new(Mutex::new(Vec::new())),
+            instance: String::new(),
+        };
+        gateway.launch();
+        gateway
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(self.path("serve.toml"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start reach serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("\"gateway.listening\"") {
+                    let _ = tx.send(line.clone());
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("reach serve did not start: {}", self.log_text());
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+        self.port = addr.port();
+        self.instance = v["instance"].as_str().unwrap().to_owned();
+        self.metrics = v["metrics"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
+        let public = std::fs::read_to_string(self.path("state/ssh_host_ed25519_key.pub")).unwrap();
+        let mut words = public.split_whitespace();
+        let line = format!(
+            "[127.0.0.1]:{} {} {}\n",
+            self.port,
+            words.next().unwrap(),
+            words.next().unwrap()
+        );
+        std::fs::write(self.path("known_hosts"), line).unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// `ssh` with the client key and strict host checking against the persisted host key.
+    pub fn ssh_with(&self, key: &str, user: &str, extra: &[&str], command: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        // ssh keeps the first value of an option: the caller's go first.
+        cmd.args(["-F", "/dev/null"])
+            .args(extra)
+            .args(["-o", "IdentitiesOnly=yes", "-i"])
+            .arg(self.path(key))
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.path("known_hosts").display()
+            ))
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["-o", "LogLevel=ERROR", "-p", &self.port.to_string()])
+            .arg(format!("{user}@127.0.0.1"))
+            .args(command);
+        cmd
+    }
+
+    pub fn ssh(&self, command: &[&str]) -> Command {
+        self.ssh_with("client", "tester", &[], command)
+    }
+
+    /// Options for `sftp`/`scp` (`-P` port).
+    pub fn copy_options(&self) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-i".into(),
+            self.path("client").display().to_string(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-P".into(),
+            self.port.to_string(),
+        ]
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let addr = self.metrics.as_ref().expect("metrics configured");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// The value of one metric line (`name{labels}`).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// This gateway's containers (`docker ps -a` by its instance label).
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--no-trunc", "--filter"])
+            .arg(format!("label=reach.gateway={}", self.instance))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+        if !self.instance.is_empty() && reach_test::docker::cli_available() {
+            for id in self.containers() {
+                let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+            }
+        }
+    }
+}
+
+fn run(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = wait_output(child, Duration::from_secs(120));
+    feeder.join().unwrap();
+    out
+}
+
+/// Waits for a child with a limit (a hung client is a failure, not a hung test run),
+/// draining its output meanwhile.
+fn wait_output(mut child: Child, limit: Duration) -> Output {
+    fn drain(stream: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = stream {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let (out, err) = (stdout.join().unwrap(), stderr.join().unwrap());
+            panic!(
+                "client hung for {limit:?}: {} bytes of stdout, stderr {:?}",
+                out.len(),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Polls `check` for up to `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}
+
+const LOCAL: &str = r#"
+[auth]
+authorized_keys = "{dir}/authorized_keys"
+[session]
+accept_env = ["LANG", "LC_*", "REACH_OK"]
+[metrics]
+listen = "127.0.0.1:0"
+"#;
+
+#[test]
+fn exec_passes_output_codes_signals_env_and_stdin() {
+    let gw = Gateway::start(LOCAL);
+    let out = run(gw.ssh(&["echo out; echo err >&2; exit 7"]), b"");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+
+    // stdin streams through and its EOF arrives, both directions at once: 40 MB is past
+    // where a gateway that blocks its session loop on stdin deadlocked (about 22 MB here).
+    let data: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = run(gw.ssh(&["cat"]), &data);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == data, "stdin came back changed");
+
+    // env requests: accepted names set, others refused (as sshd's AcceptEnv).
+    let out = run(
+        gw.ssh_with(
+            "client",
+            "tester",
+            &["-o", "SetEnv=REACH_OK=yes REACH_NOT=no"],
+            &["echo \"ok=$REACH_OK not=$REACH_NOT\""],
+        ),
+        b"",
+    );
+    assert_eq!(text(&out.stdout), "ok=yes not=\n", "{}", text(&out.stderr));
+
+    // exit-signal: reach's own client shows a death by SIGTERM as 143, as a shell would.
+    let kh = gw.path("known_hosts");
+    let key = gw.path("client");
+    let dest = format!("ssh://tester@127.0.0.1:{}", gw.port);
+    let outcome = crate::reach(&[
+        "exec",
+        "--known-hosts",
+        kh.to_str().unwrap(),
+        "-i",
+        key.to_str().unwrap(),
+        &dest,
+        "--",
+        "echo before; kill -TERM $$",
+    ])
+    .run();
+    assert_eq!(outcome.code, 143, "{}", outcome.stderr);
+    assert_eq!(outcome.stdout_text(), "before\n");
+    assert!(
+        gw.log_text().contains("killed by SIGTERM"),
+        "{}",
+        gw.log_text()
+    );
+    assert!(gw.metric("reach_gateway_sessions_total") >= 4.0);
+    assert!(gw.metric("reach_gateway_bytes_total{direction=\"in\"}") >= 3_000_000.0);
+}
+
+#[test]
+fn a_pty_shell_in_tmux_resizes_and_ends() {
+    let gw = Gateway::start(LOCAL);
+    let session = format!("reach-serve-{}", std::process::id());
+    let ssh = gw.ssh_with("client", "tester", &["-tt"], &[]);
+    let line = format!(
+        "{} {}",
+        ssh.get_program().to_string_lossy(),
+        ssh.get_args()
+            .map(|a| format!("'{}'", a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = tmux(&["new-session", "-d", "-x", "100", "-y", "30", &line]);
+    assert!(started.status.success(), "tmux: {started:?}");
+    let screen = || text(&tmux(&["capture-pane", "-p"]).stdout);
+    let typed = |keys: &str| {
+        tmux(&["send-keys", keys, "Enter"]);
+    };
+    // The gateway's PTY: a terminal, TERM from the client, tmux's size.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            typed("echo T=$TERM; stty size");
+            std::thread::sleep(Duration::from_millis(300));
+            screen().contains("30 100")
+        }),
+        "{}",
+        screen()
+    );
+    assert!(
+        screen().contains("T=tmux") || screen().contains("T=screen"),
+        "{}",
+        screen()
+    );
+    // window-change: tmux resizes the window, ssh sends the new size.
+    tmux(&["resize-window", "-x", "120", "-y", "40"]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            typed("stty size");
+            std::thread::sleep(Duration::from_millis(300));
+            screen().contains("40 120")
+        }),
+        "{}",
+        screen()
+    );
+    typed("exit");
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            !tmux(&["has-session"]).status.success()
+        }),
+        "the shell did not end: {}",
+        screen()
+    );
+    let _ = tmux(&["kill-server"]);
+    assert!(
+        gw.log_text().contains("\"op\":\"shell\""),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[test]
+fn sftp_batch_and_scp_both_ways() {
+    let gw = Gateway::start(LOCAL);
+    let work = tempfile::tempdir().unwrap();
+    let remote = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let src = work.path().join("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    let rdir = remote.path().display().to_string();
+    let batch = format!(
+        "put {src} {rdir}/put.bin\nls -l {rdir}\nget {rdir}/put.bin {back}\nmkdir {rdir}/sub\n\
+         rename {rdir}/put.bin {rdir}/sub/moved.bin\nrm {rdir}/sub/moved.bin\nrmdir {rdir}/sub\n",
+        src = src.display(),
+        back = work.path().join("back.bin").display(),
+    );
+    let mut sftp = Command::new("sftp");
+    sftp.args(gw.copy_options())
+        .args(["-b", "-", "tester@127.0.0.1"]);
+    let out = run(sftp, batch.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("put.bin"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(std::fs::read(work.path().join("back.bin")).unwrap() == data);
+    assert_eq!(std::fs::read_dir(remote.path()).unwrap().count(), 0);
+
+    // A missing remote file is an error naming it, and sftp -b fails.
+    let mut sftp = Command::new("sftp");
+    sftp.args(gw.copy_options())
+        .args(["-b", "-", "tester@127.0.0.1"]);
+    let out = run(
+        sftp,
+        format!("get {rdir}/nothing.bin {rdir}/x\n").as_bytes(),
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("nothing.bin"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // scp (the SFTP protocol since OpenSSH 9) up, over an existing file, and down.
+    let target = format!("tester@127.0.0.1:{rdir}/scp.bin");
+    std::fs::write(remote.path().join("scp.bin"), vec![b'x'; 9_000_000]).unwrap();
+    let mut scp = Command::new("scp");
+    scp.args(gw.copy_options()).arg(&src).arg(&target);
+    let out = run(scp, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(remote.path().join("scp.bin")).unwrap() == data);
+    let down = work.path().join("down.bin");
+    let mut scp = Command::new("scp");
+    scp.args(gw.copy_options()).arg(&target).arg(&down);
+    let out = run(scp, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(&down).unwrap() == data);
+    // An empty file over a full one.
+    let empty = work.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let mut scp = Command::new("scp");
+    scp.args(gw.copy_options()).arg(&empty).arg(&target);
+    let out = run(scp, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(remote.path().join("scp.bin"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn the_host_key_survives_a_restart() {
+    let mut gw = Gateway::start(LOCAL);
+    let out = run(gw.ssh(&["true"]), b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let key = std::fs::read(gw.path("state/ssh_host_ed25519_key.pub")).unwrap();
+    let known = std::fs::read_to_string(gw.path("known_hosts")).unwrap();
+    gw.restart();
+    assert_eq!(
+        std::fs::read(gw.path("state/ssh_host_ed25519_key.pub")).unwrap(),
+        key
+    );
+    // The old known_hosts line (new port aside) still matches: StrictHostKeyChecking=yes.
+    let old_key = known.split_once(' ').unwrap().1;
+    assert!(std::fs::read_to_string(gw.path("known_hosts"))
+        .unwrap()
+        .ends_with(old_key));
+    let out = run(gw.ssh(&["true"]), b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(gw.path("state/ssh_host_ed25519_key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // SIGTERM is a clean stop.
+    assert!(gw.terminate().success());
+}
+
+/// A one-shot HTTP server answering every request with `body` (or nothing, when `None`).
+fn webhook(body: Option<&'static str>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            match body {
+                Some(body) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                // A webhook that hangs: the gateway must time out and deny.
+                None => std::thread::sleep(Duration::from_secs(5)),
+            }
+        }
+    });
+    (format!("http://{addr}/auth"), seen)
+}
+
+#[test]
+fn auth_refuses_wrong_keys_unknown_users_and_webhook_denials() {
+    let password = "s3cret pass";
+    let hash = {
+        let out = crate::reach(&["serve", "--hash-password"])
+            .stdin(format!("{password}\n"))
+            .run();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout_text().trim().to_owned()
+    };
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let (allow_url, allow_seen) = webhook(Some("{\"allow\": true}"));
+    let config = format!(
+        r#"
+[auth]
+authorized_keys = "{{dir}}/keys/%u"
+max_failures = 100
+[auth.users.pat]
+password = "{hash}"
+[auth.webhook]
+url = "{allow_url}"
+timeout_ms = 1000
+[metrics]
+listen = "127.0.0.1:0"
+"#
+    );
+    let gw = Gateway::start(&config);
+    std::fs::create_dir(gw.path("keys")).unwrap();
+    std::fs::copy(gw.path("client.pub"), gw.path("keys/alice")).unwrap();
+
+    // The key in alice's file lets alice in; the webhook is not asked.
+    let out = run(gw.ssh_with("client", "alice", &[], &["echo in"]), b"");
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
+    assert!(allow_seen.lock().unwrap().is_empty());
+    // A key no file lists goes to the webhook, which sees user, fingerprint and address.
+    let out = run(gw.ssh_with("stranger", "bob", &[], &["echo hooked"]), b"");
+    assert_eq!(text(&out.stdout), "hooked\n", "{}", text(&out.stderr));
+    let request = allow_seen.lock().unwrap().join("\n");
+    assert!(request.contains("\"user\":\"bob\""), "{request}");
+    assert!(
+        request.contains("\"key_fingerprint\":\"SHA256:"),
+        "{request}"
+    );
+    assert!(
+        request.contains("\"remote_address\":\"127.0.0.1:"),
+        "{request}"
+    );
+
+    // Passwords: the right one in, a wrong one out.
+    let askpass = gw.path("askpass");
+    let with_password = |pw: &str| {
+        std::fs::write(&askpass, format!("#!/bin/sh\necho '{pw}'\n")).unwrap();
+        std::fs::set_permissions(
+            &askpass,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut cmd = gw.ssh_with(
+            "client",
+            "pat",
+            &[
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+            ],
+            &["echo pw-in"],
+        );
+        cmd.env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0");
+        run(cmd, b"")
+    };
+    let out = with_password(password);
+    assert_eq!(text(&out.stdout), "pw-in\n", "{}", text(&out.stderr));
+    let out = with_password("Tr0ub4dor-not-it");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        text(&out.stderr).contains("Permission denied"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(gw.metric("reach_gateway_auth_failures_total{method=\"password\"}") >= 1.0);
+    assert!(
+        !gw.log_text().contains("Tr0ub4dor"),
+        "a password reached the log"
+    );
+    assert!(
+        !gw.log_text().contains(password),
+        "a password reached the log"
+    );
+    drop(gw);
+
+    // Deny, and a webhook that does not answer: refused (deny on error).
+    for (body, why) in [(Some("{\"allow\": false}"), "deny"), (None, "timeout")] {
+        let (url, seen) = webhook(body);
+        let config = format!(
+            "[auth]\nauthorized_keys = \"{{dir}}/keys/%u\"\n[auth.webhook]\nurl = \"{url}\"\n\
+             timeout_ms = 1000\n"
+        );
+        let gw = Gateway::start(&config);
+        let out = run(gw.ssh_with("stranger", "bob", &[], &["echo in"]), b"");
+        assert_eq!(out.status.code(), Some(255), "{why}: {}", text(&out.stdout));
+        assert!(out.stdout.is_empty(), "{why}");
+        assert!(
+            !seen.lock().unwrap().is_empty(),
+            "{why}: the webhook was not asked"
+        );
+        assert!(
+            gw.log_text().contains("auth.refused"),
+            "{why}: {}",
+            gw.log_text()
+        );
+    }
+    // A webhook that is down.
+    let gw = Gateway::start(
+        "[auth]\nauthorized_keys = \"{dir}/keys/%u\"\n[auth.webhook]\n\
+         url = \"http://127.0.0.1:9/auth\"\n",
+    );
+    let out = run(gw.ssh_with("stranger", "bob", &[], &["echo in"]), b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(gw.log_text().contains("webhook error"), "{}", gw.log_text());
+}
+
+#[test]
+fn wrong_keys_unknown_users_and_then_the_rate_limit() {
+    let gw = Gateway::start(
+        "[auth]\nauthorized_keys = \"{dir}/keys/%u\"\nmax_failures = 3\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    std::fs::create_dir(gw.path("keys")).unwrap();
+    std::fs::copy(gw.path("client.pub"), gw.path("keys/alice")).unwrap();
+    let out = run(gw.ssh_with("client", "alice", &[], &["echo in"]), b"");
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
+    // A key that is not alice's; a user with no key file; a name that tries to climb out.
+    for (key, user) in [
+        ("stranger", "alice"),
+        ("client", "mallory"),
+        ("client", ".."),
+    ] {
+        let out = run(gw.ssh_with(key, user, &[], &["echo in"]), b"");
+        assert_eq!(out.status.code(), Some(255), "{key} as {user}");
+        assert!(out.stdout.is_empty(), "{key} as {user}");
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Three failures from 127.0.0.1: now even the right key is turned away.
+    let out = run(gw.ssh_with("client", "alice", &[], &["echo in"]), b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    assert!(gw.metric("reach_gateway_auth_failures_total{method=\"rate_limit\"}") >= 1.0);
+    assert!(gw.metric("reach_gateway_auth_failures_total{method=\"publickey\"}") >= 3.0);
+    assert!(
+        gw.log_text().contains("too many failed logins"),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[test]
+fn agent_forwarding_reaches_the_session() {
+    let gw = Gateway::start(LOCAL);
+    let sock = gw.path("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(agent);
+    assert!(eventually(Duration::from_secs(10), || sock.exists()));
+    let add = Command::new("ssh-add")
+        .arg(gw.path("stranger"))
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(add.status.success(), "{add:?}");
+    let fingerprint = text(
+        &Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(gw.path("stranger.pub"))
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_owned();
+    let mut cmd = gw.ssh_with("client", "tester", &["-A"], &["ssh-add -l"]);
+    cmd.env("SSH_AUTH_SOCK", &sock);
+    let out = run(cmd, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&fingerprint),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without -A the session has no agent.
+    let mut cmd = gw.ssh_with("client", "tester", &[], &["echo \"[$SSH_AUTH_SOCK]\""]);
+    cmd.env("SSH_AUTH_SOCK", &sock);
+    let out = run(cmd, b"");
+    assert_eq!(text(&out.stdout), "[]\n");
+}
+
+// ---- Docker backends ----
+
+fn docker_config(mode: &str, extra: &str) -> Option<String> {
+    if !reach_test::docker::available_or_skip(&format!("reach serve --mode {mode}")) {
+        return None;
+    }
+    let image = reach_test::docker::busybox_image().expect("busybox image");
+    Some(format!(
+        "keepalive_secs = 1\nkeepalive_max = 2\n[auth]\nauthorized_keys = \"{{dir}}/authorized_keys\"\n\
+         [backend]\nkind = \"docker\"\nmode = \"{mode}\"\nimage = \"{image}\"\n\
+         labels = {{ \"reach-test\" = \"\" }}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    ))
+}
+
+/// An OpenSSH control master, so that several channels share one connection.
+struct Master {
+    socket: PathBuf,
+    gw_port: u16,
+}
+
+impl Master {
+    fn open(gw: &Gateway) -> Master {
+        let socket = gw.path("ctl.sock");
+        let cmd = gw.ssh_with(
+            "client",
+            "tester",
+            &[
+                "-o",
+                "ControlMaster=yes",
+                "-o",
+                &format!("ControlPath={}", socket.display()),
+                "-fN",
+            ],
+            &[],
+        );
+        let out = run(cmd, b"");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        Master {
+            socket,
+            gw_port: gw.port,
+        }
+    }
+
+    fn ssh(&self, gw: &Gateway, command: &[&str]) -> Output {
+        run(
+            gw.ssh_with(
+                "client",
+                "tester",
+                &["-o", &format!("ControlPath={}", self.socket.display())],
+                command,
+            ),
+            b"",
+        )
+    }
+
+    fn close(&self) {
+        let _ = Command::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={}", self.socket.display()))
+            .args(["-p", &self.gw_port.to_string(), "-O", "exit", "127.0.0.1"])
+            .output();
+    }
+}
+
+#[test]
+fn docker_connection_mode_one_container_per_connection() {
+    let Some(config) = docker_config("connection", "") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let master = Master::open(&gw);
+    let a = master.ssh(&gw, &["hostname; exit 3"]);
+    assert_eq!(a.status.code(), Some(3), "{}", text(&a.stderr));
+    let b = master.ssh(&gw, &["hostname"]);
+    assert_eq!(
+        text(&a.stdout),
+        text(&b.stdout),
+        "two channels, one container"
+    );
+    assert_eq!(gw.containers().len(), 1);
+    // sftp in the container.
+    let mut sftp = Command::new("sftp");
+    sftp.args(gw.copy_options())
+        .args(["-b", "-", "tester@127.0.0.1"]);
+    let local = gw.path("up.txt");
+    std::fs::write(&local, b"into the container\n").unwrap();
+    let out = run(
+        sftp,
+        format!("put {} /tmp/up.txt\nls /tmp\n", local.display()).as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("up.txt"),
+        "{}",
+        text(&out.stdout)
+    );
+    master.close();
+    // Both connections ended: no container of this gateway is left.
+    assert!(
+        eventually(Duration::from_secs(20), || gw.containers().is_empty()),
+        "left: {:?}\n{}",
+        gw.containers(),
+        gw.log_text()
+    );
+    assert!(gw.metric("reach_gateway_container_seconds_count{phase=\"create\"}") >= 2.0);
+}
+
+#[test]
+fn docker_session_mode_one_container_per_channel() {
+    let Some(config) = docker_config("session", "") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let master = Master::open(&gw);
+    let a = master.ssh(&gw, &["hostname"]);
+    let b = master.ssh(&gw, &["hostname"]);
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    assert_ne!(
+        text(&a.stdout),
+        text(&b.stdout),
+        "each channel its own container"
+    );
+    // Each channel's container went with it, though the connection stays.
+    assert!(eventually(Duration::from_secs(20), || gw
+        .containers()
+        .is_empty()));
+    master.close();
+}
+
+#[test]
+fn docker_persistent_mode_keeps_a_users_container_until_idle() {
+    let Some(config) = docker_config("persistent", "idle_timeout_secs = 3") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let a = run(gw.ssh(&["hostname; echo kept > /tmp/mark"]), b"");
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    let b = run(gw.ssh(&["hostname; cat /tmp/mark"]), b"");
+    assert_eq!(
+        text(&b.stdout),
+        format!("{}kept\n", text(&a.stdout)),
+        "the second connection found the first one's container"
+    );
+    assert_eq!(gw.containers().len(), 1);
+    assert!(
+        eventually(Duration::from_secs(30), || gw.containers().is_empty()),
+        "not removed after the idle timeout"
+    );
+}
+
+#[test]
+fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
+    let Some(config) = docker_config("connection", "") else {
+        return;
+    };
+    let mut gw = Gateway::start(&config);
+    // A client killed with SIGKILL mid-session: its container goes.
+    let mut client = gw
+        .ssh(&["sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || gw
+        .containers()
+        .len()
+        == 1));
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || gw.containers().is_empty()),
+        "container of a killed client left: {}",
+        gw.log_text()
+    );
+
+    // The gateway killed with SIGKILL: its container is an orphan until the next start.
+    let mut client = gw
+        .ssh(&["sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || gw
+        .containers()
+        .len()
+        == 1));
+    gw.kill();
+    let _ = client.kill();
+    let _ = client.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(gw.containers().len(), 1, "the orphan should still be there");
+    gw.restart();
+    assert!(
+        gw.containers().is_empty(),
+        "not reaped at start: {}",
+        gw.log_text()
+    );
+    assert!(gw.log_text().contains("containers.reaped"));
+    assert_eq!(gw.metric("reach_gateway_containers_reaped_total"), 1.0);
+}
+
+#[test]
+fn docker_a_backend_that_cannot_start_says_so() {
+    if !reach_test::docker::available_or_skip("reach serve with a missing image") {
+        return;
+    }
+    let gw = Gateway::start(
+        "[auth]\nauthorized_keys = \"{dir}/authorized_keys\"\n[backend]\nkind = \"docker\"\n\
+         image = \"reach-test-no-such-image:none\"\n",
+    );
+    let out = run(gw.ssh(&["echo in"]), b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(out.stdout.is_empty());
+    let err = text(&out.stderr);
+    assert!(err.contains("Failed to initialize SSH session."), "{err}");
+    assert!(err.contains("not available"), "{err}");
+    assert!(
+        !err.contains("docker.sock"),
+        "the reason leaks the engine address: {err}"
+    );
+    assert!(gw.containers().is_empty());
+}
