@@ -10,7 +10,7 @@ use reach_core::{
     Backend, CommandLine, ExecSpec, ExitStatus, PtyRequest, PtySize, Signal, StdinMode,
 };
 use russh::server::{Handle, Msg};
-use russh::{Channel, ChannelId, ChannelMsg, Sig};
+use russh::{Channel, ChannelId, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -154,6 +154,19 @@ async fn reply(handle: &Handle, id: ChannelId, ok: bool) {
     };
 }
 
+/// The backend took the request: counted, answered, logged.
+async fn started(conn: &Conn, handle: &Handle, id: ChannelId, op: &str) {
+    conn.metrics().backend(op, true);
+    reply(handle, id, true).await;
+    crate::log!(
+        Level::Info,
+        conn.id(),
+        "session.started",
+        channel = id,
+        op = op
+    );
+}
+
 /// Tells the client, in words it can show, that its session did not start; the full error
 /// goes to the log only. The request is answered with success so that the client shows the
 /// message (OpenSSH's exits at once on a failed exec), then the channel closes without an
@@ -207,15 +220,7 @@ async fn run_command(
             return;
         }
     };
-    metrics.backend(op, true);
-    reply(handle, id, true).await;
-    crate::log!(
-        Level::Info,
-        conn.id(),
-        "session.started",
-        channel = id,
-        op = op
-    );
+    started(conn, handle, id, op).await;
 
     let (mut rx, tx) = channel.split();
     let stdin = process.take_stdin();
@@ -259,7 +264,7 @@ async fn run_command(
                     let _ = process.resize(size(col_width, row_height)).await;
                 }
                 Some(ChannelMsg::Signal { signal }) => {
-                    let name = sig_name(&signal);
+                    let name = reach_ssh::signal_from_russh(&signal).name().to_owned();
                     crate::log!(Level::Info, conn.id(), "session.signal", channel = id, signal = name);
                     let _ = process.signal(Signal::from_name(&name)).await;
                 }
@@ -292,7 +297,7 @@ async fn run_command(
                     let _ = handle
                         .exit_signal_request(
                             id,
-                            to_sig(signal.name()),
+                            reach_ssh::signal_to_russh(signal),
                             *core_dumped,
                             String::new(),
                             "en".to_owned(),
@@ -438,15 +443,7 @@ async fn run_sftp(
         }
     };
     let home = fs.home_dir().await.unwrap_or_else(|_| "/".to_owned());
-    metrics.backend("sftp", true);
-    reply(handle, id, true).await;
-    crate::log!(
-        Level::Info,
-        conn.id(),
-        "session.started",
-        channel = id,
-        op = "sftp"
-    );
+    started(conn, handle, id, "sftp").await;
     let (done, ended) = tokio::sync::oneshot::channel();
     let exit_handle = handle.clone();
     let stream = SubsystemStream {
@@ -525,44 +522,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SubsystemStream<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A russh signal's name, without `SIG`.
-fn sig_name(sig: &Sig) -> String {
-    match sig {
-        Sig::ABRT => "ABRT",
-        Sig::ALRM => "ALRM",
-        Sig::FPE => "FPE",
-        Sig::HUP => "HUP",
-        Sig::ILL => "ILL",
-        Sig::INT => "INT",
-        Sig::KILL => "KILL",
-        Sig::PIPE => "PIPE",
-        Sig::QUIT => "QUIT",
-        Sig::SEGV => "SEGV",
-        Sig::TERM => "TERM",
-        Sig::USR1 => "USR1",
-        Sig::Custom(name) => name.as_str(),
-    }
-    .to_owned()
-}
-
-/// A signal name as russh's type.
-fn to_sig(name: &str) -> Sig {
-    match name {
-        "ABRT" => Sig::ABRT,
-        "ALRM" => Sig::ALRM,
-        "FPE" => Sig::FPE,
-        "HUP" => Sig::HUP,
-        "ILL" => Sig::ILL,
-        "INT" => Sig::INT,
-        "KILL" => Sig::KILL,
-        "PIPE" => Sig::PIPE,
-        "QUIT" => Sig::QUIT,
-        "SEGV" => Sig::SEGV,
-        "TERM" => Sig::TERM,
-        "USR1" => Sig::USR1,
-        other => Sig::Custom(other.to_owned()),
     }
 }

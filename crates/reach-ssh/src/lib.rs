@@ -35,7 +35,7 @@ use zeroize::Zeroizing;
 
 use config::SshConfig;
 
-pub use process::SshProcess;
+pub use process::{signal_from_russh, signal_to_russh, SshProcess};
 pub use sftp::SftpFs;
 /// The zeroizing buffer type that secrets in [`SshOptions`] are held in.
 pub use zeroize;

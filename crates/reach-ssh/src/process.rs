@@ -54,7 +54,8 @@ fn remote_line(spec: &ExecSpec) -> Option<String> {
     Some(line)
 }
 
-fn to_sig(signal: &Signal) -> Sig {
+/// A reach signal as russh's type (the names SSH sends; others as `Custom`).
+pub fn signal_to_russh(signal: &Signal) -> Sig {
     match signal.name() {
         "ABRT" => Sig::ABRT,
         "ALRM" => Sig::ALRM,
@@ -72,7 +73,8 @@ fn to_sig(signal: &Signal) -> Sig {
     }
 }
 
-fn from_sig(sig: &Sig) -> Signal {
+/// A russh signal as reach's type.
+pub fn signal_from_russh(sig: &Sig) -> Signal {
     Signal::from_name(match sig {
         Sig::ABRT => "ABRT",
         Sig::ALRM => "ALRM",
@@ -276,7 +278,7 @@ impl SshProcess {
                         ..
                     } => {
                         status = Some(ExitStatus::Signal {
-                            signal: from_sig(&signal_name),
+                            signal: signal_from_russh(&signal_name),
                             core_dumped,
                         });
                         continue;
@@ -454,12 +456,15 @@ impl Process for SshProcess {
     }
 
     async fn signal(&self, signal: Signal) -> Result<()> {
-        self.writer.signal(to_sig(&signal)).await.map_err(|e| {
-            Error::new(
-                ErrorKind::SessionDropped,
-                format!("sending {signal} on `{}` failed: {e}", self.addr),
-            )
-        })
+        self.writer
+            .signal(signal_to_russh(&signal))
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::SessionDropped,
+                    format!("sending {signal} on `{}` failed: {e}", self.addr),
+                )
+            })
     }
 
     async fn resize(&self, size: PtySize) -> Result<()> {

@@ -928,17 +928,21 @@ fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
     };
     let mut gw = Gateway::start(&config);
     // A client killed with SIGKILL mid-session: its container goes.
-    let mut client = gw
-        .ssh(&["sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || gw
-        .containers()
-        .len()
-        == 1));
+    let idle_client = |gw: &Gateway| {
+        let client = gw
+            .ssh(&["sleep 600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(eventually(Duration::from_secs(30), || gw
+            .containers()
+            .len()
+            == 1));
+        client
+    };
+    let mut client = idle_client(&gw);
     client.kill().unwrap();
     client.wait().unwrap();
     assert!(
@@ -948,17 +952,7 @@ fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
     );
 
     // The gateway killed with SIGKILL: its container is an orphan until the next start.
-    let mut client = gw
-        .ssh(&["sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || gw
-        .containers()
-        .len()
-        == 1));
+    let mut client = idle_client(&gw);
     gw.kill();
     let _ = client.kill();
     let _ = client.wait();
