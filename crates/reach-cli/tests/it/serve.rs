@@ -989,3 +989,151 @@ fn docker_a_backend_that_cannot_start_says_so() {
     );
     assert!(gw.containers().is_empty());
 }
+
+#[test]
+fn a_signal_request_reaches_the_command() {
+    let gw = Gateway::start(LOCAL);
+    let kh = gw.path("known_hosts");
+    let key = gw.path("client");
+    let dest = format!("ssh://tester@127.0.0.1:{}", gw.port);
+    // reach forwards the SIGINT it gets as an SSH `signal` request.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args(["exec", "--known-hosts", kh.to_str().unwrap(), "-i"])
+        .arg(&key)
+        .args([
+            &dest,
+            "--",
+            "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got-int\n");
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        gw.log_text().contains("\"signal\":\"INT\""),
+        "{}",
+        gw.log_text()
+    );
+}
+
+#[test]
+fn with_no_flags_it_uses_the_users_keys_and_state_dir() {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".ssh")).unwrap();
+    keygen(&home.path().join("key"));
+    std::fs::copy(
+        home.path().join("key.pub"),
+        home.path().join(".ssh/authorized_keys"),
+    )
+    .unwrap();
+    // Only the port is chosen here (2222 may be taken on a shared machine).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HOME", home.path())
+        .env_remove("XDG_STATE_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(v["backend"], "local");
+    let port = v["addr"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let state = home
+        .path()
+        .join(".local/state/reach/serve/ssh_host_ed25519_key.pub");
+    let public = std::fs::read_to_string(&state).expect("host key in the default state dir");
+    let mut words = public.split_whitespace();
+    let kh = home.path().join("kh");
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{port} {} {}\n",
+            words.next().unwrap(),
+            words.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut ssh = Command::new("ssh");
+    ssh.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-i",
+    ])
+    .arg(home.path().join("key"))
+    .arg("-o")
+    .arg(format!("UserKnownHostsFile={}", kh.display()))
+    .args([
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-p",
+        &port,
+        "anyone@127.0.0.1",
+        "echo in",
+    ]);
+    let out = run(ssh, b"");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(text(&out.stdout), "in\n", "{}", text(&out.stderr));
+}
+
+#[test]
+fn docker_a_silent_client_is_dropped_by_keepalive() {
+    let Some(config) = docker_config("connection", "") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let mut client = gw
+        .ssh(&["sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || gw
+        .containers()
+        .len()
+        == 1));
+    // SIGSTOP: the TCP connection stays open but nothing answers (a vanished laptop).
+    Command::new("kill")
+        .args(["-STOP", &client.id().to_string()])
+        .status()
+        .unwrap();
+    // keepalive_secs = 1, keepalive_max = 2: gone within a few seconds.
+    let gone = eventually(Duration::from_secs(20), || gw.containers().is_empty());
+    let _ = client.kill();
+    let _ = client.wait();
+    assert!(
+        gone,
+        "a silent client's container stayed: {}",
+        gw.log_text()
+    );
+}
