@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> reach_core::Result<()> {
-//! let gateway = reach_gateway::Gateway::start(reach_gateway::Config::default()).await?;
+//! let mut gateway = reach_gateway::Gateway::start(reach_gateway::Config::default()).await?;
 //! println!("listening on {}", gateway.local_addr());
 //! gateway.wait().await;
 //! # Ok(()) }
