@@ -51,17 +51,11 @@ fn start(reach_bin: &Path, dir: &Path, authorized: &Path) -> Result<Serve, Strin
         .and_then(|rest| rest.split('"').next())
         .and_then(|p| p.parse::<u16>().ok())
         .ok_or_else(|| format!("no address in `{first}`"))?;
-    let public = std::fs::read_to_string(dir.join("state/ssh_host_ed25519_key.pub"))
-        .map_err(|e| e.to_string())?;
-    let mut words = public.split_whitespace();
     let known_hosts = dir.join("gateway_known_hosts");
-    std::fs::write(
+    reach_test::sshd::write_known_hosts(
+        &dir.join("state/ssh_host_ed25519_key.pub"),
+        port,
         &known_hosts,
-        format!(
-            "[127.0.0.1]:{port} {} {}\n",
-            words.next().unwrap_or_default(),
-            words.next().unwrap_or_default()
-        ),
     )
     .map_err(|e| e.to_string())?;
     Ok(Serve {

@@ -70,6 +70,18 @@ fn ensure_test_user() -> io::Result<String> {
     )))
 }
 
+/// Writes a `known_hosts` file at `out` that trusts the host key in `public_key` (an
+/// OpenSSH `.pub` file) for `[127.0.0.1]:port`.
+pub fn write_known_hosts(public_key: &Path, port: u16, out: &Path) -> io::Result<()> {
+    let text = std::fs::read_to_string(public_key)?;
+    let mut words = text.split_whitespace();
+    let (algo, key) = (
+        words.next().unwrap_or_default(),
+        words.next().unwrap_or_default(),
+    );
+    std::fs::write(out, format!("[127.0.0.1]:{port} {algo} {key}\n"))
+}
+
 /// Creates (if needed) the local user `name` with login shell `/bin/sh` and sets its
 /// password, for password-authentication tests. Needs root.
 pub fn ensure_password_user(name: &str, password: &str) -> io::Result<()> {
@@ -176,16 +188,7 @@ impl SshdFixture {
                 keys = path("authorized_keys").display(),
             );
             std::fs::write(path("sshd_config"), config)?;
-            let known = std::fs::read_to_string(path("host_ed25519.pub"))?;
-            let mut known_parts = known.split_whitespace();
-            let (algo, key) = (
-                known_parts.next().unwrap_or_default(),
-                known_parts.next().unwrap_or_default(),
-            );
-            std::fs::write(
-                path("known_hosts"),
-                format!("[127.0.0.1]:{port} {algo} {key}\n"),
-            )?;
+            write_known_hosts(&path("host_ed25519.pub"), port, &path("known_hosts"))?;
             let log = std::fs::File::create(path("sshd.log"))?;
             let mut child = Command::new(SSHD)
                 .arg("-D")

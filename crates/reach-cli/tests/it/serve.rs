@@ -91,15 +91,12 @@ impl Gateway {
             .as_str()
             .filter(|m| !m.is_empty())
             .map(str::to_owned);
-        let public = std::fs::read_to_string(self.path("state/ssh_host_ed25519_key.pub")).unwrap();
-        let mut words = public.split_whitespace();
-        let line = format!(
-            "[127.0.0.1]:{} {} {}\n",
+        reach_test::sshd::write_known_hosts(
+            &self.path("state/ssh_host_ed25519_key.pub"),
             self.port,
-            words.next().unwrap(),
-            words.next().unwrap()
-        );
-        std::fs::write(self.path("known_hosts"), line).unwrap();
+            &self.path("known_hosts"),
+        )
+        .unwrap();
         self.child = Some(child);
     }
 
@@ -1066,18 +1063,9 @@ fn with_no_flags_it_uses_the_users_keys_and_state_dir() {
     let state = home
         .path()
         .join(".local/state/reach/serve/ssh_host_ed25519_key.pub");
-    let public = std::fs::read_to_string(&state).expect("host key in the default state dir");
-    let mut words = public.split_whitespace();
     let kh = home.path().join("kh");
-    std::fs::write(
-        &kh,
-        format!(
-            "[127.0.0.1]:{port} {} {}\n",
-            words.next().unwrap(),
-            words.next().unwrap()
-        ),
-    )
-    .unwrap();
+    reach_test::sshd::write_known_hosts(&state, port.parse().unwrap(), &kh)
+        .expect("host key in the default state dir");
     let mut ssh = Command::new("ssh");
     ssh.args([
         "-F",
