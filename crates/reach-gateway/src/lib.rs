@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reach_core::{Error, Result};
-use russh::{MethodKind, MethodSet};
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -62,15 +61,12 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         let provider = backends::Provider::new(&config.backend, &instance, metrics.clone()).await?;
 
-        let mut methods = vec![MethodKind::PublicKey];
-        if config.auth.users.values().any(|u| u.password.is_some()) {
-            methods.push(MethodKind::Password);
-        }
+        let methods = server::methods(&config);
         let ssh = russh::server::Config {
             server_id: russh::SshId::Standard(
                 concat!("SSH-2.0-reach_", env!("CARGO_PKG_VERSION")).into(),
             ),
-            methods: MethodSet::from(methods.as_slice()),
+            methods: methods.clone(),
             keys: vec![host_key],
             auth_rejection_time: Duration::from_millis(500),
             auth_rejection_time_initial: Some(Duration::ZERO),
@@ -110,6 +106,7 @@ impl Gateway {
             metrics,
             limiter,
             webhook,
+            methods,
             next_conn: AtomicU64::new(1),
         });
         crate::log!(

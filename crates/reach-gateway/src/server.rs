@@ -26,7 +26,18 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
     pub webhook: Option<(webhook::Url, Duration)>,
+    /// What authentication offers: public keys, and passwords when some user has one.
+    pub methods: MethodSet,
     pub next_conn: AtomicU64,
+}
+
+/// The methods `config` offers.
+pub(crate) fn methods(config: &Config) -> MethodSet {
+    let mut kinds = vec![MethodKind::PublicKey];
+    if config.auth.users.values().any(|u| u.password.is_some()) {
+        kinds.push(MethodKind::Password);
+    }
+    MethodSet::from(kinds.as_slice())
 }
 
 impl Shared {
@@ -66,14 +77,6 @@ impl Shared {
             keys.extend(found);
         }
         keys
-    }
-
-    fn has_passwords(&self) -> bool {
-        self.config
-            .auth
-            .users
-            .values()
-            .any(|u| u.password.is_some())
     }
 }
 
@@ -213,17 +216,9 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    fn methods(&self) -> MethodSet {
-        let mut kinds = vec![MethodKind::PublicKey];
-        if self.conn.shared.has_passwords() {
-            kinds.push(MethodKind::Password);
-        }
-        MethodSet::from(kinds.as_slice())
-    }
-
     fn reject(&self) -> Auth {
         Auth::Reject {
-            proceed_with_methods: Some(self.methods()),
+            proceed_with_methods: Some(self.conn.shared.methods.clone()),
             partial_success: false,
         }
     }
