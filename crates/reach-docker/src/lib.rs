@@ -18,11 +18,13 @@
 //!   go through the agent, or else a shell in the container; with neither they are
 //!   [`ErrorKind::Unsupported`].
 //! - **Lifecycle** for the gateway: [`Containers`] creates, starts, stops, removes, lists and
-//!   reaps containers by label.
+//!   reaps containers by label, and runs a container with its main process attached as a
+//!   [`Process`] (`docker run -it` without the CLI).
 #![deny(missing_docs)]
 
 mod agent;
 mod agent_io;
+mod attached;
 mod fs;
 mod lifecycle;
 mod process;

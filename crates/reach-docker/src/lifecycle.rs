@@ -1,5 +1,6 @@
 //! Containers the gateway makes and disposes of: create from an image with labels, limits,
-//! env and network; start; stop; remove; list by label; reap what a crashed run left behind.
+//! env and network; start, or run with the main process attached; stop; remove; list by
+//! label; reap what a crashed run left behind.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,8 +10,9 @@ use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
-use reach_core::{Error, ErrorKind, Result};
+use reach_core::{Error, ErrorKind, Process, PtySize, Result};
 
+use crate::attached::MainProcess;
 use crate::{engine, engine_error, DockerOptions};
 
 /// What to create.
@@ -40,6 +42,13 @@ pub struct ContainerSpec {
     pub user: Option<String>,
     /// Its working directory.
     pub working_dir: Option<String>,
+    /// Bind mounts, as the engine writes them: `HOST:CONTAINER[:ro]`.
+    pub binds: Vec<String>,
+    /// Run the command under a terminal of this size (for [`Containers::run`]).
+    pub terminal: Option<PtySize>,
+    /// Keep the command's stdin open for [`Containers::run`] to write to (closed when the
+    /// writer is).
+    pub stdin: bool,
 }
 
 impl ContainerSpec {
@@ -115,7 +124,15 @@ impl Containers {
             labels: Some(labels),
             user: spec.user.clone(),
             working_dir: spec.working_dir.clone(),
+            tty: Some(spec.terminal.is_some()),
+            open_stdin: Some(spec.stdin),
+            stdin_once: Some(spec.stdin),
+            attach_stdin: Some(spec.stdin),
             host_config: Some(HostConfig {
+                binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+                console_size: spec
+                    .terminal
+                    .map(|t| vec![usize::from(t.rows), usize::from(t.cols)]),
                 memory: spec.memory_bytes,
                 nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
                 pids_limit: spec.pids_limit,
@@ -153,6 +170,48 @@ impl Containers {
                 }
             })?;
         Ok(created.id)
+    }
+
+    /// Creates a container from `spec` and starts it with its streams attached: its main
+    /// process (`spec.cmd`, or the image's command) as a [`Process`] whose exit is the
+    /// container's. The container stays after it ends; remove it with [`Containers::remove`]
+    /// (a container that fails to start is removed here).
+    pub async fn run(&self, spec: &ContainerSpec) -> Result<(String, Box<dyn Process>)> {
+        let id = self.create(spec).await?;
+        match self.start_attached(&id, spec.terminal, spec.stdin).await {
+            Ok(process) => Ok((id, process)),
+            Err(e) => {
+                let _ = self.remove(&id).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a created container with its streams attached first (`terminal` and `stdin` as
+    /// it was created with): its main process as a [`Process`]. See [`Containers::run`].
+    pub async fn start_attached(
+        &self,
+        id: &str,
+        terminal: Option<PtySize>,
+        stdin: bool,
+    ) -> Result<Box<dyn Process>> {
+        let process =
+            MainProcess::attach_and_start(&self.docker, &self.address, id, terminal, stdin).await?;
+        Ok(Box::new(process))
+    }
+
+    /// The command an image runs when none is given (`CMD`, after its `ENTRYPOINT`), or
+    /// `None` when it has neither.
+    pub async fn image_command(&self, image: &str) -> Result<Option<Vec<String>>> {
+        let inspected = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(self.fail(format!("inspecting image `{image}`")))?;
+        let config = inspected.config.unwrap_or_default();
+        let mut argv = config.entrypoint.unwrap_or_default();
+        argv.extend(config.cmd.unwrap_or_default());
+        Ok((!argv.is_empty()).then_some(argv))
     }
 
     /// Starts a created container.

@@ -3,12 +3,17 @@
 //!
 //! Every container carries `reach.gateway=<instance>` (and the connection, user and mode), so
 //! that the next start of the same gateway removes whatever a crash left behind.
+//!
+//! With agent forwarding on and the engine on this host, every container gets a directory of
+//! its own bind-mounted at [`AGENT_MOUNT`], where the sessions' forwarded agent sockets go.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reach_core::{Backend, Destination, Error, ErrorKind, Result};
+use reach_core::{Backend, CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, Result};
 use reach_docker::{ContainerSpec, Containers, DockerBackend, DockerOptions};
 use reach_local::LocalBackend;
 
@@ -24,6 +29,46 @@ pub const LABEL_CONNECTION: &str = "reach.connection";
 pub const LABEL_USER: &str = "reach.user";
 /// The mode label.
 pub const LABEL_MODE: &str = "reach.mode";
+
+/// Where a container sees its agent directory.
+pub const AGENT_MOUNT: &str = "/run/reach-agent";
+
+/// Where forwarded agent sockets for the sessions in one container go: a directory on this
+/// host, bind-mounted into the container.
+#[derive(Debug, Clone)]
+pub struct AgentDir {
+    /// The directory on this host.
+    pub host: PathBuf,
+    /// The same directory inside the container.
+    pub seen_as: String,
+}
+
+impl AgentDir {
+    fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.host);
+    }
+}
+
+/// Where a channel's session runs.
+#[derive(Debug)]
+pub struct Place {
+    /// The backend to run it on.
+    pub backend: Arc<dyn Backend>,
+    /// A container made for this channel alone, to be released when it ends.
+    pub own: Option<Container>,
+    /// Where the session's forwarded agent socket goes (`None`: a private directory on this
+    /// host, for the local backend).
+    pub agent: Option<AgentDir>,
+}
+
+/// A container name and agent directory set aside for a channel's own container, before
+/// [`Provider::run`] makes it.
+#[derive(Debug)]
+pub struct Prepared {
+    name: String,
+    /// Where the session's forwarded agent socket goes.
+    pub agent: Option<AgentDir>,
+}
 
 /// Makes backends for sessions, for the whole gateway.
 #[derive(Debug)]
@@ -45,11 +90,13 @@ struct Docker {
     config: BackendConfig,
     instance: String,
     persistent: Mutex<HashMap<String, Persistent>>,
+    /// Where the containers' agent directories are made (`None`: no agent forwarding).
+    agent_root: Option<PathBuf>,
 }
 
 #[derive(Debug)]
 struct Persistent {
-    id: String,
+    container: Container,
     backend: Arc<dyn Backend>,
     leases: usize,
     /// Bumped on every lease, so that an idle timer started before it does nothing.
@@ -60,6 +107,7 @@ struct Persistent {
 #[derive(Debug, Clone)]
 pub struct Container {
     id: String,
+    agent: Option<AgentDir>,
 }
 
 impl Container {
@@ -71,10 +119,12 @@ impl Container {
 
 impl Provider {
     /// A provider for `config`; for Docker, connects to the engine and reaps containers an
-    /// earlier run of `instance` left behind.
+    /// earlier run of `instance` left behind. `agent_forwarding`: make agent directories for
+    /// containers (when the engine runs on this host).
     pub async fn new(
         config: &BackendConfig,
         instance: &str,
+        agent_forwarding: bool,
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let kind = match config.kind {
@@ -97,21 +147,31 @@ impl Provider {
                         label = label
                     );
                 }
+                let agent_root = if agent_forwarding {
+                    agent_root(&containers, instance)
+                } else {
+                    None
+                };
                 Kind::Docker(Arc::new(Docker {
                     containers,
                     options,
                     config: config.clone(),
                     instance: instance.to_owned(),
                     persistent: Mutex::new(HashMap::new()),
+                    agent_root,
                 }))
             }
         };
         Ok(Provider { kind, metrics })
     }
 
-    /// Whether sessions run on this host (where a forwarded agent's socket can reach them).
-    pub fn is_local(&self) -> bool {
-        matches!(self.kind, Kind::Local(_))
+    /// Whether a forwarded agent can reach sessions: always on this host; in containers when
+    /// the engine runs on this host (their agent directories are bind mounts).
+    pub fn agent_possible(&self) -> bool {
+        match &self.kind {
+            Kind::Local(_) => true,
+            Kind::Docker(docker) => docker.agent_root.is_some(),
+        }
     }
 
     /// The backend for a new channel of connection `conn` (user `user`). `shared` is the
@@ -122,26 +182,46 @@ impl Provider {
         channel: u32,
         user: &str,
         shared: &tokio::sync::Mutex<Option<(Container, Arc<dyn Backend>)>>,
-    ) -> Result<(Arc<dyn Backend>, Option<Container>)> {
+    ) -> Result<Place> {
         let docker = match &self.kind {
-            Kind::Local(local) => return Ok((local.clone(), None)),
+            Kind::Local(local) => {
+                return Ok(Place {
+                    backend: local.clone(),
+                    own: None,
+                    agent: None,
+                })
+            }
             Kind::Docker(docker) => docker,
         };
         match docker.config.mode {
             ContainerMode::Connection => {
                 let mut slot = shared.lock().await;
-                if let Some((_, backend)) = slot.as_ref() {
-                    return Ok((backend.clone(), None));
+                if let Some((container, backend)) = slot.as_ref() {
+                    return Ok(Place {
+                        backend: backend.clone(),
+                        own: None,
+                        agent: container.agent.clone(),
+                    });
                 }
                 let name = format!("reach-{}-{conn}", docker.instance);
-                let made = self.make(docker, name, conn, user, "connection").await?;
-                *slot = Some(made.clone());
-                Ok((made.1, None))
+                let (container, backend) =
+                    self.make(docker, name, conn, user, "connection").await?;
+                let agent = container.agent.clone();
+                *slot = Some((container, backend.clone()));
+                Ok(Place {
+                    backend,
+                    own: None,
+                    agent,
+                })
             }
             ContainerMode::Session => {
                 let name = format!("reach-{}-{conn}-{channel}", docker.instance);
                 let (container, backend) = self.make(docker, name, conn, user, "session").await?;
-                Ok((backend, Some(container)))
+                Ok(Place {
+                    backend,
+                    agent: container.agent.clone(),
+                    own: Some(container),
+                })
             }
             ContainerMode::Persistent => {
                 let found = {
@@ -149,12 +229,16 @@ impl Provider {
                     map.get_mut(user).map(|p| {
                         p.leases += 1;
                         p.generation += 1;
-                        p.backend.clone()
+                        (p.backend.clone(), p.container.agent.clone())
                     })
                 };
-                if let Some(backend) = found {
+                if let Some((backend, agent)) = found {
                     if backend.health_check().await.is_ok() {
-                        return Ok((backend, None));
+                        return Ok(Place {
+                            backend,
+                            own: None,
+                            agent,
+                        });
                     }
                     // Gone under us (removed by hand, engine restarted): start over.
                     self.forget_persistent(docker, user).await;
@@ -165,17 +249,138 @@ impl Provider {
                 let _ = docker.containers.remove(&name).await;
                 let (container, backend) =
                     self.make(docker, name, conn, user, "persistent").await?;
+                let agent = container.agent.clone();
                 let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
                 map.insert(
                     user.to_owned(),
                     Persistent {
-                        id: container.id,
+                        container,
                         backend: backend.clone(),
                         leases: 1,
                         generation: 0,
                     },
                 );
-                Ok((backend, None))
+                Ok(Place {
+                    backend,
+                    own: None,
+                    agent,
+                })
+            }
+        }
+    }
+
+    /// In session mode, a channel's command runs as the main process of a container of its
+    /// own: this sets its name and agent directory aside (`None` in other modes, where
+    /// commands run in [`Provider::backend`]'s place).
+    pub fn prepare(&self, conn: &str, channel: u32) -> Result<Option<Prepared>> {
+        let Kind::Docker(docker) = &self.kind else {
+            return Ok(None);
+        };
+        if docker.config.mode != ContainerMode::Session {
+            return Ok(None);
+        }
+        let name = format!("reach-{}-{conn}-{channel}", docker.instance);
+        let agent = agent_dir(docker, &name)?;
+        Ok(Some(Prepared { name, agent }))
+    }
+
+    /// Runs `spec` as the main process of the container `prepared` names: the requested
+    /// command, or for a login shell the image's own command (`/bin/sh -l` when the image has
+    /// none). Release the container with [`Provider::release`] when it ends.
+    pub async fn run(
+        &self,
+        prepared: Prepared,
+        conn: &str,
+        user: &str,
+        spec: ExecSpec,
+    ) -> Result<(Container, Box<dyn Process>)> {
+        let Kind::Docker(docker) = &self.kind else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "only Docker backends run sessions as containers",
+            ));
+        };
+        let container = Container {
+            id: prepared.name.clone(),
+            agent: prepared.agent,
+        };
+        let ran = self.run_in(docker, &container, conn, user, spec).await;
+        match ran {
+            Ok((id, process)) => Ok((
+                Container {
+                    id,
+                    agent: container.agent,
+                },
+                process,
+            )),
+            Err(e) => {
+                if let Some(agent) = &container.agent {
+                    agent.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_in(
+        &self,
+        docker: &Docker,
+        container: &Container,
+        conn: &str,
+        user: &str,
+        exec: ExecSpec,
+    ) -> Result<(String, Box<dyn Process>)> {
+        let mut spec = self.spec(
+            docker,
+            &container.id,
+            conn,
+            user,
+            "session",
+            &container.agent,
+        )?;
+        spec.cmd = match exec.command {
+            CommandLine::Shell(line) => Some(vec!["/bin/sh".into(), "-c".into(), line]),
+            CommandLine::Argv(argv) => Some(argv),
+            CommandLine::LoginShell => {
+                let own = docker.containers.image_command(&spec.image).await?;
+                own.is_none()
+                    .then(|| vec!["/bin/sh".to_owned(), "-l".to_owned()])
+            }
+        };
+        spec.env.extend(exec.env);
+        spec.user = docker.config.user.clone();
+        if let Some(pty) = &exec.pty {
+            spec.env.push(("TERM".to_owned(), pty.term.clone()));
+            spec.terminal = Some(pty.size);
+        }
+        spec.stdin = true;
+        let started = Instant::now();
+        let created = docker.containers.create(&spec).await;
+        self.metrics.container_phase("create", started.elapsed());
+        self.metrics.backend("container", created.is_ok());
+        let id = created?;
+        let started = Instant::now();
+        let run = docker
+            .containers
+            .start_attached(&id, spec.terminal, spec.stdin)
+            .await;
+        self.metrics.container_phase("start", started.elapsed());
+        match run {
+            Ok(process) => {
+                crate::log!(
+                    Level::Info,
+                    conn,
+                    "container.started",
+                    id = short(&id),
+                    mode = "session",
+                    main = true,
+                    took_ms = started.elapsed().as_millis()
+                );
+                Ok((id, process))
+            }
+            Err(e) => {
+                self.remove(docker, &id, conn).await;
+                Err(e)
             }
         }
     }
@@ -187,18 +392,21 @@ impl Provider {
             .unwrap_or_else(|p| p.into_inner())
             .remove(user);
         if let Some(old) = old {
-            self.remove(docker, &old.id, "").await;
+            self.remove_container(docker, &old.container, "").await;
         }
     }
 
-    async fn make(
+    /// The spec every container of this gateway starts from (its command: the configured
+    /// idle one).
+    fn spec(
         &self,
         docker: &Docker,
-        name: String,
+        name: &str,
         conn: &str,
         user: &str,
         mode: &str,
-    ) -> Result<(Container, Arc<dyn Backend>)> {
+        agent: &Option<AgentDir>,
+    ) -> Result<ContainerSpec> {
         let config = &docker.config;
         let image = config.image.clone().unwrap_or_default();
         let mut spec = ContainerSpec::new(image)
@@ -207,7 +415,11 @@ impl Provider {
             .label(LABEL_USER, user)
             .label(LABEL_MODE, mode)
             .cmd(config.command.clone());
-        spec.name = Some(name);
+        spec.name = Some(name.to_owned());
+        if let Some(agent) = agent {
+            spec.binds
+                .push(format!("{}:{}", agent.host.display(), agent.seen_as));
+        }
         spec.labels.extend(config.labels.clone());
         spec.env = config
             .env
@@ -221,6 +433,43 @@ impl Provider {
             None => None,
         };
         spec.pids_limit = config.pids_limit;
+        Ok(spec)
+    }
+
+    async fn make(
+        &self,
+        docker: &Docker,
+        name: String,
+        conn: &str,
+        user: &str,
+        mode: &str,
+    ) -> Result<(Container, Arc<dyn Backend>)> {
+        let agent = agent_dir(docker, &name)?;
+        let made = self
+            .make_with(docker, &name, conn, user, mode, &agent)
+            .await;
+        match made {
+            Ok((id, backend)) => Ok((Container { id, agent }, backend)),
+            Err(e) => {
+                if let Some(agent) = &agent {
+                    agent.remove();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn make_with(
+        &self,
+        docker: &Docker,
+        name: &str,
+        conn: &str,
+        user: &str,
+        mode: &str,
+        agent: &Option<AgentDir>,
+    ) -> Result<(String, Arc<dyn Backend>)> {
+        let config = &docker.config;
+        let spec = self.spec(docker, name, conn, user, mode, agent)?;
         let started = Instant::now();
         let created = docker.containers.create(&spec).await;
         self.metrics.container_phase("create", started.elapsed());
@@ -245,14 +494,22 @@ impl Provider {
             Some(u) => format!("docker://{u}@{id}"),
             None => format!("docker://{id}"),
         };
-        let backend = DockerBackend::new(Destination::parse(&destination)?, docker.options.clone())
+        let backend = Destination::parse(&destination)
+            .and_then(|d| DockerBackend::new(d, docker.options.clone()))
             .map(|b| Arc::new(b) as Arc<dyn Backend>);
         match backend {
-            Ok(backend) => Ok((Container { id }, backend)),
+            Ok(backend) => Ok((id, backend)),
             Err(e) => {
                 self.remove(docker, &id, conn).await;
                 Err(e)
             }
+        }
+    }
+
+    async fn remove_container(&self, docker: &Docker, container: &Container, conn: &str) {
+        self.remove(docker, &container.id, conn).await;
+        if let Some(agent) = &container.agent {
+            agent.remove();
         }
     }
 
@@ -283,7 +540,7 @@ impl Provider {
             let _ = backend.close().await;
         }
         if let Kind::Docker(docker) = &self.kind {
-            self.remove(docker, &container.id, conn).await;
+            self.remove_container(docker, &container, conn).await;
         }
     }
 
@@ -323,13 +580,16 @@ impl Provider {
             if let Some(p) = expired {
                 let _ = p.backend.close().await;
                 let started = Instant::now();
-                let result = docker.containers.remove(&p.id).await;
+                let result = docker.containers.remove(&p.container.id).await;
                 metrics.container_phase("remove", started.elapsed());
+                if let Some(agent) = &p.container.agent {
+                    agent.remove();
+                }
                 crate::log!(
                     Level::Info,
                     "",
                     "container.idle_removed",
-                    id = short(&p.id),
+                    id = short(&p.container.id),
                     user = user,
                     ok = result.is_ok()
                 );
@@ -344,8 +604,62 @@ impl Provider {
             if let Err(e) = docker.containers.reap(&[&label]).await {
                 crate::log!(Level::Error, "", "containers.shutdown_failed", error = e);
             }
+            if let Some(root) = &docker.agent_root {
+                let _ = std::fs::remove_dir_all(root);
+            }
         }
     }
+}
+
+/// The directory under which this gateway's containers get their agent directories, made
+/// afresh (what a crashed run left goes), private to this user; `None` when the engine is
+/// not on this host or the directory cannot be made (logged).
+fn agent_root(containers: &Containers, instance: &str) -> Option<PathBuf> {
+    if !containers.address().starts_with("unix://") {
+        crate::log!(
+            Level::Info,
+            "",
+            "agent.unavailable",
+            why = "the Docker engine is not on this host, so it cannot mount agent sockets",
+            engine = containers.address()
+        );
+        return None;
+    }
+    let root = std::env::temp_dir().join(format!("reach-agent-{instance}"));
+    let _ = std::fs::remove_dir_all(&root);
+    match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+        Ok(()) => Some(root),
+        Err(e) => {
+            crate::log!(
+                Level::Warn,
+                "",
+                "agent.unavailable",
+                why = format!("creating `{}`: {e}", root.display())
+            );
+            None
+        }
+    }
+}
+
+/// A container's agent directory: reachable by any user in the container (the sockets in it
+/// are the session's own), but not by other users of this host (its parent is private).
+fn agent_dir(docker: &Docker, name: &str) -> Result<Option<AgentDir>> {
+    let Some(root) = &docker.agent_root else {
+        return Ok(None);
+    };
+    let host = root.join(name);
+    // A persistent container's name comes back; so may its old directory.
+    let _ = std::fs::remove_dir_all(&host);
+    let made = std::fs::create_dir(&host)
+        .and_then(|()| std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o755)));
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&host);
+        return Err(Error::io(format!("creating `{}`", host.display()), e));
+    }
+    Ok(Some(AgentDir {
+        host,
+        seen_as: AGENT_MOUNT.to_owned(),
+    }))
 }
 
 fn short(id: &str) -> &str {

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use reach_core::{
-    Backend, CommandLine, ExecSpec, ExitStatus, PtyRequest, PtySize, Signal, StdinMode,
+    Backend, CommandLine, ExecSpec, ExitStatus, Process, PtyRequest, PtySize, Signal, StdinMode,
 };
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId, ChannelMsg};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::backends::public_reason;
+use crate::backends::{public_reason, AgentDir, Container};
 use crate::log::Level;
 use crate::server::Conn;
 
@@ -103,39 +103,111 @@ pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Hand
             _ => {}
         }
     };
-    let op = match &start {
-        Start::Command(_, op) => *op,
-        Start::Sftp => "sftp",
-    };
-    let metrics = conn.metrics();
-    let (backend, container) = match conn.backend(id).await {
-        Ok(made) => made,
-        Err(err) => {
-            metrics.backend(op, false);
-            refuse(&conn, &handle, id, &err).await;
-            return;
-        }
-    };
-    metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
-    metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
     match start {
         Start::Command(command, op) => {
-            run_command(
-                channel,
-                &conn,
-                &handle,
-                backend.clone(),
-                command,
-                op,
-                requests,
-            )
-            .await;
+            run_command(channel, &conn, &handle, command, op, requests).await;
         }
-        Start::Sftp => run_sftp(channel, &conn, &handle, backend.clone()).await,
+        Start::Sftp => {
+            let place = match conn.backend(id).await {
+                Ok(place) => place,
+                Err(err) => {
+                    conn.metrics().backend("sftp", false);
+                    refuse(&conn, &handle, id, &err).await;
+                    return;
+                }
+            };
+            let _active = Active::new(&conn);
+            run_sftp(channel, &conn, &handle, place.backend.clone()).await;
+            if let Some(container) = place.own {
+                conn.release(container, Some(place.backend)).await;
+            }
+        }
     }
-    metrics.sessions_active.fetch_sub(1, Ordering::Relaxed);
-    if let Some(container) = container {
-        conn.release(container, backend).await;
+}
+
+/// A session counted as active while this lives.
+struct Active(Arc<crate::metrics::Metrics>);
+
+impl Active {
+    fn new(conn: &Conn) -> Self {
+        let metrics = conn.metrics();
+        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
+        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        Active(metrics)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.sessions_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A started command and what goes when it ends.
+struct Started {
+    process: Box<dyn Process>,
+    /// The channel's own container (session mode), with the backend made for it, if any.
+    own: Option<(Container, Option<Arc<dyn Backend>>)>,
+    agent: Option<crate::agent::Forward>,
+}
+
+/// Starts `spec` where the connection's sessions run: as the main process of a container of
+/// its own (Docker session mode), or on the connection's backend. With `agent`, a forwarded
+/// agent socket is made where the session can reach it first.
+async fn start(
+    conn: &Arc<Conn>,
+    handle: &Handle,
+    id: ChannelId,
+    mut spec: ExecSpec,
+    agent: bool,
+) -> reach_core::Result<Started> {
+    let forward = |dir: Option<AgentDir>| {
+        let handle = handle.clone();
+        async move {
+            if !agent {
+                return None;
+            }
+            match crate::agent::forward(handle, conn.id(), dir.as_ref()).await {
+                Ok(forward) => Some(forward),
+                Err(e) => {
+                    crate::log!(Level::Warn, conn.id(), "agent.failed", error = e);
+                    None
+                }
+            }
+        }
+    };
+    let with_agent = |spec: &mut ExecSpec, forward: &Option<crate::agent::Forward>| {
+        if let Some(forward) = forward {
+            spec.env
+                .push(("SSH_AUTH_SOCK".to_owned(), forward.socket().to_owned()));
+        }
+    };
+    if let Some(prepared) = conn.prepare(id)? {
+        let agent = forward(prepared.agent.clone()).await;
+        with_agent(&mut spec, &agent);
+        let (container, process) = conn.run(prepared, spec).await?;
+        return Ok(Started {
+            process,
+            own: Some((container, None)),
+            agent,
+        });
+    }
+    let place = conn.backend(id).await?;
+    let agent = forward(place.agent.clone()).await;
+    with_agent(&mut spec, &agent);
+    let own = place.own.map(|c| (c, Some(place.backend.clone())));
+    match place.backend.exec(spec).await {
+        Ok(process) => Ok(Started {
+            process,
+            own,
+            agent,
+        }),
+        Err(e) => {
+            if let Some((container, backend)) = own {
+                conn.release(container, backend).await;
+            }
+            Err(e)
+        }
     }
 }
 
@@ -187,7 +259,6 @@ async fn run_command(
     channel: Channel<Msg>,
     conn: &Arc<Conn>,
     handle: &Handle,
-    backend: Arc<dyn Backend>,
     command: CommandLine,
     op: &'static str,
     requests: Requests,
@@ -196,41 +267,59 @@ async fn run_command(
     let mut spec = ExecSpec::new(command).stdin(StdinMode::Piped);
     spec.env = requests.env;
     spec.pty = requests.pty;
-    let agent = if requests.agent {
-        match crate::agent::forward(handle.clone(), conn.id()).await {
-            Ok(agent) => {
-                spec.env
-                    .push(("SSH_AUTH_SOCK".to_owned(), agent.socket().to_owned()));
-                Some(agent)
-            }
-            Err(e) => {
-                crate::log!(Level::Warn, conn.id(), "agent.failed", error = e);
-                None
-            }
-        }
-    } else {
-        None
-    };
     let metrics = conn.metrics();
-    let process = match backend.exec(spec).await {
-        Ok(process) => process,
+    let Started {
+        process,
+        own,
+        agent,
+    } = match start(conn, handle, id, spec, requests.agent).await {
+        Ok(started) => started,
         Err(err) => {
             metrics.backend(op, false);
             refuse(conn, handle, id, &err).await;
             return;
         }
     };
+    let _active = Active::new(conn);
     started(conn, handle, id, op).await;
+    serve_process(
+        channel,
+        conn,
+        handle,
+        &*process,
+        op,
+        requests.early_input,
+        requests.early_eof,
+    )
+    .await;
+    drop(agent);
+    if let Some((container, backend)) = own {
+        conn.release(container, backend).await;
+    }
+}
 
+/// Passes the channel's input, window changes and signals to `process`, and its output and
+/// then its exit back.
+async fn serve_process(
+    channel: Channel<Msg>,
+    conn: &Arc<Conn>,
+    handle: &Handle,
+    process: &dyn Process,
+    op: &'static str,
+    early_input: Vec<u8>,
+    early_eof: bool,
+) {
+    let id = channel.id();
+    let metrics = conn.metrics();
     let (mut rx, tx) = channel.split();
     let stdin = process.take_stdin();
     let queue = Arc::new(InputQueue::default());
     let (input, input_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let feeder = tokio::spawn(feed(stdin, input_rx, queue.clone(), conn.metrics()));
-    if !requests.early_input.is_empty() {
-        let _ = queue.push(&input, requests.early_input);
+    if !early_input.is_empty() {
+        let _ = queue.push(&input, early_input);
     }
-    let mut input = (!requests.early_eof).then_some(input);
+    let mut input = (!early_eof).then_some(input);
 
     let out = pump(process.take_stdout(), tx.make_writer(), conn.clone());
     let err = pump(
@@ -276,7 +365,6 @@ async fn run_command(
     };
     drop(input);
     feeder.abort();
-    drop(agent);
     match status {
         Some(Ok(status)) => {
             crate::log!(

@@ -59,7 +59,13 @@ impl Gateway {
         let host_key = state::host_key(&state_dir)?;
         let instance = state::instance_id(&state_dir, config.instance.as_deref())?;
         let metrics = Arc::new(Metrics::default());
-        let provider = backends::Provider::new(&config.backend, &instance, metrics.clone()).await?;
+        let provider = backends::Provider::new(
+            &config.backend,
+            &instance,
+            config.session.agent_forwarding,
+            metrics.clone(),
+        )
+        .await?;
 
         let methods = server::methods(&config);
         let ssh = russh::server::Config {

@@ -12,7 +12,7 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 
 use crate::auth::{self, AuthorizedKey, FailureLimiter, Permissions};
-use crate::backends::{Container, Provider};
+use crate::backends::{Container, Place, Prepared, Provider};
 use crate::config::Config;
 use crate::log::Level;
 use crate::metrics::Metrics;
@@ -125,38 +125,62 @@ impl Conn {
     pub fn agent_allowed(&self) -> bool {
         self.shared.config.session.agent_forwarding
             && self.permissions().agent_forwarding
-            && self.shared.provider.is_local()
+            && self.shared.provider.agent_possible()
     }
 
-    /// The backend for a new channel, and the container made for that channel alone.
-    pub async fn backend(
-        &self,
-        channel: ChannelId,
-    ) -> Result<(Arc<dyn Backend>, Option<Container>)> {
-        let user = self.user.get().map(String::as_str).unwrap_or("");
-        let made = self
+    fn user(&self) -> &str {
+        self.user.get().map(String::as_str).unwrap_or("")
+    }
+
+    fn hold(&self, container: &Container) {
+        self.channel_containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(container.clone());
+    }
+
+    /// Where a new channel's session runs (with the container made for that channel alone).
+    pub async fn backend(&self, channel: ChannelId) -> Result<Place> {
+        let place = self
             .shared
             .provider
-            .backend(&self.id, u32::from(channel), user, &self.container)
+            .backend(&self.id, u32::from(channel), self.user(), &self.container)
             .await?;
-        if let Some(container) = &made.1 {
-            self.channel_containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(container.clone());
+        if let Some(container) = &place.own {
+            self.hold(container);
         }
-        Ok(made)
+        Ok(place)
+    }
+
+    /// In session mode, sets a channel's own container aside (see [`Provider::prepare`]).
+    pub fn prepare(&self, channel: ChannelId) -> Result<Option<Prepared>> {
+        self.shared.provider.prepare(&self.id, u32::from(channel))
+    }
+
+    /// Runs a channel's command as its own container's main process.
+    pub async fn run(
+        &self,
+        prepared: Prepared,
+        spec: reach_core::ExecSpec,
+    ) -> Result<(Container, Box<dyn reach_core::Process>)> {
+        let (container, process) = self
+            .shared
+            .provider
+            .run(prepared, &self.id, self.user(), spec)
+            .await?;
+        self.hold(&container);
+        Ok((container, process))
     }
 
     /// Removes a channel's own container.
-    pub async fn release(&self, container: Container, backend: Arc<dyn Backend>) {
+    pub async fn release(&self, container: Container, backend: Option<Arc<dyn Backend>>) {
         self.channel_containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|c| c.id() != container.id());
         self.shared
             .provider
-            .release(container, Some(backend), &self.id)
+            .release(container, backend, &self.id)
             .await;
     }
 

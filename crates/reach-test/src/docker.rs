@@ -194,6 +194,74 @@ pub fn busybox_image() -> io::Result<String> {
     Ok(tag)
 }
 
+/// An image made from `base` with host files added at the same paths (symlinks followed: a
+/// program with its shared libraries, say) and Dockerfile-style `changes` (`CMD [...]`),
+/// built once per content as `reach-test-NAME:HASH`.
+pub fn derived_image(
+    base: &str,
+    name: &str,
+    files: &[&Path],
+    changes: &[&str],
+) -> io::Result<String> {
+    let mut parts: Vec<Vec<u8>> = vec![base.as_bytes().to_vec()];
+    for file in files {
+        parts.push(file.as_os_str().as_encoded_bytes().to_vec());
+        parts.push(std::fs::read(file).map_err(|e| {
+            io::Error::other(format!(
+                "{}: {e} (needed in the test image)",
+                file.display()
+            ))
+        })?);
+    }
+    parts.extend(changes.iter().map(|c| c.as_bytes().to_vec()));
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    let tag = format!("reach-test-{name}:{}", fnv(&refs));
+    ensure_engine()?;
+    if image_exists(&tag) {
+        return Ok(tag);
+    }
+    let _lock = lock(&format!("image-{name}"))?;
+    if image_exists(&tag) {
+        return Ok(tag);
+    }
+    let created = run(docker().args(["create", base]))?;
+    let id = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let built = (|| {
+        if !files.is_empty() {
+            let tar = Command::new("tar")
+                .args(["-chf", "-", "-C", "/"])
+                .args(files.iter().map(|f| f.strip_prefix("/").unwrap_or(f)))
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let stdout = tar
+                .stdout
+                .ok_or_else(|| io::Error::other("tar has no stdout"))?;
+            run(docker().args(["cp", "-", &format!("{id}:/")]).stdin(stdout))?;
+        }
+        let mut commit = docker();
+        commit.arg("commit");
+        for change in changes {
+            commit.args(["--change", change]);
+        }
+        run(commit.args([&id, &tag]))
+    })();
+    let _ = docker().args(["rm", "-f", &id]).output();
+    built.map(|_| tag)
+}
+
+/// The shared libraries (and loader) a host program needs, from `ldd`.
+pub fn libraries_of(program: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let out = run(Command::new("ldd").arg(program))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(std::path::PathBuf::from)
+        })
+        .collect())
+}
+
 const IDLE: &str = r#"
 fn main() {
     // The container's only program: waits, and with arguments prints them (so that an

@@ -718,52 +718,77 @@ fn wrong_keys_unknown_users_and_then_the_rate_limit() {
     );
 }
 
+/// An `ssh-agent` holding the gateway's `stranger` key, killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+    fingerprint: String,
+}
+
+impl Agent {
+    fn start(gw: &Gateway) -> Agent {
+        let socket = gw.path("agent.sock");
+        let child = Command::new("ssh-agent")
+            .args(["-D", "-a"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut agent = Agent {
+            child,
+            socket,
+            fingerprint: String::new(),
+        };
+        assert!(eventually(Duration::from_secs(10), || agent
+            .socket
+            .exists()));
+        let add = Command::new("ssh-add")
+            .arg(gw.path("stranger"))
+            .env("SSH_AUTH_SOCK", &agent.socket)
+            .output()
+            .unwrap();
+        assert!(add.status.success(), "{add:?}");
+        let listed = text(
+            &Command::new("ssh-keygen")
+                .arg("-lf")
+                .arg(gw.path("stranger.pub"))
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        agent.fingerprint = listed.split_whitespace().nth(1).unwrap().to_owned();
+        agent
+    }
+
+    /// Runs `command` through the gateway with `ssh -A` and this agent.
+    fn ssh(&self, gw: &Gateway, command: &str) -> Output {
+        let mut cmd = gw.ssh_with("client", "tester", &["-A"], &[command]);
+        cmd.env("SSH_AUTH_SOCK", &self.socket);
+        run(cmd, b"")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn agent_forwarding_reaches_the_session() {
     let gw = Gateway::start(LOCAL);
-    let sock = gw.path("agent.sock");
-    let agent = Command::new("ssh-agent")
-        .args(["-D", "-a"])
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _agent = Kill(agent);
-    assert!(eventually(Duration::from_secs(10), || sock.exists()));
-    let add = Command::new("ssh-add")
-        .arg(gw.path("stranger"))
-        .env("SSH_AUTH_SOCK", &sock)
-        .output()
-        .unwrap();
-    assert!(add.status.success(), "{add:?}");
-    let fingerprint = text(
-        &Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(gw.path("stranger.pub"))
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_owned();
-    let mut cmd = gw.ssh_with("client", "tester", &["-A"], &["ssh-add -l"]);
-    cmd.env("SSH_AUTH_SOCK", &sock);
-    let out = run(cmd, b"");
+    let agent = Agent::start(&gw);
+    let out = agent.ssh(&gw, "ssh-add -l");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains(&fingerprint),
+        text(&out.stdout).contains(&agent.fingerprint),
         "{}",
         text(&out.stdout)
     );
     // Without -A the session has no agent.
     let mut cmd = gw.ssh_with("client", "tester", &[], &["echo \"[$SSH_AUTH_SOCK]\""]);
-    cmd.env("SSH_AUTH_SOCK", &sock);
+    cmd.env("SSH_AUTH_SOCK", &agent.socket);
     let out = run(cmd, b"");
     assert_eq!(text(&out.stdout), "[]\n");
 }
@@ -775,11 +800,37 @@ fn docker_config(mode: &str, extra: &str) -> Option<String> {
         return None;
     }
     let image = reach_test::docker::busybox_image().expect("busybox image");
-    Some(format!(
+    Some(docker_config_for(&image, mode, extra))
+}
+
+fn docker_config_for(image: &str, mode: &str, extra: &str) -> String {
+    format!(
         "keepalive_secs = 1\nkeepalive_max = 2\n[auth]\nauthorized_keys = \"{{dir}}/authorized_keys\"\n\
          [backend]\nkind = \"docker\"\nmode = \"{mode}\"\nimage = \"{image}\"\n\
          labels = {{ \"reach-test\" = \"\" }}\n{extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
-    ))
+    )
+}
+
+/// The busybox image with `ssh-add` (and its libraries) in it, and a command of its own that
+/// says it ran before handing over to a shell.
+fn session_image() -> Option<String> {
+    if !reach_test::docker::available_or_skip("reach serve: agent and image command in containers")
+    {
+        return None;
+    }
+    let base = reach_test::docker::busybox_image().expect("busybox image");
+    let ssh_add = Path::new("/usr/bin/ssh-add");
+    let mut files = vec![ssh_add.to_path_buf()];
+    files.extend(reach_test::docker::libraries_of(ssh_add).expect("ldd ssh-add"));
+    let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let image = reach_test::docker::derived_image(
+        &base,
+        "gateway-session",
+        &files,
+        &[r#"CMD ["/bin/sh", "-c", "echo image-command; exec /bin/sh"]"#],
+    )
+    .expect("derived image");
+    Some(image)
 }
 
 /// An OpenSSH control master, so that several channels share one connection.
@@ -898,6 +949,113 @@ fn docker_session_mode_one_container_per_channel() {
 }
 
 #[test]
+fn docker_session_mode_runs_the_command_or_the_images_as_the_main_process() {
+    let Some(image) = session_image() else {
+        return;
+    };
+    let gw = Gateway::start(&docker_config_for(&image, "session", ""));
+    // The requested command is the container's main process (under docker-init).
+    let out = run(gw.ssh(&["tr '\\0' ' ' < /proc/1/cmdline"]), b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("/bin/sh -c tr '\\0' ' ' < /proc/1/cmdline"),
+        "{}",
+        text(&out.stdout)
+    );
+    // stdin reaches it and ends; stdout and stderr stay apart; its code comes back.
+    let out = run(
+        gw.ssh(&["cat; echo to-stderr >&2; exit 4"]),
+        b"piped input\n",
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "piped input\n");
+    assert_eq!(text(&out.stderr), "to-stderr\n");
+    // A shell request runs the image's own command.
+    let out = run(
+        gw.ssh_with("client", "tester", &["-T"], &[]),
+        b"echo hi; exit 6\n",
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "image-command\nhi\n");
+    // Under a terminal.
+    let out = run(
+        gw.ssh_with("client", "tester", &["-tt"], &["tty; echo \"$TERM\""]),
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A signal request reaches it.
+    interrupt_through(&gw);
+    // A forwarded agent reaches it.
+    let agent = Agent::start(&gw);
+    let out = agent.ssh(&gw, "echo \"$SSH_AUTH_SOCK\"; ssh-add -l");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(listed.starts_with("/run/reach-agent/"), "{listed}");
+    assert!(listed.contains(&agent.fingerprint), "{listed}");
+    // Each went with its channel.
+    assert!(
+        eventually(Duration::from_secs(20), || gw.containers().is_empty()),
+        "left: {:?}",
+        gw.containers()
+    );
+    assert_agent_dirs_gone(&gw);
+}
+
+#[test]
+fn docker_connection_mode_forwards_the_agent_into_the_container() {
+    let Some(image) = session_image() else {
+        return;
+    };
+    let gw = Gateway::start(&docker_config_for(&image, "connection", ""));
+    let agent = Agent::start(&gw);
+    let out = agent.ssh(&gw, "ssh-add -l; ls /run/reach-agent");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains(&agent.fingerprint),
+        "{}",
+        text(&out.stdout)
+    );
+    // Without -A: no socket, no variable.
+    let mut cmd = gw.ssh_with(
+        "client",
+        "tester",
+        &[],
+        &["echo \"[$SSH_AUTH_SOCK]\"; ssh-add -l"],
+    );
+    cmd.env("SSH_AUTH_SOCK", &agent.socket);
+    let out = run(cmd, b"");
+    assert_eq!(out.status.code(), Some(2), "ssh-add -l with no agent");
+    assert!(
+        text(&out.stdout).starts_with("[]\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(eventually(Duration::from_secs(20), || gw
+        .containers()
+        .is_empty()));
+    assert_agent_dirs_gone(&gw);
+}
+
+/// No container's agent directory is left on this host.
+fn assert_agent_dirs_gone(gw: &Gateway) {
+    let root = std::env::temp_dir().join(format!("reach-agent-{}", gw.instance));
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(10), || std::fs::read_dir(&root)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true)),
+        "left: {left:?}"
+    );
+}
+
+#[test]
 fn docker_persistent_mode_keeps_a_users_container_until_idle() {
     let Some(config) = docker_config("persistent", "idle_timeout_secs = 3") else {
         return;
@@ -990,10 +1148,16 @@ fn docker_a_backend_that_cannot_start_says_so() {
 #[test]
 fn a_signal_request_reaches_the_command() {
     let gw = Gateway::start(LOCAL);
+    interrupt_through(&gw);
+}
+
+/// Runs a command through `gw` with `reach exec` (which forwards the SIGINT it gets as an SSH
+/// `signal` request), interrupts it, and checks that the command's trap ran and its code came
+/// back.
+fn interrupt_through(gw: &Gateway) {
     let kh = gw.path("known_hosts");
     let key = gw.path("client");
     let dest = format!("ssh://tester@127.0.0.1:{}", gw.port);
-    // reach forwards the SIGINT it gets as an SSH `signal` request.
     let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
         .args(["exec", "--known-hosts", kh.to_str().unwrap(), "-i"])
         .arg(&key)
@@ -1018,7 +1182,7 @@ fn a_signal_request_reaches_the_command() {
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(rest, "got-int\n");
+    assert_eq!(rest, "got-int\n", "{}", gw.log_text());
     assert_eq!(status.code(), Some(3));
     assert!(
         gw.log_text().contains("\"signal\":\"INT\""),
