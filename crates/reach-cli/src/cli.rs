@@ -108,8 +108,27 @@ pub struct ConnArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// Where to run: `local`, `ssh://[user@]host[:port]`, `[user@]host`, `docker://name`.
-    pub destination: String,
+    /// Where to run: `local`, `ssh://[user@]host[:port]`, `[user@]host`, `docker://name`, or
+    /// `@GROUP` from the inventory. With several (or -H, or a group) the command runs on all
+    /// of them at once, its output lines prefixed with their target.
+    #[arg(value_name = "DEST")]
+    pub destinations: Vec<String>,
+    /// Also run on the destinations in FILE, one per line (`#` comments); repeatable.
+    #[arg(short = 'H', long = "hosts", value_name = "FILE")]
+    pub hosts: Vec<std::path::PathBuf>,
+    /// The inventory of groups (default: $REACH_INVENTORY, ./reach.toml,
+    /// ~/.config/reach/reach.toml).
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<std::path::PathBuf>,
+    /// Several targets: how many connect and run at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 64)]
+    pub jobs: usize,
+    /// Several targets: after the first that fails, start no more and stop those running.
+    #[arg(long = "fail-fast")]
+    pub fail_fast: bool,
+    /// Several targets: print each distinct output once, under the targets that produced it.
+    #[arg(long = "group")]
+    pub group: bool,
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
@@ -122,12 +141,22 @@ pub struct ExecArgs {
     /// Do not forward stdin (the command reads EOF at once).
     #[arg(short = 'n', long = "no-stdin")]
     pub no_stdin: bool,
-    /// Kill the command and what it started after this long (`500ms`, `10s`, `2m`, `1h`).
+    /// Kill the command and what it started after this long (`500ms`, `10s`, `2m`, `1h`);
+    /// with several targets, the limit on each target's connect and run together.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// Whether this runs on several targets (any number but one plain destination).
+    pub fn fans_out(&self) -> bool {
+        self.destinations.len() != 1
+            || !self.hosts.is_empty()
+            || self.destinations.iter().any(|d| d.starts_with('@'))
+    }
 }
 
 #[derive(Debug, Args)]

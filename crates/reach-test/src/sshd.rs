@@ -25,6 +25,7 @@ pub struct SshdFixture {
     port: u16,
     user: String,
     home: String,
+    addresses: Vec<String>,
 }
 
 fn run(cmd: &mut Command) -> io::Result<std::process::Output> {
@@ -73,13 +74,24 @@ fn ensure_test_user() -> io::Result<String> {
 /// Writes a `known_hosts` file at `out` that trusts the host key in `public_key` (an
 /// OpenSSH `.pub` file) for `[127.0.0.1]:port`.
 pub fn write_known_hosts(public_key: &Path, port: u16, out: &Path) -> io::Result<()> {
+    write_known_hosts_for(public_key, &["127.0.0.1".to_owned()], port, out)
+}
+
+/// Like [`write_known_hosts`], for every address in `addresses`.
+pub fn write_known_hosts_for(
+    public_key: &Path,
+    addresses: &[String],
+    port: u16,
+    out: &Path,
+) -> io::Result<()> {
     let text = std::fs::read_to_string(public_key)?;
     let mut words = text.split_whitespace();
     let (algo, key) = (
         words.next().unwrap_or_default(),
         words.next().unwrap_or_default(),
     );
-    std::fs::write(out, format!("[127.0.0.1]:{port} {algo} {key}\n"))
+    let hosts: Vec<String> = addresses.iter().map(|a| format!("[{a}]:{port}")).collect();
+    std::fs::write(out, format!("{} {algo} {key}\n", hosts.join(",")))
 }
 
 /// Creates (if needed) the local user `name` with login shell `/bin/sh` and sets its
@@ -149,6 +161,20 @@ impl SshdFixture {
     /// Starts a server with `extra` sshd_config lines, which take precedence over the
     /// fixture's own (sshd keeps the first value it reads for each keyword).
     pub fn start_with(extra: &str) -> io::Result<SshdFixture> {
+        Self::start_on(1, extra)
+    }
+
+    /// Starts a server listening on `count` loopback addresses (127.0.0.1, 127.0.0.2, ...)
+    /// with one port, so that each address is a target of its own; `known_hosts` trusts the
+    /// host key on all of them.
+    pub fn start_on(count: usize, extra: &str) -> io::Result<SshdFixture> {
+        let addresses: Vec<String> = (1..=count.clamp(1, 250))
+            .map(|i| format!("127.0.0.{i}"))
+            .collect();
+        let listen: String = addresses
+            .iter()
+            .map(|a| format!("ListenAddress {a}\n"))
+            .collect();
         let dir = tempfile::Builder::new().prefix("reach-sshd-").tempdir()?;
         use std::os::unix::fs::PermissionsExt;
 
@@ -177,7 +203,7 @@ impl SshdFixture {
         for _attempt in 0..3 {
             let port = free_port()?;
             let config = format!(
-                "{extra}\nPort {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {pid}\n\
+                "{extra}\nPort {port}\n{listen}HostKey {host}\nPidFile {pid}\n\
                  AuthorizedKeysFile {keys}\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n\
                  PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n\
@@ -188,7 +214,12 @@ impl SshdFixture {
                 keys = path("authorized_keys").display(),
             );
             std::fs::write(path("sshd_config"), config)?;
-            write_known_hosts(&path("host_ed25519.pub"), port, &path("known_hosts"))?;
+            write_known_hosts_for(
+                &path("host_ed25519.pub"),
+                &addresses,
+                port,
+                &path("known_hosts"),
+            )?;
             let log = std::fs::File::create(path("sshd.log"))?;
             let mut child = Command::new(SSHD)
                 .arg("-D")
@@ -207,6 +238,7 @@ impl SshdFixture {
                         port,
                         user,
                         home,
+                        addresses,
                     })
                 }
                 Err(e) => {
@@ -223,6 +255,11 @@ impl SshdFixture {
     /// The port sshd listens on (on 127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The addresses it listens on (see [`SshdFixture::start_on`]).
+    pub fn addresses(&self) -> &[String] {
+        &self.addresses
     }
 
     /// The user to log in as.

@@ -21,6 +21,8 @@
 //! - `docker` (default): running containers through the Docker Engine API, from
 //!   `reach-docker` (re-exported as [`docker`]); `docker://[user@]container`.
 //!
+//! [`fanout`] runs one command on many targets at once.
+//!
 //! A scheme whose feature is off is refused with [`ErrorKind::Unsupported`], naming it.
 #![deny(missing_docs)]
 
@@ -35,6 +37,8 @@ pub use reach_docker as docker;
 pub use reach_ssh as ssh;
 /// Copies between any two targets: streamed, verified, atomic, resumable (`reach-transfer`).
 pub use reach_transfer as transfer;
+
+pub mod fanout;
 
 /// How backends connect, beyond what a destination says (one field per backend that has
 /// settings; unset values fall back to each backend's own defaults and configuration).

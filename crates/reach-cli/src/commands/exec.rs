@@ -28,8 +28,11 @@ fn command_line(words: Vec<String>) -> CommandLine {
     }
 }
 
-pub async fn exec(args: ExecArgs, json: bool) -> reach::Result<i32> {
-    let destination = Destination::parse(&args.destination)?;
+pub async fn exec(args: ExecArgs, json: bool, conn: &reach::ConnectOptions) -> reach::Result<i32> {
+    if args.fans_out() {
+        return fan_out(args, json, conn).await;
+    }
+    let destination = Destination::parse(&args.destinations[0])?;
     let mut spec = ExecSpec::new(command_line(args.command));
     spec.env = args.env;
     spec.cwd = args.cwd;
@@ -41,6 +44,42 @@ pub async fn exec(args: ExecArgs, json: bool) -> reach::Result<i32> {
         spec = spec.pty(term_name(), term::size());
     }
     run(&destination, spec, json).await
+}
+
+async fn fan_out(args: ExecArgs, json: bool, conn: &reach::ConnectOptions) -> reach::Result<i32> {
+    if args.tty {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "-t needs one destination: a terminal cannot be shared by several targets",
+        ));
+    }
+    let targets = crate::inventory::targets(
+        &args.destinations,
+        &args.hosts,
+        args.inventory.as_deref(),
+        conn,
+    )?;
+    if targets.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "no destination: name one or more, @GROUP, or -H FILE",
+        ));
+    }
+    let mut spec = ExecSpec::new(command_line(args.command));
+    spec.env = args.env;
+    spec.cwd = args.cwd;
+    let mut options = reach::fanout::FanOut::default();
+    options.jobs = args.jobs.max(1);
+    options.timeout = args.timeout;
+    options.fail_fast = args.fail_fast;
+    let mode = if json {
+        super::fanout::Mode::Json
+    } else if args.group {
+        super::fanout::Mode::Grouped
+    } else {
+        super::fanout::Mode::Prefixed
+    };
+    Ok(super::fanout::run(targets, spec, options, mode).await)
 }
 
 pub async fn shell(args: ShellArgs, json: bool) -> reach::Result<i32> {

@@ -3,6 +3,7 @@
 
 mod cp;
 mod exec;
+mod fanout;
 mod files;
 mod info;
 mod serve;
@@ -27,7 +28,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     // A copy hashes and encrypts on separate threads; everything else is I/O-bound.
-    let mut builder = if matches!(cli.command, Command::Cp(_) | Command::Serve(_)) {
+    let threaded = match &cli.command {
+        Command::Cp(_) | Command::Serve(_) => true,
+        Command::Exec(args) => args.fans_out(),
+        _ => false,
+    };
+    let mut builder = if threaded {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(2);
         builder
@@ -57,7 +63,7 @@ static BACKENDS: Mutex<Vec<(String, Arc<dyn Backend>)>> = Mutex::new(Vec::new())
 /// The registry built from the connection flags.
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
-fn registry(conn: &ConnArgs) -> Registry {
+fn connect_options(conn: &ConnArgs) -> reach::ConnectOptions {
     let mut options = reach::ConnectOptions::default();
     let ssh = &mut options.ssh;
     ssh.identity = conn.identity.clone();
@@ -77,7 +83,7 @@ fn registry(conn: &ConnArgs) -> Registry {
     let docker = &mut options.docker;
     docker.host = conn.docker_host.clone();
     docker.agent = !conn.no_agent;
-    Registry::with_options(&options)
+    options
 }
 
 /// A secret from the environment (for scripts), held in a buffer wiped on drop.
@@ -87,9 +93,10 @@ fn secret_from_env(name: &str) -> Option<Zeroizing<String>> {
 
 async fn dispatch(cli: Cli) -> reach::Result<i32> {
     let json = cli.json;
-    let _ = REGISTRY.set(registry(&cli.conn));
+    let options = connect_options(&cli.conn);
+    let _ = REGISTRY.set(Registry::with_options(&options));
     match cli.command {
-        Command::Exec(args) => exec::exec(args, json).await,
+        Command::Exec(args) => exec::exec(args, json, &options).await,
         Command::Shell(args) => exec::shell(args, json).await,
         Command::Info(args) => info::info(args, json).await,
         Command::Ls(args) => files::ls(args, json).await,

@@ -4,6 +4,7 @@
 mod cp;
 mod docker;
 mod exec;
+mod fanout;
 mod files;
 mod serve;
 mod ssh;
