@@ -15,6 +15,9 @@
 //! - `cp` (needs root, sshd, rsync and the Docker engine): `reach cp` of a large file and of
 //!   10,000 small files to and from the sshd vs `scp` and `rsync`, and of a large file into
 //!   and out of a container vs `docker cp`.
+//! - `fanout` (needs root, sshd, parallel-ssh and ansible): `true` on 50 and 500 distinct
+//!   SSH targets (32 sshd servers on 16 loopback addresses each) with `reach exec -H` vs
+//!   `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -40,7 +43,8 @@ struct Args {
     /// Write the Markdown report here (for example docs/BENCHMARKS.md).
     #[arg(long)]
     write: Option<PathBuf>,
-    /// Which scenarios to run: `local`, `ssh`, `docker`, `cp`, `serve` (repeatable; default all).
+    /// Which scenarios to run: `local`, `ssh`, `docker`, `cp`, `serve`, `fanout` (repeatable;
+    /// default all).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Size of the file moved by the SSH throughput scenario, in MiB.
@@ -94,6 +98,7 @@ impl Section {
 
 mod cp;
 mod docker;
+mod fanout;
 mod serve;
 mod ssh;
 
@@ -337,7 +342,8 @@ fn report(args: &Args, sections: &[Section]) -> String {
     );
     let _ = writeln!(
         out,
-        "Reproduce (as root, with openssh-server, rsync, busybox-static and a Docker engine):\n"
+        "Reproduce (as root, with openssh-server, rsync, busybox-static, pssh, ansible-core \
+         and a Docker engine):\n"
     );
     let _ = writeln!(
         out,
@@ -373,12 +379,13 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 5] = [
+    let scenarios: [(&str, Scenario); 6] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
         ("cp", cp::run),
         ("serve", serve::run),
+        ("fanout", fanout::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {

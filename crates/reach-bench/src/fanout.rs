@@ -1,0 +1,241 @@
+//! `true` on 50 and 500 distinct SSH targets: 32 Debian sshd servers, each listening on 16
+//! loopback addresses (sshd's limit; every target is a connection of its own), against
+//! `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`, all at the same parallelism.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use reach_test::sshd::SshdFixture;
+
+use crate::{run_ok, time, Args, Section, Series};
+
+/// How many connections every tool opens at once.
+const PARALLEL: usize = 32;
+/// Lifted so that sshd never drops the waves of new connections.
+const SSHD_EXTRA: &str = "MaxStartups 2000:30:4000\nMaxSessions 100\n";
+
+/// One target, as each tool needs it.
+struct Host {
+    address: String,
+    port: u16,
+}
+
+#[allow(clippy::ptr_arg)] // the signature every scenario has
+pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
+    if !SshdFixture::available() {
+        return Err(
+            "the fanout scenario needs /usr/sbin/sshd (apt-get install openssh-server)".into(),
+        );
+    }
+    for (tool, package) in [("parallel-ssh", "pssh"), ("ansible", "ansible-core")] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            return Err(format!(
+                "the fanout scenario needs `{tool}` (apt-get install {package})"
+            ));
+        }
+    }
+    let servers = (0..32)
+        .map(|_| SshdFixture::start_on(16, SSHD_EXTRA).map_err(|e| format!("start sshd: {e}")))
+        .collect::<Result<Vec<_>, String>>()?;
+    // One key and one known_hosts for all.
+    let key = servers[0].client_key();
+    let public = std::fs::read_to_string(key.with_extension("pub")).map_err(|e| e.to_string())?;
+    for server in &servers[1..] {
+        server.authorize(&public).map_err(|e| e.to_string())?;
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let known_hosts = dir.path().join("known_hosts");
+    let mut known = String::new();
+    for s in &servers {
+        known.push_str(&std::fs::read_to_string(s.known_hosts()).map_err(|e| e.to_string())?);
+    }
+    std::fs::write(&known_hosts, known).map_err(|e| e.to_string())?;
+    let hosts: Vec<Host> = servers
+        .iter()
+        .flat_map(|s| {
+            s.addresses().iter().map(|a| Host {
+                address: a.clone(),
+                port: s.port(),
+            })
+        })
+        .collect();
+    let user = servers[0].user().to_owned();
+    let rounds = (args.iterations / 100).clamp(1, 3);
+    let mut sections = Vec::new();
+    for count in [50, 500] {
+        let setup = Setup::write(dir.path(), &hosts[..count], &user, &key, &known_hosts)?;
+        sections.push(measure(&setup, reach_bin, count, rounds)?);
+    }
+    Ok(sections)
+}
+
+/// The host lists and inventories for one size.
+struct Setup {
+    reach_hosts: PathBuf,
+    pssh_hosts: PathBuf,
+    ansible_inventory: PathBuf,
+    ssh_flags: Vec<String>,
+    key: PathBuf,
+    known_hosts: PathBuf,
+}
+
+impl Setup {
+    fn write(
+        dir: &Path,
+        hosts: &[Host],
+        user: &str,
+        key: &Path,
+        known_hosts: &Path,
+    ) -> Result<Setup, String> {
+        let n = hosts.len();
+        let path = |name: &str| dir.join(format!("{name}-{n}"));
+        let mut reach = String::new();
+        let mut pssh = String::new();
+        let mut ansible = String::from("[targets]\n");
+        for (i, h) in hosts.iter().enumerate() {
+            reach.push_str(&format!("ssh://{user}@{}:{}\n", h.address, h.port));
+            pssh.push_str(&format!("{user}@{}:{}\n", h.address, h.port));
+            ansible.push_str(&format!(
+                "t{i} ansible_host={} ansible_port={} ansible_user={user}\n",
+                h.address, h.port
+            ));
+        }
+        let write = |p: &Path, text: &str| std::fs::write(p, text).map_err(|e| e.to_string());
+        write(&path("reach"), &reach)?;
+        write(&path("pssh"), &pssh)?;
+        write(&path("ansible"), &ansible)?;
+        let ssh_flags = vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", known_hosts.display()),
+            "-o".into(),
+            format!("IdentityFile={}", key.display()),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "ControlMaster=no".into(),
+        ];
+        Ok(Setup {
+            reach_hosts: path("reach"),
+            pssh_hosts: path("pssh"),
+            ansible_inventory: path("ansible"),
+            ssh_flags,
+            key: key.to_owned(),
+            known_hosts: known_hosts.to_owned(),
+        })
+    }
+
+    fn reach(&self, reach_bin: &Path) -> Command {
+        let mut cmd = Command::new(reach_bin);
+        cmd.args(["exec", "-j", &PARALLEL.to_string(), "-H"])
+            .arg(&self.reach_hosts)
+            .arg("-i")
+            .arg(&self.key)
+            .arg("--known-hosts")
+            .arg(&self.known_hosts)
+            .args(["--", "true"]);
+        cmd
+    }
+
+    fn xargs(&self) -> Command {
+        // Each line is user@address:port; ssh wants the port apart.
+        let script = format!(
+            "h=${{0%:*}}; p=${{0##*:}}; exec ssh {} -p \"$p\" \"$h\" true",
+            self.ssh_flags.join(" ")
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "xargs -P {PARALLEL} -n 1 sh -c '{script}' < {}",
+            self.pssh_hosts.display()
+        ));
+        cmd
+    }
+
+    fn pssh(&self) -> Command {
+        let mut cmd = Command::new("parallel-ssh");
+        cmd.args(["-p", &PARALLEL.to_string(), "-t", "60", "-h"])
+            .arg(&self.pssh_hosts)
+            .arg("-x")
+            .arg(self.ssh_flags.join(" "))
+            .arg("true");
+        cmd
+    }
+
+    fn ansible(&self) -> Command {
+        let mut cmd = Command::new("ansible");
+        cmd.args([
+            "targets",
+            "-m",
+            "raw",
+            "-a",
+            "true",
+            "-f",
+            &PARALLEL.to_string(),
+            "-i",
+        ])
+        .arg(&self.ansible_inventory)
+        .arg("--private-key")
+        .arg(&self.key)
+        // Fresh connections, as the others make: no ControlPersist left from a round.
+        .env("ANSIBLE_SSH_ARGS", self.ssh_flags.join(" "))
+        .env("ANSIBLE_HOST_KEY_CHECKING", "True")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "0");
+        cmd
+    }
+}
+
+fn measure(
+    setup: &Setup,
+    reach_bin: &Path,
+    count: usize,
+    rounds: usize,
+) -> Result<Section, String> {
+    let mut steps: Vec<(Series, Box<dyn Fn() -> Command>)> = vec![
+        (
+            Series::new("reach exec -H hosts -j 32 -- true"),
+            Box::new(|| setup.reach(reach_bin)),
+        ),
+        (
+            Series::new("xargs -P 32 + ssh (one process per target)"),
+            Box::new(|| setup.xargs()),
+        ),
+        (
+            Series::new("parallel-ssh -p 32 true"),
+            Box::new(|| setup.pssh()),
+        ),
+        (
+            Series::new("ansible targets -m raw -a true -f 32"),
+            Box::new(|| setup.ansible()),
+        ),
+    ];
+    // A first pass that must succeed everywhere: every tool reaches every target.
+    for (series, make) in &steps {
+        run_ok(&mut make()).map_err(|e| format!("{}: {e}", series.name))?;
+    }
+    for _ in 0..rounds {
+        for (series, make) in steps.iter_mut() {
+            let (t, r) = time(|| run_ok(&mut make()));
+            r.map_err(|e| format!("{}: {e}", series.name))?;
+            series.samples.push(t);
+        }
+    }
+    let series: Vec<Series> = steps.into_iter().map(|(s, _)| s).collect();
+    let text = format!(
+        "`true` on {count} distinct targets (32 Debian sshd servers, each on 16 loopback \
+         addresses 127.0.0.x with `MaxStartups` raised, so every target is its own \
+         connection), {PARALLEL} at a time for every tool, fresh connections every round (no \
+         ControlMaster); {rounds} interleaved rounds after a first pass that must reach every \
+         target. Each figure is the whole run's wall time."
+    );
+    Ok(Section::latency(
+        &format!("fan-out: `true` on {count} targets"),
+        text,
+        &series,
+    ))
+}
