@@ -104,22 +104,8 @@ impl Setup {
         write(&path("reach"), &reach)?;
         write(&path("pssh"), &pssh)?;
         write(&path("ansible"), &ansible)?;
-        let ssh_flags = vec![
-            "-F".into(),
-            "/dev/null".into(),
-            "-o".into(),
-            "BatchMode=yes".into(),
-            "-o".into(),
-            "StrictHostKeyChecking=yes".into(),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", known_hosts.display()),
-            "-o".into(),
-            format!("IdentityFile={}", key.display()),
-            "-o".into(),
-            "IdentitiesOnly=yes".into(),
-            "-o".into(),
-            "ControlMaster=no".into(),
-        ];
+        let mut ssh_flags = crate::openssh_flags(known_hosts, key);
+        ssh_flags.extend(["-o".into(), "ControlMaster=no".into()]);
         Ok(Setup {
             reach_hosts: path("reach"),
             pssh_hosts: path("pssh"),

@@ -323,6 +323,23 @@ pub fn throughput_rounds(
     Ok(rows)
 }
 
+/// OpenSSH client options for a non-interactive run against a test server: no user config,
+/// no prompts, the host key checked against `known_hosts`, only `key` offered.
+pub fn openssh_flags(known_hosts: &Path, key: &Path) -> Vec<String> {
+    let mut flags = vec!["-F".to_owned(), "/dev/null".to_owned()];
+    for option in [
+        "BatchMode=yes".to_owned(),
+        "StrictHostKeyChecking=yes".to_owned(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        format!("IdentityFile={}", key.display()),
+        "IdentitiesOnly=yes".to_owned(),
+    ] {
+        flags.push("-o".into());
+        flags.push(option);
+    }
+    flags
+}
+
 fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

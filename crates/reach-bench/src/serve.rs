@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use reach_test::sshd::SshdFixture;
 
-use crate::ssh::CIPHER;
+use crate::ssh::{server_flags as flags, CIPHER};
 use crate::{make_source, run_ok, same_size, throughput_rounds, time, Args, Section, Series, Step};
 
 /// A running `reach serve`, killed on drop.
@@ -63,30 +63,6 @@ fn start(reach_bin: &Path, dir: &Path, authorized: &Path) -> Result<Serve, Strin
         port,
         known_hosts,
     })
-}
-
-fn flags(port: u16, user: &str, known_hosts: &Path, key: &Path) -> Vec<String> {
-    vec![
-        "-q".into(),
-        "-F".into(),
-        "/dev/null".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "StrictHostKeyChecking=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", known_hosts.display()),
-        "-o".into(),
-        format!("IdentityFile={}", key.display()),
-        "-o".into(),
-        "IdentitiesOnly=yes".into(),
-        "-o".into(),
-        format!("Port={port}"),
-        "-o".into(),
-        format!("User={user}"),
-        "-o".into(),
-        format!("Ciphers={CIPHER}"),
-    ]
 }
 
 /// Resident memory of a process, in KiB.

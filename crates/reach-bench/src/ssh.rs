@@ -1,6 +1,6 @@
 //! SSH scenarios, each against OpenSSH on the same throwaway sshd in the same run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use reach::ssh::{SshBackend, SshOptions};
@@ -47,25 +47,28 @@ async fn exec_true(ssh: &dyn Backend) -> Result<(), String> {
 
 /// OpenSSH's options for this server, as `-o` flags (for ssh, scp and sftp alike).
 pub fn openssh_flags(sshd: &SshdFixture) -> Vec<String> {
-    vec![
-        "-q".into(),
-        "-o".into(),
-        "BatchMode=yes".into(),
-        "-o".into(),
-        "StrictHostKeyChecking=yes".into(),
-        "-o".into(),
-        format!("UserKnownHostsFile={}", sshd.known_hosts().display()),
-        "-o".into(),
-        format!("IdentityFile={}", sshd.client_key().display()),
-        "-o".into(),
-        format!("Port={}", sshd.port()),
-        "-o".into(),
-        format!("User={}", sshd.user()),
-        "-o".into(),
+    server_flags(
+        sshd.port(),
+        sshd.user(),
+        &sshd.known_hosts(),
+        &sshd.client_key(),
+    )
+}
+
+/// OpenSSH's options for a server at 127.0.0.1:`port`, logging in `user` with `key`, with
+/// reach's cipher, as `-o` flags.
+pub fn server_flags(port: u16, user: &str, known_hosts: &Path, key: &Path) -> Vec<String> {
+    let mut flags = vec!["-q".to_owned()];
+    flags.extend(crate::openssh_flags(known_hosts, key));
+    for option in [
+        format!("Port={port}"),
+        format!("User={user}"),
         format!("Ciphers={CIPHER}"),
-        "-F".into(),
-        "/dev/null".into(),
-    ]
+    ] {
+        flags.push("-o".into());
+        flags.push(option);
+    }
+    flags
 }
 
 /// Runs every SSH scenario.

@@ -188,17 +188,7 @@ impl Process for MainProcess {
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
-        let mut exit = self.exit.clone();
-        let outcome = match exit.wait_for(Option::is_some).await {
-            Ok(done) => done.clone(),
-            Err(_) => None,
-        };
-        outcome.unwrap_or_else(|| {
-            Err(Error::new(
-                ErrorKind::SessionDropped,
-                format!("the main process of container `{}` was torn down", self.id),
-            ))
-        })
+        crate::process::wait_slot(&self.exit, &self.id).await
     }
 
     /// Signals the container's main process (through the engine; with `init`, docker-init

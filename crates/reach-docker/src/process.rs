@@ -262,7 +262,8 @@ impl AgentProcess {
     }
 }
 
-async fn wait_slot(
+/// The outcome published in `exit`, once there is one.
+pub(crate) async fn wait_slot(
     exit: &watch::Receiver<Option<Result<ExitStatus>>>,
     name: &str,
 ) -> Result<ExitStatus> {
