@@ -13,12 +13,12 @@
 //! let registry = Arc::new(reach::Registry::with_defaults());
 //! let targets = ["local", "docker://app"]
 //!     .iter()
-//!     .map(|d| Target::new(*d, reach::Destination::parse(d)?, registry.clone()))
+//!     .map(|d| Ok(Target::new(*d, reach::Destination::parse(d)?, registry.clone())))
 //!     .collect::<reach::Result<Vec<_>>>()?;
 //! let mut events = fanout::run(targets, reach::ExecSpec::shell("uname -n"), FanOut::default());
 //! while let Some(event) = events.recv().await {
 //!     if let Event::Done { target, outcome } = event {
-//!         println!("{target}: {:?}", outcome.result.map(|s| s.code()));
+//!         println!("{target}: {:?}", outcome.result.map(|s| s.shell_code()));
 //!     }
 //! }
 //! # Ok(()) }
