@@ -107,10 +107,19 @@ impl MainProcess {
         });
         let stdin: Option<BoxWrite> = if stdin {
             let (tx, mut rx) = tokio::io::duplex(PIPE);
+            let mut ended = exit_rx.clone();
             tokio::spawn(async move {
-                if tokio::io::copy(&mut rx, &mut input).await.is_ok() {
-                    let _ = input.shutdown().await;
+                let copied = tokio::io::copy(&mut rx, &mut input).await.is_ok();
+                if pty.is_none() {
+                    if copied {
+                        let _ = input.shutdown().await;
+                    }
+                    return;
                 }
+                // Under a terminal, closing the attached stdin makes the engine close the
+                // container's terminal, and what the command writes next may be lost; a
+                // terminal's input never ends, so it stays open until the command does.
+                let _ = ended.wait_for(Option::is_some).await;
             });
             Some(Box::pin(tx))
         } else {
