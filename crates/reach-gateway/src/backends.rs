@@ -354,32 +354,53 @@ impl Provider {
             spec.terminal = Some(pty.size);
         }
         spec.stdin = true;
-        let started = Instant::now();
-        let created = docker.containers.create(&spec).await;
-        self.metrics.container_phase("create", started.elapsed());
-        self.metrics.backend("container", created.is_ok());
-        let id = created?;
+        let id = self.create(docker, &spec).await?;
         let started = Instant::now();
         let run = docker
             .containers
             .start_attached(&id, spec.terminal, spec.stdin)
             .await;
-        self.metrics.container_phase("start", started.elapsed());
+        let process = self
+            .started(docker, &id, conn, "session", started, run)
+            .await?;
+        Ok((id, process))
+    }
+
+    /// Creates a container, counted and timed.
+    async fn create(&self, docker: &Docker, spec: &ContainerSpec) -> Result<String> {
+        let started = Instant::now();
+        let created = docker.containers.create(spec).await;
+        self.metrics.container_phase("create", started.elapsed());
+        self.metrics.backend("container", created.is_ok());
+        created
+    }
+
+    /// Books a start that began at `since`: timed, logged, and a container that did not
+    /// start removed.
+    async fn started<T>(
+        &self,
+        docker: &Docker,
+        id: &str,
+        conn: &str,
+        mode: &str,
+        since: Instant,
+        run: Result<T>,
+    ) -> Result<T> {
+        self.metrics.container_phase("start", since.elapsed());
         match run {
-            Ok(process) => {
+            Ok(value) => {
                 crate::log!(
                     Level::Info,
                     conn,
                     "container.started",
-                    id = short(&id),
-                    mode = "session",
-                    main = true,
-                    took_ms = started.elapsed().as_millis()
+                    id = short(id),
+                    mode = mode,
+                    took_ms = since.elapsed().as_millis()
                 );
-                Ok((id, process))
+                Ok(value)
             }
             Err(e) => {
-                self.remove(docker, &id, conn).await;
+                self.remove(docker, id, conn).await;
                 Err(e)
             }
         }
@@ -445,9 +466,10 @@ impl Provider {
         mode: &str,
     ) -> Result<(Container, Arc<dyn Backend>)> {
         let agent = agent_dir(docker, &name)?;
-        let made = self
-            .make_with(docker, &name, conn, user, mode, &agent)
-            .await;
+        let made = match self.spec(docker, &name, conn, user, mode, &agent) {
+            Ok(spec) => self.make_with(docker, &spec, conn, mode).await,
+            Err(e) => Err(e),
+        };
         match made {
             Ok((id, backend)) => Ok((Container { id, agent }, backend)),
             Err(e) => {
@@ -462,35 +484,15 @@ impl Provider {
     async fn make_with(
         &self,
         docker: &Docker,
-        name: &str,
+        spec: &ContainerSpec,
         conn: &str,
-        user: &str,
         mode: &str,
-        agent: &Option<AgentDir>,
     ) -> Result<(String, Arc<dyn Backend>)> {
-        let config = &docker.config;
-        let spec = self.spec(docker, name, conn, user, mode, agent)?;
-        let started = Instant::now();
-        let created = docker.containers.create(&spec).await;
-        self.metrics.container_phase("create", started.elapsed());
-        self.metrics.backend("container", created.is_ok());
-        let id = created?;
+        let id = self.create(docker, spec).await?;
         let started = Instant::now();
         let run = docker.containers.start(&id).await;
-        self.metrics.container_phase("start", started.elapsed());
-        if let Err(e) = run {
-            self.remove(docker, &id, conn).await;
-            return Err(e);
-        }
-        crate::log!(
-            Level::Info,
-            conn,
-            "container.started",
-            id = short(&id),
-            mode = mode,
-            took_ms = started.elapsed().as_millis()
-        );
-        let destination = match &config.user {
+        self.started(docker, &id, conn, mode, started, run).await?;
+        let destination = match &docker.config.user {
             Some(u) => format!("docker://{u}@{id}"),
             None => format!("docker://{id}"),
         };
