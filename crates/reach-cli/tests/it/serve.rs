@@ -1083,20 +1083,6 @@ fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
     };
     let mut gw = Gateway::start(&config);
     // A client killed with SIGKILL mid-session: its container goes.
-    let idle_client = |gw: &Gateway| {
-        let client = gw
-            .ssh(&["sleep 600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(eventually(Duration::from_secs(30), || gw
-            .containers()
-            .len()
-            == 1));
-        client
-    };
     let mut client = idle_client(&gw);
     client.kill().unwrap();
     client.wait().unwrap();
@@ -1121,6 +1107,22 @@ fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
     );
     assert!(gw.log_text().contains("containers.reaped"));
     assert_eq!(gw.metric("reach_gateway_containers_reaped_total"), 1.0);
+}
+
+/// A client idling in `sleep 600` through `gw`, once its container is up.
+fn idle_client(gw: &Gateway) -> Child {
+    let client = gw
+        .ssh(&["sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(30), || gw
+        .containers()
+        .len()
+        == 1));
+    client
 }
 
 #[test]
@@ -1263,17 +1265,7 @@ fn docker_a_silent_client_is_dropped_by_keepalive() {
         return;
     };
     let gw = Gateway::start(&config);
-    let mut client = gw
-        .ssh(&["sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(30), || gw
-        .containers()
-        .len()
-        == 1));
+    let mut client = idle_client(&gw);
     // SIGSTOP: the TCP connection stays open but nothing answers (a vanished laptop).
     Command::new("kill")
         .args(["-STOP", &client.id().to_string()])
