@@ -53,17 +53,31 @@ fn exec_latency(
     let dest = container.destination(None);
     let docker = || run_ok(Command::new("docker").args(["exec", &name, "true"]));
     let library = || rt.block_on(exec_true(backend));
-    let cli = || run_ok(Command::new(reach_bin).args(["exec", "-n", &dest, "--", "true"]));
-    let cli_bare =
-        || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-agent", &dest, "--", "true"]));
+    let agent = crate::WarmAgent::new(reach_bin)?;
+    let warm = || run_ok(agent.reach().args(["exec", "-n", &dest, "--", "true"]));
+    let cli =
+        || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-reuse", &dest, "--", "true"]));
+    let cli_bare = || {
+        run_ok(Command::new(reach_bin).args([
+            "exec",
+            "-n",
+            "--no-reuse",
+            "--no-agent",
+            &dest,
+            "--",
+            "true",
+        ]))
+    };
     let samples = (args.iterations / 3).max(10);
     let mut theirs = Series::new("docker CLI: `docker exec NAME true`");
     let mut ours = Series::new("reach library: exec `true` on a held backend");
-    let mut ours_cli = Series::new("reach CLI: `reach exec docker://NAME -- true`");
-    let mut ours_bare = Series::new("reach CLI, engine only: `reach exec --no-agent ...`");
+    let mut ours_warm = Series::new("reach CLI: `reach exec docker://NAME -- true` (warm agent)");
+    let mut ours_cli = Series::new("reach CLI, direct: `reach exec --no-reuse ...`");
+    let mut ours_bare = Series::new("reach CLI, direct, engine only: `... --no-agent ...`");
     for _ in 0..5 {
         docker()?;
         library()?;
+        warm()?;
         cli()?;
         cli_bare()?;
     }
@@ -71,6 +85,7 @@ fn exec_latency(
         for (series, step) in [
             (&mut theirs, &docker as &dyn Fn() -> Result<(), String>),
             (&mut ours, &library),
+            (&mut ours_warm, &warm),
             (&mut ours_cli, &cli),
             (&mut ours_bare, &cli_bare),
         ] {
@@ -85,12 +100,12 @@ fn exec_latency(
             "`true` in a running busybox container on the local engine, {samples} interleaved \
              samples each. The library keeps its backend, whose in-container agent (started \
              once, through one engine exec) forks the command: no runc exec per command. \
-             Each `reach` CLI run is a new process that must start the agent (or, with \
-             `--no-agent`, run an engine exec) before the command, so it pays the same runc \
-             exec as `docker exec`; warm connections across CLI runs are issue 7's background \
-             process."
+             A `reach` CLI run goes through the per-user connection agent, which holds the \
+             backend between runs (warm); with `--no-reuse` each run is on its own and must \
+             start the in-container agent (or, with `--no-agent`, run an engine exec) before \
+             the command, so it pays the same runc exec as `docker exec`."
         ),
-        &[theirs, ours, ours_cli, ours_bare],
+        &[theirs, ours, ours_warm, ours_cli, ours_bare],
     ))
 }
 

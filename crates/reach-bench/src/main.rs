@@ -139,6 +139,37 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (start.elapsed(), value)
 }
 
+/// A connection agent of the benchmark's own (its runtime directory is private to this run),
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct WarmAgent {
+    dir: tempfile::TempDir,
+    reach_bin: PathBuf,
+}
+
+impl WarmAgent {
+    pub fn new(reach_bin: &Path) -> Result<WarmAgent, String> {
+        Ok(WarmAgent {
+            dir: tempfile::tempdir().map_err(|e| e.to_string())?,
+            reach_bin: reach_bin.to_owned(),
+        })
+    }
+
+    /// `reach` going through this agent.
+    pub fn reach(&self) -> Command {
+        let mut cmd = Command::new(&self.reach_bin);
+        cmd.env("XDG_RUNTIME_DIR", self.dir.path())
+            .env_remove("REACH_NO_REUSE");
+        cmd
+    }
+}
+
+impl Drop for WarmAgent {
+    fn drop(&mut self) {
+        let _ = self.reach().args(["connections", "stop"]).output();
+    }
+}
+
 pub fn run_ok(cmd: &mut Command) -> Result<(), String> {
     let status = cmd
         .stdin(Stdio::null())

@@ -81,7 +81,7 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     let sshd = SshdFixture::start().map_err(|e| format!("start sshd: {e}"))?;
     let rt = runtime()?;
     Ok(vec![
-        held_connection(args, &sshd, &rt)?,
+        held_connection(args, &sshd, &rt, reach_bin)?,
         fresh_connection(args, &sshd, &rt, reach_bin)?,
         throughput(args, &sshd, &rt)?,
     ])
@@ -91,6 +91,7 @@ fn held_connection(
     args: &Args,
     sshd: &SshdFixture,
     rt: &tokio::runtime::Runtime,
+    reach_bin: &Path,
 ) -> Result<Section, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let control = dir.path().join("ctl");
@@ -113,16 +114,34 @@ fn held_connection(
     };
     let ssh = backend(sshd)?;
     rt.block_on(ssh.connect()).map_err(|e| e.to_string())?;
+    let agent = crate::WarmAgent::new(reach_bin)?;
+    let (key, known, dest) = (sshd.client_key(), sshd.known_hosts(), sshd.destination());
+    let warm_cli = || {
+        run_ok(
+            agent
+                .reach()
+                .args(["exec", "-n", "-i"])
+                .arg(&key)
+                .arg("--known-hosts")
+                .arg(&known)
+                .args(["-F", "/dev/null", &dest, "--", "true"]),
+        )
+    };
     let mut theirs = Series::new("OpenSSH: `ssh -S ctl host true` through a ControlMaster");
+    let mut ours_cli = Series::new("reach CLI: `reach exec host -- true` through its agent");
     let mut ours = Series::new("reach library: exec `true` on a held connection");
     for _ in 0..20 {
         through_master()?;
+        warm_cli()?;
         rt.block_on(exec_true(&ssh))?;
     }
     for _ in 0..args.iterations {
         let (t, r) = time(through_master);
         r?;
         theirs.samples.push(t);
+        let (t, r) = time(warm_cli);
+        r?;
+        ours_cli.samples.push(t);
         let (t, r) = time(|| rt.block_on(exec_true(&ssh)));
         r?;
         ours.samples.push(t);
@@ -138,11 +157,13 @@ fn held_connection(
         format!(
             "`true` on a loopback sshd over a connection that is already open, {} interleaved \
              samples each. OpenSSH's figure includes starting the `ssh` client, which then \
-             asks its ControlMaster for a new session; reach's is a library call that opens \
-             a session on its connection.",
+             asks its ControlMaster (opened by hand: `ssh -M -o ControlPersist=yes`) for a \
+             new session. reach's CLI figure includes starting `reach`, which hands the \
+             command to its per-user connection agent (started by the first call, no setup); \
+             the library figure is a call that opens a session on a held connection.",
             args.iterations
         ),
-        &[theirs, ours],
+        &[theirs, ours_cli, ours],
     ))
 }
 
@@ -167,7 +188,7 @@ fn fresh_connection(
     let cli = || {
         run_ok(
             Command::new(reach_bin)
-                .args(["exec", "-n", "-i"])
+                .args(["exec", "-n", "--no-reuse", "-i"])
                 .arg(&key)
                 .arg("--known-hosts")
                 .arg(&known)

@@ -66,6 +66,43 @@ pub enum Command {
     /// Flags override the --config file. Logs are JSON lines on stderr. SIGINT/SIGTERM stop it
     /// and remove its containers.
     Serve(ServeArgs),
+    /// List or close the warm connections that the connection agent holds.
+    ///
+    /// `reach exec` on an SSH or Docker destination runs through a per-user background
+    /// process (started on first use; its socket is in $XDG_RUNTIME_DIR/reach, mode 0700) that
+    /// keeps the connection open, so the next call to the same destination with the same
+    /// settings skips the handshake. It closes connections unused for the idle time
+    /// (`[connections] idle` in reach.toml, default 5m) and then exits.
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    #[command(subcommand)]
+    pub action: Option<ConnectionsAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsAction {
+    /// List the warm connections (the default).
+    List,
+    /// Close the connections to these destinations, or all of them with --all.
+    Close {
+        /// Destinations, as given to `reach exec`.
+        destinations: Vec<String>,
+        /// Close every connection.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Close every connection and stop the agent.
+    Stop,
+    /// Run the agent in the foreground (what `reach exec` starts in the background).
+    #[command(hide = true)]
+    Daemon {
+        /// Close connections unused this long, and exit when none is left.
+        #[arg(long, value_parser = parse_duration, default_value = "5m")]
+        idle: Duration,
+    },
 }
 
 /// How to connect: the same flags on every subcommand, before or after its name.
@@ -104,6 +141,11 @@ pub struct ConnArgs {
     /// agent in the container (slower; no signals or kill-on-timeout).
     #[arg(long = "no-agent", global = true)]
     pub no_agent: bool,
+    /// Connect directly instead of through the per-user connection agent that keeps
+    /// connections warm between calls (also: REACH_NO_REUSE=1, or `[connections] reuse =
+    /// false` in reach.toml).
+    #[arg(long = "no-reuse", global = true)]
+    pub no_reuse: bool,
 }
 
 #[derive(Debug, Args)]

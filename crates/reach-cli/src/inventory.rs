@@ -16,6 +16,48 @@ pub struct Inventory {
     /// Named groups of destinations.
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
+    /// `[connections]`: the connection agent.
+    #[serde(default)]
+    pub connections: Connections,
+}
+
+/// `[connections]`: whether single-destination calls reuse warm connections, and for how long
+/// an unused one is kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connections {
+    /// `false` connects directly on every call.
+    pub reuse: Option<bool>,
+    /// How long an unused connection is kept (`30s`, `5m`).
+    pub idle: Option<String>,
+}
+
+/// Whether to go through the connection agent, and its idle time: `None` when `--no-reuse`,
+/// `REACH_NO_REUSE` (any value but `0` or empty) or `[connections] reuse = false` says no.
+pub fn reuse(no_reuse: bool, inventory: Option<&Path>) -> Result<Option<std::time::Duration>> {
+    let env_says_no = std::env::var("REACH_NO_REUSE").is_ok_and(|v| !v.is_empty() && v != "0");
+    if no_reuse || env_says_no {
+        return Ok(None);
+    }
+    let Some(path) = self::path(inventory) else {
+        return Ok(Some(crate::warm::DEFAULT_IDLE));
+    };
+    let config = load(&path)?.connections;
+    if config.reuse == Some(false) {
+        return Ok(None);
+    }
+    match config.idle {
+        None => Ok(Some(crate::warm::DEFAULT_IDLE)),
+        Some(text) => crate::cli::parse_duration(&text).map(Some).map_err(|why| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the inventory `{}`: [connections] idle: {why}",
+                    path.display()
+                ),
+            )
+        }),
+    }
 }
 
 /// `[groups.NAME]`: destinations and the settings they share.

@@ -6,6 +6,7 @@ mod exit;
 mod inventory;
 mod output;
 mod term;
+mod warm;
 
 fn main() {
     let code = commands::run(std::env::args_os());

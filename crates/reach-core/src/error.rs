@@ -39,6 +39,30 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [ErrorKind; 12] = [
+        ErrorKind::Unreachable,
+        ErrorKind::AuthFailed,
+        ErrorKind::HostKeyRejected,
+        ErrorKind::Timeout,
+        ErrorKind::SessionDropped,
+        ErrorKind::NotFound,
+        ErrorKind::PermissionDenied,
+        ErrorKind::AlreadyExists,
+        ErrorKind::Unsupported,
+        ErrorKind::InvalidInput,
+        ErrorKind::Protocol,
+        ErrorKind::Io,
+    ];
+
+    /// The kind whose [`ErrorKind::as_str`] is `name` (for errors that crossed a process
+    /// boundary as text).
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
     /// A short lowercase name, stable for scripts (`--json` output uses it).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -229,6 +253,14 @@ mod tests {
             std::io::Error::from_raw_os_error(20),
         );
         assert_eq!(enotdir.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn every_kind_comes_back_from_its_name() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_name("no_such_kind"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `reach exec` and `reach shell`: run a process and wire it to this terminal.
 
 use std::io::Read;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use reach::{
     CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, ProcessExt, Signal, StdinMode,
@@ -10,7 +10,9 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{ExecArgs, ShellArgs};
+use crate::cli::{ConnArgs, ExecArgs, ShellArgs};
+use crate::warm::client::{self, Handed};
+use crate::warm::{ConnWire, ExecRequest};
 use crate::{exit, output, term};
 
 /// Characters that make a single command word a shell line rather than a program name.
@@ -28,7 +30,12 @@ fn command_line(words: Vec<String>) -> CommandLine {
     }
 }
 
-pub async fn exec(args: ExecArgs, json: bool, conn: &reach::ConnectOptions) -> reach::Result<i32> {
+pub async fn exec(
+    args: ExecArgs,
+    json: bool,
+    conn_args: &ConnArgs,
+    conn: &reach::ConnectOptions,
+) -> reach::Result<i32> {
     if args.fans_out() {
         return fan_out(args, json, conn).await;
     }
@@ -43,7 +50,14 @@ pub async fn exec(args: ExecArgs, json: bool, conn: &reach::ConnectOptions) -> r
     if args.tty {
         spec = spec.pty(term_name(), term::size());
     }
-    run(&destination, spec, json).await
+    // A terminal session stays direct: its window size and raw mode do not cross the agent.
+    let warm = match destination.scheme() {
+        "ssh" | "docker" if !args.tty => {
+            crate::inventory::reuse(conn_args.no_reuse, args.inventory.as_deref())?
+        }
+        _ => None,
+    };
+    run(&destination, spec, json, warm.map(|idle| (idle, conn_args))).await
 }
 
 async fn fan_out(args: ExecArgs, json: bool, conn: &reach::ConnectOptions) -> reach::Result<i32> {
@@ -88,19 +102,26 @@ pub async fn shell(args: ShellArgs, json: bool) -> reach::Result<i32> {
     if term::stdin_is_tty() {
         spec = spec.pty(term_name(), term::size());
     }
-    run(&destination, spec, json).await
+    run(&destination, spec, json, None).await
 }
 
 fn term_name() -> String {
     std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".to_owned())
 }
 
-async fn run(destination: &Destination, spec: ExecSpec, json: bool) -> reach::Result<i32> {
-    let backend = super::connect(destination).await?;
+/// Where a command starts: through the connection agent (with its idle time) or directly.
+type Reuse<'a> = Option<(Duration, &'a ConnArgs)>;
+
+async fn run(
+    destination: &Destination,
+    spec: ExecSpec,
+    json: bool,
+    reuse: Reuse<'_>,
+) -> reach::Result<i32> {
     let started = Instant::now();
     let tty = spec.pty.is_some();
     let piped = spec.stdin == StdinMode::Piped;
-    let process = match backend.exec(spec).await {
+    let process = match start(destination, spec, reuse).await? {
         Ok(process) => process,
         Err(err) => {
             output::report_error(&err, json);
@@ -137,6 +158,34 @@ async fn run(destination: &Destination, spec: ExecSpec, json: bool) -> reach::Re
         }
         Err(err) => Err(err),
     }
+}
+
+/// Starts the command: the outer error is a failure to connect, the inner one a command that
+/// could not start. Through the agent when `reuse` says so and the agent can take it; an
+/// agent that cannot (none could start, another HOME) means a direct connection, with a
+/// line on stderr saying why. A key the agent could not use without asking for a passphrase
+/// or password is retried directly when there is a terminal to ask on.
+async fn start(
+    destination: &Destination,
+    spec: ExecSpec,
+    reuse: Reuse<'_>,
+) -> reach::Result<reach::Result<Box<dyn Process>>> {
+    if let Some((idle, conn)) = reuse {
+        let wire = ConnWire::from_args(conn);
+        let may_ask = !wire.has_secrets() && term::stdin_is_tty();
+        let request = ExecRequest::new(destination.to_string(), wire, &spec);
+        match client::exec(request, idle).await {
+            Handed::Started(process) => return Ok(Ok(process)),
+            Handed::Failed(err, true) if err.kind() == ErrorKind::AuthFailed && may_ask => {}
+            Handed::Failed(err, true) => return Err(err),
+            Handed::Failed(err, false) => return Ok(Err(err)),
+            Handed::Unavailable(why) => {
+                eprintln!("reach: connecting directly: {why} (--no-reuse skips the agent)");
+            }
+        }
+    }
+    let backend = super::connect(destination).await?;
+    Ok(backend.exec(spec).await)
 }
 
 fn report_json(

@@ -1,6 +1,7 @@
 //! What each subcommand does. `run` parses, builds a runtime, dispatches, and returns the
 //! exit code; nothing below it calls `std::process::exit`.
 
+mod connections;
 mod cp;
 mod exec;
 mod fanout;
@@ -12,7 +13,6 @@ use std::ffi::OsString;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
-use reach::ssh::zeroize::Zeroizing;
 use reach::{Backend, Registry};
 
 use crate::cli::{Cli, Command, ConnArgs};
@@ -31,6 +31,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     let threaded = match &cli.command {
         Command::Cp(_) | Command::Serve(_) => true,
         Command::Exec(args) => args.fans_out(),
+        Command::Connections(args) => matches!(
+            args.action,
+            Some(crate::cli::ConnectionsAction::Daemon { .. })
+        ),
         _ => false,
     };
     let mut builder = if threaded {
@@ -64,31 +68,7 @@ static BACKENDS: Mutex<Vec<(String, Arc<dyn Backend>)>> = Mutex::new(Vec::new())
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 fn connect_options(conn: &ConnArgs) -> reach::ConnectOptions {
-    let mut options = reach::ConnectOptions::default();
-    let ssh = &mut options.ssh;
-    ssh.identity = conn.identity.clone();
-    ssh.known_hosts = conn.known_hosts.clone();
-    ssh.accept_new_host_key = conn.accept_new_host_key;
-    ssh.config_file = conn.ssh_config.clone();
-    ssh.port = conn.port;
-    ssh.user = conn.login.clone();
-    ssh.proxy_jump = conn
-        .jump
-        .as_ref()
-        .map(|j| j.split(',').map(|s| s.trim().to_owned()).collect());
-    ssh.connect_timeout = conn.connect_timeout;
-    ssh.password = secret_from_env("REACH_SSH_PASSWORD");
-    ssh.passphrase = secret_from_env("REACH_SSH_PASSPHRASE");
-    ssh.prompt = Some(Arc::new(term::prompt_secret));
-    let docker = &mut options.docker;
-    docker.host = conn.docker_host.clone();
-    docker.agent = !conn.no_agent;
-    options
-}
-
-/// A secret from the environment (for scripts), held in a buffer wiped on drop.
-fn secret_from_env(name: &str) -> Option<Zeroizing<String>> {
-    std::env::var(name).ok().map(Zeroizing::new)
+    crate::warm::ConnWire::from_args(conn).options(Some(Arc::new(term::prompt_secret)))
 }
 
 async fn dispatch(cli: Cli) -> reach::Result<i32> {
@@ -96,7 +76,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
     let options = connect_options(&cli.conn);
     let _ = REGISTRY.set(Registry::with_options(&options));
     match cli.command {
-        Command::Exec(args) => exec::exec(args, json, &options).await,
+        Command::Exec(args) => exec::exec(args, json, &cli.conn, &options).await,
         Command::Shell(args) => exec::shell(args, json).await,
         Command::Info(args) => info::info(args, json).await,
         Command::Ls(args) => files::ls(args, json).await,
@@ -109,6 +89,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Chmod(args) => files::chmod(args, json).await,
         Command::Cp(args) => cp::cp(args, json).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Connections(args) => connections::connections(args, json).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `reach` binary, run as a user runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod connections;
 mod cp;
 mod docker;
 mod exec;
@@ -38,9 +39,11 @@ pub struct Reach {
     stdin: Vec<u8>,
 }
 
+/// `reach ARGS...`, connecting directly: only the connection agent's own tests
+/// (`connections.rs`) go through the agent, each with a runtime directory of its own.
 pub fn reach(args: &[&str]) -> Reach {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reach"));
-    command.args(args);
+    command.args(args).env("REACH_NO_REUSE", "1");
     Reach {
         command,
         stdin: Vec::new(),
@@ -50,6 +53,16 @@ pub fn reach(args: &[&str]) -> Reach {
 impl Reach {
     pub fn stdin(mut self, data: impl Into<Vec<u8>>) -> Self {
         self.stdin = data.into();
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.command.env_remove(key);
         self
     }
 

@@ -1161,6 +1161,7 @@ fn interrupt_through(gw: &Gateway) {
     let key = gw.path("client");
     let dest = format!("ssh://tester@127.0.0.1:{}", gw.port);
     let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .env("REACH_NO_REUSE", "1")
         .args(["exec", "--known-hosts", kh.to_str().unwrap(), "-i"])
         .arg(&key)
         .args([

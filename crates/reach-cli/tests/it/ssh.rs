@@ -304,6 +304,7 @@ fn failures_print_what_a_user_needs() {
 
     // sshd killed mid-command: an error and 255, never exit 0.
     let child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .env("REACH_NO_REUSE", "1")
         .args([
             "exec",
             "-i",

@@ -1,0 +1,523 @@
+//! Warm connections across CLI calls.
+//!
+//! The first `reach exec` on an SSH or Docker destination starts a per-user background
+//! process, the *connection agent* (`reach connections daemon`). It listens on a Unix socket in
+//! a private runtime directory, opens the connection, runs the command on it and keeps the
+//! connection afterwards; later calls with the same destination and connection settings send
+//! their command to it and pay no handshake. The agent closes a connection unused for its idle
+//! time and exits when it holds none.
+//!
+//! The protocol is frames of `[kind: u8][length: u32 big-endian][payload]`: one JSON request,
+//! then, for an exec, stdin/signal frames one way and stdout/stderr/exit frames the other. All
+//! output frames precede the exit frame, so the completion contract holds through the agent.
+
+pub mod client;
+pub mod daemon;
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use reach::ssh::zeroize::Zeroizing;
+use reach::{CommandLine, ExecSpec, StdinMode};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::cli::ConnArgs;
+
+/// How long the agent keeps an unused connection (and itself, once it holds none).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
+/// The socket's name in the runtime directory.
+const SOCKET: &str = "agent.sock";
+/// Held (flock) by the running agent, so that two starting at once do not both serve.
+const LOCK: &str = "agent.lock";
+/// The agent's stderr: its start, stop and refusals.
+const LOG: &str = "agent.log";
+/// Larger frames are a protocol error (data frames are at most 64 KiB).
+const MAX_FRAME: usize = 1 << 20;
+
+/// Frame kinds.
+pub mod frame {
+    /// Client → agent: the JSON request, first and once.
+    pub const REQUEST: u8 = b'Q';
+    /// Client → agent: bytes for the command's stdin.
+    pub const STDIN: u8 = b'I';
+    /// Client → agent: stdin ended.
+    pub const STDIN_EOF: u8 = b'E';
+    /// Client → agent: a signal name for the command.
+    pub const SIGNAL: u8 = b'S';
+    /// Agent → client: the command started.
+    pub const STARTED: u8 = b'K';
+    /// Agent → client: the request failed (JSON `{kind, message}`); nothing runs.
+    pub const FAILED: u8 = b'F';
+    /// Agent → client: this agent cannot serve the request; connect directly instead.
+    pub const UNAVAILABLE: u8 = b'U';
+    /// Agent → client: bytes the command wrote to stdout.
+    pub const STDOUT: u8 = b'O';
+    /// Agent → client: bytes the command wrote to stderr.
+    pub const STDERR: u8 = b'R';
+    /// Agent → client: how the command ended (JSON), after all of its output.
+    pub const EXIT: u8 = b'X';
+    /// Agent → client: the JSON answer to a list, close or stop request.
+    pub const REPLY: u8 = b'J';
+}
+
+/// This process's user id.
+pub fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// The private directory holding the agent's socket: `$XDG_RUNTIME_DIR/reach`, else
+/// `/run/user/UID/reach`, else `$TMPDIR/reach-UID`. Created 0700; refused unless it is a
+/// directory of ours that no one else can enter.
+pub fn runtime_dir() -> Result<PathBuf, String> {
+    let me = uid();
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(base) => PathBuf::from(base).join("reach"),
+        None => {
+            let run = PathBuf::from(format!("/run/user/{me}"));
+            match std::fs::metadata(&run) {
+                Ok(meta) if meta.is_dir() && meta.uid() == me => run.join("reach"),
+                _ => std::env::temp_dir().join(format!("reach-{me}")),
+            }
+        }
+    };
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create `{}`: {e}", dir.display())),
+    }
+    check_private(&dir, me)?;
+    Ok(dir)
+}
+
+/// Refuses a directory that is a symlink, not ours, or open to others.
+fn check_private(dir: &Path, me: u32) -> Result<(), String> {
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot inspect `{}`: {e}", dir.display()))?;
+    let fix = "remove it, or set XDG_RUNTIME_DIR to a private directory";
+    if !meta.is_dir() {
+        return Err(format!("`{}` is not a directory: {fix}", dir.display()));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "`{}` belongs to uid {}, not to this user (uid {me}): {fix}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "`{}` has mode {mode:o}, open to other users: {fix} (it must be 0700)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    to: &mut W,
+    kind: u8,
+    payload: &[u8],
+) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|len| (*len as usize) <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut bytes = Vec::with_capacity(5 + payload.len());
+    bytes.push(kind);
+    bytes.extend_from_slice(&len.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    to.write_all(&bytes).await?;
+    to.flush().await
+}
+
+/// Reads one frame; `None` when the peer closed the connection.
+pub async fn read_frame<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; 5];
+    match from.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes (the limit is {MAX_FRAME})"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    from.read_exact(&mut payload).await?;
+    Ok(Some((head[0], payload)))
+}
+
+/// A request to the agent.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Run a command on a warm connection (made first if needed).
+    Exec(Box<ExecRequest>),
+    /// Describe the agent and its connections.
+    List,
+    /// Close the connections to these destinations (every one when empty).
+    Close {
+        /// Destinations, in their canonical form.
+        destinations: Vec<String>,
+    },
+    /// Close everything and exit.
+    Stop,
+}
+
+/// What to run, where, and how to connect.
+#[derive(Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Which connection serves this: a hash of the destination and every setting.
+    pub key: String,
+    /// The destination, canonical.
+    pub destination: String,
+    /// How to connect.
+    pub conn: ConnWire,
+    /// The command.
+    pub command: CommandWire,
+    /// Variables added to the environment.
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub cwd: Option<String>,
+    /// The command's time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Whether stdin frames follow.
+    pub stdin: bool,
+}
+
+/// [`CommandLine`] on the wire.
+#[derive(Serialize, Deserialize)]
+pub enum CommandWire {
+    /// A program and its arguments.
+    Argv(Vec<String>),
+    /// A shell command line.
+    Shell(String),
+    /// The login shell.
+    LoginShell,
+}
+
+impl ExecRequest {
+    /// The request for running `spec` on `destination` with `conn`.
+    pub fn new(destination: String, conn: ConnWire, spec: &ExecSpec) -> ExecRequest {
+        ExecRequest {
+            key: conn.key(&destination),
+            destination,
+            conn,
+            command: match &spec.command {
+                CommandLine::Argv(argv) => CommandWire::Argv(argv.clone()),
+                CommandLine::Shell(line) => CommandWire::Shell(line.clone()),
+                _ => CommandWire::LoginShell,
+            },
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            timeout_ms: spec
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            stdin: spec.stdin == StdinMode::Piped,
+        }
+    }
+
+    /// The spec to run.
+    pub fn spec(&self) -> ExecSpec {
+        let mut spec = ExecSpec::new(match &self.command {
+            CommandWire::Argv(argv) => CommandLine::Argv(argv.clone()),
+            CommandWire::Shell(line) => CommandLine::Shell(line.clone()),
+            CommandWire::LoginShell => CommandLine::LoginShell,
+        });
+        spec.env = self.env.clone();
+        spec.cwd = self.cwd.clone();
+        spec.timeout = self.timeout_ms.map(Duration::from_millis);
+        if self.stdin {
+            spec.stdin = StdinMode::Piped;
+        }
+        spec
+    }
+}
+
+/// The connection settings of one call, as the agent needs them: paths made absolute, the
+/// environment the backends would read (HOME, SSH_AUTH_SOCK, DOCKER_HOST) captured, secrets
+/// from the environment included (never logged, never part of the key).
+#[derive(Serialize, Deserialize)]
+pub struct ConnWire {
+    identity: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    accept_new_host_key: bool,
+    ssh_config: Option<PathBuf>,
+    port: Option<u16>,
+    login: Option<String>,
+    jump: Option<Vec<String>>,
+    connect_timeout_ms: Option<u64>,
+    docker_host: Option<String>,
+    docker_agent: bool,
+    /// The caller's ssh-agent socket.
+    agent_socket: Option<PathBuf>,
+    /// The caller's HOME: where default keys and configuration are found.
+    pub home: Option<PathBuf>,
+    #[serde(with = "secret")]
+    password: Option<Zeroizing<String>>,
+    #[serde(with = "secret")]
+    passphrase: Option<Zeroizing<String>>,
+}
+
+impl ConnWire {
+    /// The settings given by `conn` and this process's environment.
+    pub fn from_args(conn: &ConnArgs) -> ConnWire {
+        let env_path = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        ConnWire {
+            identity: conn.identity.as_deref().map(absolute_unless_key_text),
+            known_hosts: conn.known_hosts.as_deref().map(absolute),
+            accept_new_host_key: conn.accept_new_host_key,
+            ssh_config: conn.ssh_config.as_deref().map(absolute),
+            port: conn.port,
+            login: conn.login.clone(),
+            jump: conn
+                .jump
+                .as_ref()
+                .map(|j| j.split(',').map(|s| s.trim().to_owned()).collect()),
+            connect_timeout_ms: conn
+                .connect_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            docker_host: conn
+                .docker_host
+                .clone()
+                .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty())),
+            docker_agent: !conn.no_agent,
+            agent_socket: env_path("SSH_AUTH_SOCK"),
+            home: env_path("HOME"),
+            password: secret_from_env("REACH_SSH_PASSWORD"),
+            passphrase: secret_from_env("REACH_SSH_PASSPHRASE"),
+        }
+    }
+
+    /// The backend options these settings describe; `prompt` asks for secrets not given.
+    pub fn options(&self, prompt: Option<reach::ssh::Prompt>) -> reach::ConnectOptions {
+        let mut options = reach::ConnectOptions::default();
+        let ssh = &mut options.ssh;
+        ssh.identity = self.identity.clone();
+        ssh.known_hosts = self.known_hosts.clone();
+        ssh.accept_new_host_key = self.accept_new_host_key;
+        ssh.config_file = self.ssh_config.clone();
+        ssh.port = self.port;
+        ssh.user = self.login.clone();
+        ssh.proxy_jump = self.jump.clone();
+        ssh.connect_timeout = self.connect_timeout_ms.map(Duration::from_millis);
+        ssh.agent_socket = self.agent_socket.clone();
+        ssh.password = self.password.clone();
+        ssh.passphrase = self.passphrase.clone();
+        ssh.prompt = prompt;
+        let docker = &mut options.docker;
+        docker.host = self.docker_host.clone();
+        docker.agent = self.docker_agent;
+        options
+    }
+
+    /// Which connection serves `destination` with these settings: a hash of both, of the
+    /// identity and configuration files' size and modification time (an edited key or
+    /// config gets a new connection), and of whether secrets were given (not their values).
+    pub fn key(&self, destination: &str) -> String {
+        let config = self.ssh_config.clone().or_else(|| {
+            self.home
+                .as_ref()
+                .map(|home| home.join(".ssh").join("config"))
+        });
+        let parts = serde_json::json!({
+            "destination": destination,
+            "identity": self.identity,
+            "identity_file": self.identity.as_deref().map(stamp),
+            "known_hosts": self.known_hosts,
+            "accept_new_host_key": self.accept_new_host_key,
+            "ssh_config": config,
+            "ssh_config_file": config.as_deref().map(stamp),
+            "port": self.port,
+            "login": self.login,
+            "jump": self.jump,
+            "connect_timeout_ms": self.connect_timeout_ms,
+            "docker_host": self.docker_host,
+            "docker_agent": self.docker_agent,
+            "agent_socket": self.agent_socket,
+            "home": self.home,
+            "password": self.password.is_some(),
+            "passphrase": self.passphrase.is_some(),
+        });
+        let digest = Sha256::digest(parts.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether the call may be asked for a secret the agent cannot ask for.
+    pub fn has_secrets(&self) -> bool {
+        self.password.is_some() || self.passphrase.is_some()
+    }
+}
+
+/// `(size, mtime)` of a file, or nothing when it cannot be read.
+fn stamp(path: &Path) -> Option<(u64, u128)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some((meta.len(), mtime))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// `-i` takes a file or the key text itself; only a file is made absolute.
+fn absolute_unless_key_text(path: &Path) -> PathBuf {
+    if path.to_string_lossy().starts_with("-----BEGIN") {
+        path.to_owned()
+    } else {
+        absolute(path)
+    }
+}
+
+/// A secret from the environment (for scripts), held in a buffer wiped on drop.
+pub fn secret_from_env(name: &str) -> Option<Zeroizing<String>> {
+    std::env::var(name).ok().map(Zeroizing::new)
+}
+
+/// Secrets travel as JSON strings and live in wiped buffers on both sides.
+mod secret {
+    use reach::ssh::zeroize::Zeroizing;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Zeroizing<String>>,
+        to: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.as_ref().map(|s| s.as_str()).serialize(to)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        from: D,
+    ) -> Result<Option<Zeroizing<String>>, D::Error> {
+        Ok(Option::<String>::deserialize(from)?.map(Zeroizing::new))
+    }
+}
+
+/// A failure as JSON `{kind, message}`.
+pub fn error_json(err: &reach::Error) -> Vec<u8> {
+    serde_json::json!({"kind": err.kind().as_str(), "message": err.message()})
+        .to_string()
+        .into_bytes()
+}
+
+/// The failure a `{kind, message}` object describes.
+pub fn error_from_json(value: &serde_json::Value) -> reach::Error {
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .and_then(reach::ErrorKind::from_name)
+        .unwrap_or(reach::ErrorKind::Protocol);
+    let message = value
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or("the connection agent sent a malformed error");
+    reach::Error::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        write_frame(&mut a, frame::STDOUT, b"hello")
+            .await
+            .expect("write");
+        write_frame(&mut a, frame::STDIN_EOF, b"")
+            .await
+            .expect("write");
+        drop(a);
+        assert_eq!(
+            read_frame(&mut b).await.expect("read"),
+            Some((frame::STDOUT, b"hello".to_vec()))
+        );
+        assert_eq!(
+            read_frame(&mut b).await.expect("read"),
+            Some((frame::STDIN_EOF, Vec::new()))
+        );
+        assert_eq!(read_frame(&mut b).await.expect("read"), None);
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[frame::STDOUT, 0xff, 0xff, 0xff, 0xff])
+            .await
+            .expect("write");
+        let err = read_frame(&mut b).await.expect_err("too large");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_shared_or_foreign_runtime_dir_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&open)
+            .expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = check_private(&open, uid()).expect_err("0755 refused");
+        assert!(err.contains("mode 755"), "{err}");
+        let err = check_private(&open, uid() + 1).expect_err("foreign refused");
+        assert!(err.contains("belongs to uid"), "{err}");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        let err = check_private(&link, uid()).expect_err("symlink refused");
+        assert!(err.contains("not a directory"), "{err}");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert_eq!(check_private(&open, uid()), Ok(()));
+    }
+
+    #[test]
+    fn the_key_changes_with_identity_and_config_but_not_with_the_command() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key_file = dir.path().join("id");
+        std::fs::write(&key_file, "one").expect("write");
+        let conn = |identity: Option<&Path>| ConnWire {
+            identity: identity.map(Path::to_owned),
+            known_hosts: None,
+            accept_new_host_key: false,
+            ssh_config: Some(dir.path().join("config")),
+            port: None,
+            login: None,
+            jump: None,
+            connect_timeout_ms: None,
+            docker_host: None,
+            docker_agent: true,
+            agent_socket: None,
+            home: None,
+            password: None,
+            passphrase: None,
+        };
+        let plain = conn(None).key("ssh://h");
+        assert_eq!(plain, conn(None).key("ssh://h"));
+        assert_ne!(plain, conn(None).key("ssh://other"));
+        let with_key = conn(Some(&key_file)).key("ssh://h");
+        assert_ne!(plain, with_key);
+        std::fs::write(dir.path().join("config"), "Port 2222\n").expect("write");
+        assert_ne!(
+            plain,
+            conn(None).key("ssh://h"),
+            "a new config file, a new key"
+        );
+        std::fs::write(&key_file, "a replaced key").expect("write");
+        assert_ne!(with_key, conn(Some(&key_file)).key("ssh://h"));
+    }
+}
