@@ -335,6 +335,34 @@ fn docker_targets_are_kept_warm_too() {
         assert_eq!(conns.len(), 1);
         assert_eq!(conns[0]["uses"], round);
     }
+
+    // A Ctrl-C sent to reach travels through the agent to the command.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args([
+            "exec",
+            &dest,
+            "--",
+            "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .env_remove("REACH_NO_REUSE")
+        .env("XDG_RUNTIME_DIR", agent.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    child.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got-int\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(held(&agent.list(), &dest)[0]["uses"], 3);
 }
 
 /// Writes a request frame and reads the one frame that answers it.
