@@ -204,24 +204,83 @@ fn measure(
     for (series, make) in &steps {
         run_ok(&mut make()).map_err(|e| format!("{}: {e}", series.name))?;
     }
+    // CPU seconds per round: the tool's own (with the processes it waited for) and the whole
+    // machine's (the sshd servers share it).
+    let mut cpu = vec![(0.0f64, 0.0f64); steps.len()];
     for _ in 0..rounds {
-        for (series, make) in steps.iter_mut() {
+        for ((series, make), used) in steps.iter_mut().zip(cpu.iter_mut()) {
+            let before = CpuTicks::now();
             let (t, r) = time(|| run_ok(&mut make()));
             r.map_err(|e| format!("{}: {e}", series.name))?;
+            let spent = CpuTicks::now().since(&before);
+            used.0 += spent.0 / rounds as f64;
+            used.1 += spent.1 / rounds as f64;
             series.samples.push(t);
         }
     }
     let series: Vec<Series> = steps.into_iter().map(|(s, _)| s).collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu_text: Vec<String> = series
+        .iter()
+        .zip(&cpu)
+        .map(|(s, (own, machine))| {
+            let wall: f64 = s.samples.iter().map(|d| d.as_secs_f64()).sum::<f64>()
+                / s.samples.len().max(1) as f64;
+            format!(
+                "{}: {own:.2} s of its own, machine busy {machine:.2} s ({:.0}% of {cores} cores)",
+                s.name.split(' ').next().unwrap_or(s.name),
+                100.0 * machine / (wall * cores).max(f64::EPSILON)
+            )
+        })
+        .collect();
     let text = format!(
         "`true` on {count} distinct targets (32 Debian sshd servers, each on 16 loopback \
          addresses 127.0.0.x with `MaxStartups` raised, so every target is its own \
          connection), {PARALLEL} at a time for every tool, fresh connections every round (no \
          ControlMaster); {rounds} interleaved rounds after a first pass that must reach every \
-         target. Each figure is the whole run's wall time."
+         target. Each figure is the whole run's wall time. CPU per round (from /proc): {}.",
+        cpu_text.join("; ")
     );
     Ok(Section::latency(
         &format!("fan-out: `true` on {count} targets"),
         text,
         &series,
     ))
+}
+
+/// CPU time so far, in seconds: this process's waited-for children (a tool and everything
+/// it waited for), and the whole machine's busy time (all cores, idle and iowait excluded).
+struct CpuTicks(f64, f64);
+
+impl CpuTicks {
+    fn now() -> CpuTicks {
+        // Linux counts both in USER_HZ, which is 100 on every architecture it runs on.
+        const HZ: f64 = 100.0;
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name; cutime and cstime are fields 16 and 17.
+        let fields: Vec<f64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        let children =
+            fields.get(13).copied().unwrap_or(0.0) + fields.get(14).copied().unwrap_or(0.0);
+        let all = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<f64> = all
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().unwrap_or(0.0))
+            .collect();
+        let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+        CpuTicks(children / HZ, (cpu.iter().sum::<f64>() - idle) / HZ)
+    }
+
+    fn since(&self, before: &CpuTicks) -> (f64, f64) {
+        (self.0 - before.0, self.1 - before.1)
+    }
 }

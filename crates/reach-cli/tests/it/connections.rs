@@ -352,7 +352,12 @@ fn docker_targets_are_kept_warm_too() {
         .spawn()
         .unwrap();
     let mut ready = [0u8; 6];
-    child.stdout.as_mut().unwrap().read_exact(&mut ready).unwrap();
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
     assert_eq!(&ready, b"ready\n");
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
