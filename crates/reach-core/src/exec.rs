@@ -327,12 +327,22 @@ impl fmt::Display for ExitStatus {
 /// kills it (and, where the backend can, everything it started).
 #[async_trait]
 pub trait Process: Send + Sync + fmt::Debug {
+    /// Where the process keeps its streams, when it keeps them in a [`Streams`]: the `take_*`
+    /// methods below then need no code of their own. `None` for a process that overrides
+    /// all three.
+    fn streams(&self) -> Option<&Streams>;
     /// The stdin stream, the first time it is asked for ([`StdinMode::Piped`] only).
-    fn take_stdin(&self) -> Option<BoxWrite>;
+    fn take_stdin(&self) -> Option<BoxWrite> {
+        self.streams().and_then(Streams::take_stdin)
+    }
     /// The stdout stream (under a PTY: the terminal's output), the first time it is asked for.
-    fn take_stdout(&self) -> Option<BoxRead>;
+    fn take_stdout(&self) -> Option<BoxRead> {
+        self.streams().and_then(Streams::take_stdout)
+    }
     /// The stderr stream, the first time it is asked for; `None` under a PTY.
-    fn take_stderr(&self) -> Option<BoxRead>;
+    fn take_stderr(&self) -> Option<BoxRead> {
+        self.streams().and_then(Streams::take_stderr)
+    }
     /// Waits for the process to end. Once it returns, all output the process wrote is
     /// readable from its streams. Calling it again returns the same result.
     async fn wait(&self) -> Result<ExitStatus>;

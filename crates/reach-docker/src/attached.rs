@@ -184,16 +184,8 @@ async fn resize(docker: &Docker, address: &str, id: &str, size: PtySize) -> Resu
 
 #[async_trait]
 impl Process for MainProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

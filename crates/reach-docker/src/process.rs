@@ -282,16 +282,8 @@ pub(crate) async fn wait_slot(
 
 #[async_trait]
 impl Process for AgentProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
@@ -592,16 +584,8 @@ async fn resize(docker: &Docker, exec_id: &str, size: PtySize) -> Result<()> {
 
 #[async_trait]
 impl Process for EngineProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

@@ -243,16 +243,8 @@ fn status_of(status: std::process::ExitStatus) -> Result<ExitStatus> {
 
 #[async_trait]
 impl Process for LocalProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

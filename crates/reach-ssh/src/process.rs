@@ -429,16 +429,8 @@ async fn watchdog(
 
 #[async_trait]
 impl Process for SshProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> Result<ExitStatus> {

@@ -185,6 +185,10 @@ fn without_last_byte(mut inner: BoxRead) -> BoxRead {
 
 #[async_trait]
 impl Process for BrokenProcess {
+    fn streams(&self) -> Option<&reach_core::Streams> {
+        None
+    }
+
     fn take_stdin(&self) -> Option<BoxWrite> {
         let mut real = self.inner.take_stdin()?;
         if self.defect != Defect::NoStdinEof {

@@ -353,16 +353,8 @@ fn exit_status(body: &[u8]) -> reach::Result<ExitStatus> {
 
 #[async_trait]
 impl Process for WarmProcess {
-    fn take_stdin(&self) -> Option<BoxWrite> {
-        self.streams.take_stdin()
-    }
-
-    fn take_stdout(&self) -> Option<BoxRead> {
-        self.streams.take_stdout()
-    }
-
-    fn take_stderr(&self) -> Option<BoxRead> {
-        self.streams.take_stderr()
+    fn streams(&self) -> Option<&Streams> {
+        Some(&self.streams)
     }
 
     async fn wait(&self) -> reach::Result<ExitStatus> {
