@@ -36,6 +36,24 @@ impl Agent {
             .env("XDG_RUNTIME_DIR", self.dir.path())
     }
 
+    /// Starts `reach ARGS...` through this test's agent, stdout and stderr piped.
+    fn spawn(&self, args: &[&str], inventory: Option<&Path>) -> std::process::Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reach"));
+        command
+            .args(args)
+            .env_remove("REACH_NO_REUSE")
+            .env("XDG_RUNTIME_DIR", self.dir.path());
+        if let Some(inventory) = inventory {
+            command.env("REACH_INVENTORY", inventory);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn list(&self) -> serde_json::Value {
         let out = self.reach(&["connections", "--json"]).run();
         assert_eq!(out.code, 0, "{}", out.stderr);
@@ -233,16 +251,10 @@ fn a_lost_agent_is_an_error_and_an_idle_agent_exits() {
     let inventory = agent.dir.path().join("reach.toml");
     std::fs::write(&inventory, "[connections]\nidle = \"2s\"\n").unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
-        .args(exec_args(&f, &[], &["echo started; sleep 60"]))
-        .env_remove("REACH_NO_REUSE")
-        .env("XDG_RUNTIME_DIR", agent.dir.path())
-        .env("REACH_INVENTORY", &inventory)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = agent.spawn(
+        &exec_args(&f, &[], &["echo started; sleep 60"]),
+        Some(&inventory),
+    );
     let mut stdout = child.stdout.take().unwrap();
     let mut started = [0u8; 8];
     stdout.read_exact(&mut started).unwrap();
@@ -337,20 +349,15 @@ fn docker_targets_are_kept_warm_too() {
     }
 
     // A Ctrl-C sent to reach travels through the agent to the command.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
-        .args([
+    let mut child = agent.spawn(
+        &[
             "exec",
             &dest,
             "--",
             "trap 'echo got-int; exit 3' INT; echo ready; while :; do sleep 0.1; done",
-        ])
-        .env_remove("REACH_NO_REUSE")
-        .env("XDG_RUNTIME_DIR", agent.dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+        None,
+    );
     let mut ready = [0u8; 6];
     child
         .stdout
