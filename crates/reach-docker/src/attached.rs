@@ -81,13 +81,11 @@ impl MainProcess {
         tokio::spawn(async move {
             let mut broke = None;
             while let Some(item) = output.next().await {
-                let (tx, message) = match item {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => (&err_tx, message),
-                    Ok(bollard::container::LogOutput::StdOut { message })
-                    | Ok(bollard::container::LogOutput::Console { message }) => (&out_tx, message),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        broke = Some(e.to_string());
+                let (tx, message) = match crate::process::route(item, &out_tx, &err_tx) {
+                    Ok(Some(routed)) => routed,
+                    Ok(None) => continue,
+                    Err(why) => {
+                        broke = Some(why);
                         break;
                     }
                 };

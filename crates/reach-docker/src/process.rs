@@ -433,13 +433,11 @@ impl EngineProcess {
             let mut first = true;
             let mut broke = None;
             while let Some(item) = output.next().await {
-                let (tx, message) = match item {
-                    Ok(bollard::container::LogOutput::StdErr { message }) => (&err_tx, message),
-                    Ok(bollard::container::LogOutput::StdOut { message })
-                    | Ok(bollard::container::LogOutput::Console { message }) => (&out_tx, message),
-                    Ok(_) => continue,
-                    Err(e) => {
-                        broke = Some(e.to_string());
+                let (tx, message) = match route(item, &out_tx, &err_tx) {
+                    Ok(Some(routed)) => routed,
+                    Ok(None) => continue,
+                    Err(why) => {
+                        broke = Some(why);
                         break;
                     }
                 };
@@ -548,6 +546,25 @@ async fn container_running(conn: &Conn) -> bool {
 }
 
 /// The error for runc's "cannot start" message.
+/// Where one piece of an engine's attached output goes: to `err` (stderr) or `out` (stdout,
+/// and a terminal's console output); `Ok(None)` for pieces that are not output, `Err` with
+/// the reason when the stream broke.
+pub(crate) fn route<'a, T>(
+    item: Result<bollard::container::LogOutput, bollard::errors::Error>,
+    out: &'a T,
+    err: &'a T,
+) -> Result<Option<(&'a T, bytes::Bytes)>, String> {
+    use bollard::container::LogOutput;
+    match item {
+        Ok(LogOutput::StdErr { message }) => Ok(Some((err, message))),
+        Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+            Ok(Some((out, message)))
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn oci_error(name: &str, argv0: &str, text: &[u8]) -> Error {
     let text = String::from_utf8_lossy(text).trim().to_owned();
     let lower = text.to_ascii_lowercase();
