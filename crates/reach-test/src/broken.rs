@@ -40,6 +40,9 @@ pub enum Defect {
     IgnoreResize,
     /// File writes lose their last byte.
     TruncateWrites,
+    /// File reads lose their last byte (the file's own hash, computed by the wrapped
+    /// backend, still covers every byte).
+    TruncateReads,
     /// Non-ASCII characters in listed names become `?`.
     LossyNames,
     /// Changing permissions does nothing (but says it worked).
@@ -270,7 +273,15 @@ impl BrokenFs {
 #[async_trait]
 impl FileSystem for BrokenFs {
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
-        self.map(self.inner.open_read(path).await)
+        let real = self.map(self.inner.open_read(path).await)?;
+        if self.defect != Defect::TruncateReads {
+            return Ok(real);
+        }
+        Ok(without_last_byte(real))
+    }
+
+    async fn sha256(&self, path: &str) -> Result<[u8; 32]> {
+        self.map(self.inner.sha256(path).await)
     }
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {

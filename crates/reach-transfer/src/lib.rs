@@ -5,7 +5,9 @@
 //!
 //! - **Integrity**: the SHA-256 of the bytes read is computed while they stream; once written,
 //!   the destination's copy is hashed (on the target where the backend can, else by reading
-//!   it back) and a mismatch is an error that leaves the destination untouched.
+//!   it back) and a mismatch is an error that leaves the destination untouched. A large file
+//!   from a remote target into this machine is instead checked against the source's own
+//!   hash, computed on the source while the bytes stream (see [`Verified::SourceHash`]).
 //! - **Atomicity**: each file is written to a temporary sibling `.NAME.reach-part`, flushed
 //!   to stable storage where the backend allows, verified, and renamed over the destination.
 //!   On any failure the temporary is removed (kept with [`CopyOptions::resume`]); an old
@@ -197,6 +199,12 @@ impl Progress {
 pub enum Verified {
     /// The destination hashed its copy itself.
     TargetHash,
+    /// The source target hashed the file itself, on its own machine and while it was being
+    /// sent, and that matched the bytes received here (which were written through this
+    /// machine's own file system calls, checked and synced). Used for large files copied from
+    /// a remote target to the local one: it spares reading the whole copy back after it was
+    /// written.
+    SourceHash,
     /// The copy was read back and hashed here.
     ReadBack,
     /// Not checked ([`CopyOptions::verify`] was off).
@@ -204,10 +212,11 @@ pub enum Verified {
 }
 
 impl Verified {
-    /// A short name (`target-hash`, `read-back`, `skipped`).
+    /// A short name (`target-hash`, `source-hash`, `read-back`, `skipped`).
     pub fn as_str(self) -> &'static str {
         match self {
             Verified::TargetHash => "target-hash",
+            Verified::SourceHash => "source-hash",
             Verified::ReadBack => "read-back",
             Verified::Skipped => "skipped",
         }
@@ -311,6 +320,15 @@ struct Filled {
     digest: [u8; 32],
     bytes: u64,
     kept: u64,
+}
+
+/// What a filled temporary is checked against: the digest of the bytes sent, and the
+/// source's own hash of the file when it computed one.
+struct Check<'s, 'a> {
+    src: &'s Side<'a>,
+    from: &'s str,
+    digest: [u8; 32],
+    theirs: Option<[u8; 32]>,
 }
 
 /// One thing to copy.
@@ -730,23 +748,47 @@ impl Transfer {
     ) -> Result<FileReport> {
         let part = part_path(to);
         let id = self.temps.add(dst.fs, &part);
-        let outcome = self.fill_part(src, dst, from, &part, meta).await;
+        // Into this machine from a remote one: the source hashes the file on its own machine
+        // while it streams, instead of this machine reading the whole copy back afterwards.
+        let source_hash = self.options.verify
+            && meta.len >= REMOTE_HASH_MIN
+            && src.backend.kind() != "local"
+            && dst.backend.kind() == "local";
+        let filled = self.fill_part(src, dst, from, &part, meta);
+        let (outcome, theirs) = if source_hash {
+            // A failed fill drops the hash at once; a hash that fails is no failure of the
+            // copy, which is then checked the usual way.
+            let hash = async { Ok(src.fs.sha256(from).await.ok()) };
+            match tokio::try_join!(filled, hash) {
+                Ok((filled, theirs)) => (Ok(filled), theirs),
+                Err(e) => (Err(e), None),
+            }
+        } else {
+            (filled.await, None)
+        };
         let outcome = match outcome {
             Ok(Filled {
                 digest,
                 bytes,
                 kept: resumed_from,
-            }) => self
-                .finish(dst, &part, to, meta, digest)
-                .await
-                .map(|verified| FileReport {
-                    source: describe(src.backend, from),
-                    dest: describe(dst.backend, to),
-                    bytes,
-                    sha256: digest,
-                    resumed_from,
-                    verified,
-                }),
+            }) => {
+                let check = Check {
+                    src,
+                    from,
+                    digest,
+                    theirs,
+                };
+                self.finish(dst, &part, to, meta, check)
+                    .await
+                    .map(|verified| FileReport {
+                        source: describe(src.backend, from),
+                        dest: describe(dst.backend, to),
+                        bytes,
+                        sha256: digest,
+                        resumed_from,
+                        verified,
+                    })
+            }
             Err(e) => Err(e),
         };
         if outcome.is_err() && !self.options.resume {
@@ -840,25 +882,42 @@ impl Transfer {
         part: &str,
         to: &str,
         meta: &Metadata,
-        digest: [u8; 32],
+        check: Check<'_, '_>,
     ) -> Result<Verified> {
-        let verified = if self.options.verify {
-            let (got, how) = hash_target(dst.fs, part, meta.len).await?;
-            if got != digest {
+        let digest = check.digest;
+        let verified = match check.theirs {
+            _ if !self.options.verify => Verified::Skipped,
+            Some(theirs) if theirs == digest => Verified::SourceHash,
+            Some(theirs) => {
                 return Err(Error::new(
                     ErrorKind::Io,
                     format!(
-                        "`{}` does not match what was sent (sha256 {} sent, {} written); \
-                         the destination was left as it was",
+                        "the bytes received for `{}` do not match `{}` (sha256 {} on the \
+                         source, {} received): it changed while it was copied, or the \
+                         bytes were damaged on the way; the destination was left as it was",
                         describe(dst.backend, to),
-                        hex(&digest),
-                        hex(&got)
+                        describe(check.src.backend, check.from),
+                        hex(&theirs),
+                        hex(&digest)
                     ),
-                ));
+                ))
             }
-            how
-        } else {
-            Verified::Skipped
+            None => {
+                let (got, how) = hash_target(dst.fs, part, meta.len).await?;
+                if got != digest {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "`{}` does not match what was sent (sha256 {} sent, {} written); \
+                             the destination was left as it was",
+                            describe(dst.backend, to),
+                            hex(&digest),
+                            hex(&got)
+                        ),
+                    ));
+                }
+                how
+            }
         };
         if self.options.preserve {
             stamp(dst.fs, part, meta).await?;
@@ -952,20 +1011,18 @@ async fn pump(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_AHEAD);
     let read = async move {
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
+            // Read into spare capacity: no zeroing of each fresh chunk.
+            let mut buf = Vec::with_capacity(CHUNK);
             // Fill whole chunks: fewer, larger writes on the other side.
-            while filled < CHUNK {
-                let n = reader.read(&mut buf[filled..]).await?;
-                if n == 0 {
+            while buf.len() < CHUNK {
+                if reader.read_buf(&mut buf).await? == 0 {
                     break;
                 }
-                filled += n;
             }
+            let filled = buf.len();
             if filled == 0 {
                 return Ok::<(), std::io::Error>(());
             }
-            buf.truncate(filled);
             hasher.update(&buf);
             if tx.send(buf).await.is_err() {
                 return Ok(());

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use reach_core::{Backend, ErrorKind};
 use reach_local::LocalBackend;
 use reach_test::broken::{BrokenBackend, Defect};
-use reach_transfer::{CopyOptions, Endpoint, Transfer};
+use reach_transfer::{CopyOptions, Endpoint, Transfer, Verified};
 
 fn local() -> Arc<dyn Backend> {
     Arc::new(LocalBackend::new())
@@ -71,4 +71,82 @@ async fn without_verification_the_same_defect_goes_unnoticed() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_ne!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
+}
+
+/// A source that loses the last byte of every file it reads, but whose own hash (computed
+/// by the file system it wraps) covers the whole file: a remote target whose bytes are
+/// damaged on the way here. Not `local`, so a large file from it is checked against the
+/// source's hash rather than read back here.
+fn damaging_source() -> Arc<dyn Backend> {
+    Arc::new(BrokenBackend::new(local(), Defect::TruncateReads))
+}
+
+/// A 9 MiB source (above the size at which the source's own hash is used) and an old
+/// destination.
+fn large_setup() -> (tempfile::TempDir, String, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src").display().to_string();
+    let dst = dir.path().join("dst").display().to_string();
+    let data: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    std::fs::write(&dst, b"old\n").unwrap();
+    (dir, src, dst, data)
+}
+
+#[tokio::test]
+async fn bytes_damaged_on_the_way_from_a_remote_source_fail_its_own_hash() {
+    let (dir, src, dst, _) = large_setup();
+    let err = Transfer::new(CopyOptions::default())
+        .copy(
+            &[Endpoint::new(damaging_source(), &src)],
+            &Endpoint::new(local(), &dst),
+        )
+        .await
+        .expect_err("a copy that lost a byte on the way was accepted");
+    assert_eq!(err.kind(), ErrorKind::Io);
+    assert!(
+        err.to_string().contains("do not match") && err.to_string().contains("on the source"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&dst).unwrap(), b"old\n");
+    assert!(
+        !dir.path().join(".dst.reach-part").exists(),
+        "the part is removed"
+    );
+
+    // The control: unchecked, the damaged bytes land.
+    Transfer::new(CopyOptions::default().verify(false))
+        .copy(
+            &[Endpoint::new(damaging_source(), &src)],
+            &Endpoint::new(local(), &dst),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::metadata(&dst).unwrap().len(), (9 << 20) - 1);
+}
+
+#[tokio::test]
+async fn a_large_file_from_a_remote_source_is_checked_against_its_own_hash() {
+    let (_dir, src, dst, data) = large_setup();
+    let remote: Arc<dyn Backend> = Arc::new(BrokenBackend::new(local(), Defect::WrongArch));
+    let summary = Transfer::new(CopyOptions::default())
+        .copy(
+            &[Endpoint::new(remote, &src)],
+            &Endpoint::new(local(), &dst),
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.files.len(), 1);
+    assert_eq!(summary.files[0].verified, Verified::SourceHash);
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+
+    // Between two local paths the copy is hashed by the destination, as before.
+    let summary = Transfer::new(CopyOptions::default())
+        .copy(
+            &[Endpoint::new(local(), &src)],
+            &Endpoint::new(local(), &dst),
+        )
+        .await
+        .unwrap();
+    assert_eq!(summary.files[0].verified, Verified::TargetHash);
 }
