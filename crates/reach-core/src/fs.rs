@@ -103,6 +103,11 @@ impl Default for WriteOptions {
     }
 }
 
+/// The SHA-256 of a file as its target hashed it while it was written (from
+/// [`FileSystem::open_write_hashed`]); it resolves once the writer has been shut down.
+pub type TargetDigest =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<[u8; 32]>> + Send>>;
+
 /// How [`FileSystem::write_tree`] unpacks a tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeOptions {
@@ -126,6 +131,22 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     /// Opens (creating or truncating, per `options`) a file for streaming writes. The data is
     /// complete on the target once the stream's `shutdown` has returned `Ok`.
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite>;
+    /// Like [`FileSystem::open_write`], and the target hashes the file (from its first byte,
+    /// so a continued file's earlier part too) as the data lands in it, reading back what
+    /// it wrote while the rest is still arriving. The digest resolves after the writer's
+    /// `shutdown`; a digest that fails says nothing about the write (check another way).
+    /// [`crate::ErrorKind::Unsupported`] unless the backend has a fast path.
+    async fn open_write_hashed(
+        &self,
+        path: &str,
+        options: WriteOptions,
+    ) -> Result<(BoxWrite, TargetDigest)> {
+        let _ = (path, options);
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no hashing while writing on this backend",
+        ))
+    }
     /// Metadata, following symlinks.
     async fn metadata(&self, path: &str) -> Result<Metadata>;
     /// Metadata of the path itself, not following a final symlink.

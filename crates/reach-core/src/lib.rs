@@ -39,4 +39,7 @@ pub use exec::{
     shell_quote, BoxRead, BoxWrite, CommandLine, ExecSpec, ExitStatus, Output, Process, ProcessExt,
     PtyRequest, PtySize, Signal, StdinMode, Streams,
 };
-pub use fs::{DirEntry, FileSystem, FileSystemExt, FileType, Metadata, TreeOptions, WriteOptions};
+pub use fs::{
+    DirEntry, FileSystem, FileSystemExt, FileType, Metadata, TargetDigest, TreeOptions,
+    WriteOptions,
+};

@@ -5,7 +5,10 @@
 //! chunks without waiting for each acknowledgement, and its `shutdown` waits for all of them,
 //! fsyncs (where the server offers `fsync@openssh.com`) and closes, so `Ok` from `shutdown`
 //! means the bytes are on the server's disk. Renames use `posix-rename@openssh.com`, which
-//! replaces the destination atomically as [`FileSystem::rename`] promises.
+//! replaces the destination atomically as [`FileSystem::rename`] promises. A write opened
+//! with [`FileSystem::open_write_hashed`] also tells a hashing command on the same
+//! connection (`tree.rs`) how far the file is complete, every [`REPORT_EVERY`] bytes of
+//! acknowledged writes, so the server hashes what landed while the rest arrives.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -147,6 +150,52 @@ impl SftpFs {
         }
     }
 
+    /// Opens `path` for a write as `options` ask.
+    async fn open_handle(&self, path: &str, options: &WriteOptions) -> Result<String> {
+        let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
+        if options.append {
+            flags |= OpenFlags::APPEND;
+        } else {
+            flags |= OpenFlags::TRUNCATE;
+        }
+        if options.create_new {
+            flags |= OpenFlags::EXCLUDE;
+        }
+        let attrs = FileAttributes {
+            permissions: Some(options.mode),
+            ..FileAttributes::empty()
+        };
+        match self.open(path, flags, attrs).await {
+            Ok(handle) => Ok(handle),
+            Err(e) if options.create_new => Err(self.refine_create(e, path).await),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn writer(
+        &self,
+        handle: String,
+        path: &str,
+        options: &WriteOptions,
+        report: Option<Report>,
+    ) -> ChunkWriter {
+        ChunkWriter {
+            raw: self.raw.clone(),
+            handle,
+            addr: self.addr.clone(),
+            what: format!("write `{path}`"),
+            chunk: self.chunk,
+            depth: if options.append { 1 } else { DEPTH },
+            buf: Vec::new(),
+            offset: 0,
+            acks: VecDeque::new(),
+            report,
+            fsync: self.fsync && options.sync,
+            closing: None,
+            closed: false,
+        }
+    }
+
     /// Maps an SFTP failure of `what` (which names the path) to an [`Error`].
     fn error(&self, e: SftpError, what: &str) -> Error {
         sftp_error(&self.addr, e, what)
@@ -278,38 +327,45 @@ impl FileSystem for SftpFs {
     }
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
-        let mut flags = OpenFlags::WRITE | OpenFlags::CREATE;
-        if options.append {
-            flags |= OpenFlags::APPEND;
+        let handle = self.open_handle(path, &options).await?;
+        Ok(Box::pin(self.writer(handle, path, &options, None)))
+    }
+
+    async fn open_write_hashed(
+        &self,
+        path: &str,
+        options: WriteOptions,
+    ) -> Result<(BoxWrite, reach_core::TargetDigest)> {
+        let Some(exec) = &self.exec else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "no hashing while writing without a command channel",
+            ));
+        };
+        // A continued file is hashed from its first byte: the writer reports offsets from
+        // where it starts.
+        let start = if options.append {
+            match self.metadata(path).await {
+                Ok(meta) => meta.len,
+                Err(e) if e.kind() == ErrorKind::NotFound => 0,
+                Err(e) => return Err(e),
+            }
         } else {
-            flags |= OpenFlags::TRUNCATE;
-        }
-        if options.create_new {
-            flags |= OpenFlags::EXCLUDE;
-        }
-        let attrs = FileAttributes {
-            permissions: Some(options.mode),
-            ..FileAttributes::empty()
+            0
         };
-        let handle = match self.open(path, flags, attrs).await {
-            Ok(handle) => handle,
-            Err(e) if options.create_new => return Err(self.refine_create(e, path).await),
-            Err(e) => return Err(e),
+        let fsync = self.fsync && options.sync;
+        let (report, digest) =
+            crate::tree::follow_sha256(exec, &self.addr, &remote(path), fsync).await?;
+        let handle = self.open_handle(path, &options).await?;
+        let report = Report {
+            tx: report,
+            acked: start,
+            sent: start,
         };
-        Ok(Box::pin(ChunkWriter {
-            raw: self.raw.clone(),
-            handle,
-            addr: self.addr.clone(),
-            what: format!("write `{path}`"),
-            chunk: self.chunk,
-            depth: if options.append { 1 } else { DEPTH },
-            buf: Vec::new(),
-            offset: 0,
-            acks: VecDeque::new(),
-            fsync: self.fsync && options.sync,
-            closing: None,
-            closed: false,
-        }))
+        Ok((
+            Box::pin(self.writer(handle, path, &options, Some(report))),
+            digest,
+        ))
     }
 
     async fn metadata(&self, path: &str) -> Result<Metadata> {
@@ -690,6 +746,34 @@ impl AsyncRead for ChunkReader {
 type Ack = JoinHandle<std::result::Result<(), SftpError>>;
 type Closing = Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
+/// Bytes between two reports of how far a file hashed as it is written is complete.
+const REPORT_EVERY: u64 = 32 << 20;
+
+/// How far a written file is complete (every request up to there acknowledged), and what
+/// the server's hasher was last told.
+struct Report {
+    tx: mpsc::UnboundedSender<u64>,
+    acked: u64,
+    sent: u64,
+}
+
+impl Report {
+    fn acked(&mut self, len: u64) {
+        self.acked += len;
+        if self.acked - self.sent >= REPORT_EVERY {
+            self.send();
+        }
+    }
+
+    fn send(&mut self) {
+        if self.acked > self.sent {
+            // A hasher that went away only leaves its digest unusable.
+            let _ = self.tx.send(self.acked);
+            self.sent = self.acked;
+        }
+    }
+}
+
 /// Writes in chunks with up to `depth` unacknowledged requests.
 struct ChunkWriter {
     raw: Arc<RawSftpSession>,
@@ -700,7 +784,10 @@ struct ChunkWriter {
     depth: usize,
     buf: Vec<u8>,
     offset: u64,
-    acks: VecDeque<Ack>,
+    /// Requests in flight, oldest first, with their lengths.
+    acks: VecDeque<(u64, Ack)>,
+    /// Where the server is told how far the file is complete, for hashing as it is written.
+    report: Option<Report>,
     fsync: bool,
     closing: Option<Closing>,
     closed: bool,
@@ -717,22 +804,30 @@ impl ChunkWriter {
         }
         let data = std::mem::take(&mut self.buf);
         let offset = self.offset;
-        self.offset += data.len() as u64;
+        let len = data.len() as u64;
+        self.offset += len;
         let (raw, handle) = (self.raw.clone(), self.handle.clone());
-        self.acks.push_back(tokio::spawn(async move {
-            raw.write(handle, offset, data).await.map(drop)
-        }));
+        self.acks.push_back((
+            len,
+            tokio::spawn(async move { raw.write(handle, offset, data).await.map(drop) }),
+        ));
     }
 
     /// Waits for the oldest acknowledgement.
     fn poll_oldest(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let Some(ack) = self.acks.front_mut() else {
+        let Some((len, ack)) = self.acks.front_mut() else {
             return Poll::Ready(Ok(()));
         };
+        let len = *len;
         let result = ready!(Pin::new(ack).poll(cx));
         self.acks.pop_front();
         match result {
-            Ok(Ok(())) => Poll::Ready(Ok(())),
+            Ok(Ok(())) => {
+                if let Some(report) = &mut self.report {
+                    report.acked(len);
+                }
+                Poll::Ready(Ok(()))
+            }
             Ok(Err(e)) => Poll::Ready(Err(self.io_error(e))),
             Err(e) => Poll::Ready(Err(self.io_error(SftpError::IO(e.to_string())))),
         }
@@ -783,6 +878,10 @@ impl AsyncWrite for ChunkWriter {
         }
         if self.closing.is_none() {
             ready!(self.poll_drain(cx))?;
+            // All of it is there: the last report, and the end of the hasher's input.
+            if let Some(mut report) = self.report.take() {
+                report.send();
+            }
             let (raw, handle, fsync) = (self.raw.clone(), self.handle.clone(), self.fsync);
             let (addr, what) = (self.addr.clone(), self.what.clone());
             self.closing = Some(Box::pin(async move {

@@ -48,6 +48,78 @@ async fn feed(data: &mut BoxRead, stdin: &mut reach_core::BoxWrite) -> std::io::
     }
 }
 
+/// Exit status of the follower when the server lacks OpenSSL or GNU dd.
+const FOLLOW_UNSUPPORTED: i32 = 97;
+
+/// The script behind [`follow_sha256`]: each line on stdin is an offset up to which the file
+/// is complete; GNU dd feeds the new range, read back from the file, to OpenSSL's SHA-256
+/// (and with `sync` the range is then flushed, so that the final fsync has little left).
+/// Anything on stderr means the digest is not to be trusted.
+fn follow_script(path: &str, sync: bool) -> String {
+    let flush = if sync {
+        "sync -d -- \"$f\" 2>/dev/null || :; "
+    } else {
+        ""
+    };
+    format!(
+        "f={q}; {{ command -v openssl && dd --version; }} >/dev/null 2>&1 || exit {FOLLOW_UNSUPPORTED}; \
+         pos=0; while read -r end; do if [ \"$end\" -gt \"$pos\" ]; then \
+         dd if=\"$f\" iflag=skip_bytes,count_bytes skip=\"$pos\" count=$((end - pos)) bs=4M \
+         status=none || exit 1; {flush}pos=$end; fi; done | openssl dgst -sha256 -r",
+        q = shell_quote(path)
+    )
+}
+
+/// Starts hashing `path` on the server as it is written: send offsets up to which the file
+/// is complete, then drop the sender; the digest is the SHA-256 of the file up to the last
+/// offset sent. [`ErrorKind::Unsupported`] (from the digest) without OpenSSL and GNU dd.
+pub(crate) async fn follow_sha256(
+    exec: &RemoteExec,
+    addr: &str,
+    path: &str,
+    sync: bool,
+) -> Result<(
+    tokio::sync::mpsc::UnboundedSender<u64>,
+    reach_core::TargetDigest,
+)> {
+    let process = start(exec, addr, follow_script(path, sync), true).await?;
+    let mut stdin = process
+        .take_stdin()
+        .ok_or_else(|| Error::new(ErrorKind::Protocol, "the hashing process has no stdin"))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (addr, what) = (addr.to_owned(), format!("hash `{path}` as it is written"));
+    let digest = tokio::spawn(async move {
+        let mut fed = Ok(());
+        while let Some(end) = rx.recv().await {
+            if fed.is_ok() {
+                fed = stdin.write_all(format!("{end}\n").as_bytes()).await;
+            }
+        }
+        let _ = stdin.shutdown().await;
+        drop(stdin);
+        let out = process.output().await?;
+        let untrusted =
+            |why: String| Error::new(ErrorKind::Unsupported, format!("{what} on `{addr}`: {why}"));
+        if out.status == reach_core::ExitStatus::Code(FOLLOW_UNSUPPORTED) {
+            return Err(untrusted("no OpenSSL or GNU dd there".into()));
+        }
+        if !out.status.success() || !out.stderr.is_empty() {
+            return Err(failure(&addr, &what, &out.stderr));
+        }
+        fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))?;
+        parse_sums(&out.stdout)
+            .and_then(|sums| sums.into_iter().next())
+            .map(|(_, digest)| digest)
+            .ok_or_else(|| untrusted("unexpected output from openssl".into()))
+    });
+    let digest: reach_core::TargetDigest = Box::pin(async move {
+        digest
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("the hashing task failed: {e}")))?
+    });
+    Ok((tx, digest))
+}
+
 /// Whether the server has what the fast paths need (GNU tar, find, sha256sum).
 pub(crate) async fn available(exec: &RemoteExec, addr: &str) -> bool {
     let line = "tar --version 2>/dev/null | head -n 1 | grep -q 'GNU tar' \

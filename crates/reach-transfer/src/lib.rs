@@ -320,6 +320,8 @@ struct Filled {
     digest: [u8; 32],
     bytes: u64,
     kept: u64,
+    /// The destination's hash of the file, computed while it was written, where it can.
+    landed: Option<reach_core::TargetDigest>,
 }
 
 /// What a filled temporary is checked against: the digest of the bytes sent, and the
@@ -329,6 +331,7 @@ struct Check<'s, 'a> {
     from: &'s str,
     digest: [u8; 32],
     theirs: Option<[u8; 32]>,
+    landed: Option<reach_core::TargetDigest>,
 }
 
 /// One thing to copy.
@@ -771,12 +774,14 @@ impl Transfer {
                 digest,
                 bytes,
                 kept: resumed_from,
+                landed,
             }) => {
                 let check = Check {
                     src,
                     from,
                     digest,
                     theirs,
+                    landed,
                 };
                 self.finish(dst, &part, to, meta, check)
                     .await
@@ -852,7 +857,19 @@ impl Transfer {
         };
         let shown_from = describe(src.backend, from);
         let shown_to = describe(dst.backend, part);
-        let writer = dst.fs.open_write(part, options).await?;
+        // A large file is hashed by the destination as it lands, where it can, rather than
+        // read back in full once it is there.
+        let (writer, landed) = if self.options.verify && meta.len >= REMOTE_HASH_MIN {
+            match dst.fs.open_write_hashed(part, options).await {
+                Ok((writer, landed)) => (writer, Some(landed)),
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    (dst.fs.open_write(part, options).await?, None)
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            (dst.fs.open_write(part, options).await?, None)
+        };
         let sent = pump(
             reader,
             writer,
@@ -866,6 +883,7 @@ impl Transfer {
             digest: hasher.finalize().into(),
             bytes: kept + sent,
             kept,
+            landed,
         })
     }
 
@@ -903,7 +921,15 @@ impl Transfer {
                 ))
             }
             None => {
-                let (got, how) = hash_target(dst.fs, part, meta.len).await?;
+                // Hashed as it landed; a hasher that failed is no verdict, so read it instead.
+                let landed = match check.landed {
+                    Some(landed) => landed.await.ok(),
+                    None => None,
+                };
+                let (got, how) = match landed {
+                    Some(got) => (got, Verified::TargetHash),
+                    None => hash_target(dst.fs, part, meta.len).await?,
+                };
                 if got != digest {
                     return Err(Error::new(
                         ErrorKind::Io,

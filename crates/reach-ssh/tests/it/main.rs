@@ -337,3 +337,50 @@ async fn a_silent_server_times_out_instead_of_hanging() {
     assert!(err.to_string().contains(&port.to_string()), "{err}");
     hold.abort();
 }
+
+#[tokio::test]
+async fn a_file_is_hashed_on_the_server_as_it_is_written() {
+    use sha2::{Digest, Sha256};
+    let Some(sshd) = fixture("a_file_is_hashed_on_the_server_as_it_is_written") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    let fs = ssh.fs().await.unwrap();
+    let dir = sshd.user_dir("hashed").unwrap();
+    let path = format!("{dir}/file");
+    // Past one report interval (32 MiB), not a whole number of chunks.
+    let mut data: Vec<u8> = (0..(40u32 << 20) + 12345)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let options = reach_core::WriteOptions {
+        sync: true,
+        ..reach_core::WriteOptions::default()
+    };
+    let (mut writer, digest) = fs.open_write_hashed(&path, options).await.unwrap();
+    writer.write_all(&data).await.unwrap();
+    writer.shutdown().await.unwrap();
+    let digest = digest.await.unwrap();
+    assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+
+    // Continued: the digest covers the file from its first byte.
+    let more = b"and the rest\n".repeat(1000);
+    let (mut writer, digest) = fs
+        .open_write_hashed(
+            &path,
+            reach_core::WriteOptions {
+                append: true,
+                ..options
+            },
+        )
+        .await
+        .unwrap();
+    writer.write_all(&more).await.unwrap();
+    writer.shutdown().await.unwrap();
+    data.extend_from_slice(&more);
+    assert_eq!(
+        digest.await.unwrap(),
+        <[u8; 32]>::from(Sha256::digest(&data))
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
