@@ -613,14 +613,39 @@ impl Sha256 {
     fn update(&mut self, mut data: &[u8]) {
         self.total += data.len() as u64;
         while !data.is_empty() {
+            if self.filled == 0 && data.len() >= 64 {
+                let whole = data.len() / 64 * 64;
+                self.blocks(&data[..whole]);
+                data = &data[whole..];
+                continue;
+            }
             let take = (64 - self.filled).min(data.len());
             self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
             self.filled += take;
             data = &data[take..];
             if self.filled == 64 {
                 let block = self.block;
-                self.compress(&block);
+                self.blocks(&block);
                 self.filled = 0;
+            }
+        }
+    }
+
+    /// Compresses whole 64-byte blocks, with the CPU's SHA instructions where it has them
+    /// (four to five times faster than the portable rounds).
+    fn blocks(&mut self, data: &[u8]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("sha")
+            && std::is_x86_feature_detected!("ssse3")
+            && std::is_x86_feature_detected!("sse4.1")
+        {
+            // SAFETY: the features `sha_ni::compress` is compiled for were just detected.
+            unsafe { sha_ni::compress(&mut self.state, data) };
+            return;
+        }
+        for block in data.chunks_exact(64) {
+            if let Ok(block) = <&[u8; 64]>::try_from(block) {
+                self.compress(block);
             }
         }
     }
@@ -676,5 +701,53 @@ impl Sha256 {
         for (slot, value) in self.state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
             *slot = slot.wrapping_add(value);
         }
+    }
+}
+
+/// SHA-256 rounds with the x86 SHA extensions (`sha256rnds2`, `sha256msg1/2`), which keep the
+/// state as the register pairs ABEF and CDGH.
+#[cfg(target_arch = "x86_64")]
+mod sha_ni {
+    use std::arch::x86_64::*;
+
+    /// Compresses every whole 64-byte block of `data` into `state`.
+    #[target_feature(enable = "sha,sse2,ssse3,sse4.1")]
+    pub unsafe fn compress(state: &mut [u32; 8], data: &[u8]) {
+        let k = &super::K;
+        // Big-endian words: reverse the bytes of each 32-bit lane.
+        let swap = _mm_set_epi64x(0x0c0d_0e0f_0809_0a0b, 0x0405_0607_0001_0203);
+        let dcba = _mm_loadu_si128(state.as_ptr().cast());
+        let hgfe = _mm_loadu_si128(state.as_ptr().add(4).cast());
+        let cdab = _mm_shuffle_epi32(dcba, 0xB1);
+        let efgh = _mm_shuffle_epi32(hgfe, 0x1B);
+        let mut abef = _mm_alignr_epi8(cdab, efgh, 8);
+        let mut cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
+        for block in data.chunks_exact(64) {
+            let (abef_before, cdgh_before) = (abef, cdgh);
+            let p = block.as_ptr().cast::<__m128i>();
+            // The last four groups of four message words; group i replaces group i - 4.
+            let mut w = [
+                _mm_shuffle_epi8(_mm_loadu_si128(p), swap),
+                _mm_shuffle_epi8(_mm_loadu_si128(p.add(1)), swap),
+                _mm_shuffle_epi8(_mm_loadu_si128(p.add(2)), swap),
+                _mm_shuffle_epi8(_mm_loadu_si128(p.add(3)), swap),
+            ];
+            for i in 0..16 {
+                if i >= 4 {
+                    let (w0, w1, w2, w3) = (w[i % 4], w[(i + 1) % 4], w[(i + 2) % 4], w[(i + 3) % 4]);
+                    let partial = _mm_add_epi32(_mm_sha256msg1_epu32(w0, w1), _mm_alignr_epi8(w3, w2, 4));
+                    w[i % 4] = _mm_sha256msg2_epu32(partial, w3);
+                }
+                let words = _mm_add_epi32(w[i % 4], _mm_loadu_si128(k.as_ptr().add(4 * i).cast()));
+                cdgh = _mm_sha256rnds2_epu32(cdgh, abef, words);
+                abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(words, 0x0E));
+            }
+            abef = _mm_add_epi32(abef, abef_before);
+            cdgh = _mm_add_epi32(cdgh, cdgh_before);
+        }
+        let feba = _mm_shuffle_epi32(abef, 0x1B);
+        let dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+        _mm_storeu_si128(state.as_mut_ptr().cast(), _mm_blend_epi16(feba, dchg, 0xF0));
+        _mm_storeu_si128(state.as_mut_ptr().add(4).cast(), _mm_alignr_epi8(dchg, feba, 8));
     }
 }

@@ -128,6 +128,55 @@ async fn one_gib_streams_in_and_out_intact() {
 }
 
 #[tokio::test]
+async fn the_agents_sha256_is_right_at_every_padding_boundary() {
+    if !engine("agent SHA-256") {
+        return;
+    }
+    let c = ContainerFixture::busybox().unwrap();
+    let backend = backend_for(&c.destination(None), DockerOptions::default());
+    let fs = backend.fs().await.unwrap();
+    // Around the 55/56/64-byte padding edges, a million 'a' (the FIPS 180-2 long vector),
+    // and a long odd length that mixes whole-block runs with a buffered tail.
+    let lengths = [
+        0usize,
+        1,
+        3,
+        55,
+        56,
+        63,
+        64,
+        65,
+        119,
+        120,
+        127,
+        128,
+        1_000_000,
+        (3 << 20) + 77,
+    ];
+    for len in lengths {
+        let data: Vec<u8> = if len == 1_000_000 {
+            vec![b'a'; len]
+        } else {
+            (0..len)
+                .map(|i| (i.wrapping_mul(31) ^ (i >> 7)) as u8)
+                .collect()
+        };
+        let path = format!("/tmp/sha-{len}");
+        let mut writer = fs.open_write(&path, WriteOptions::default()).await.unwrap();
+        writer.write_all(&data).await.unwrap();
+        writer.shutdown().await.unwrap();
+        let want = hex(&Sha256::digest(&data));
+        assert_eq!(hex(&fs.sha256(&path).await.unwrap()), want, "{len} bytes");
+        if len == 1_000_000 {
+            assert_eq!(
+                want,
+                "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_short_or_long_write_is_an_error_not_a_truncated_file() {
     if !engine("declared length") {
         return;
