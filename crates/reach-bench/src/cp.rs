@@ -287,9 +287,12 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
             "One {} MiB file of incompressible bytes to and from the loopback sshd, {} rounds, \
              the tools interleaved within each round, every destination removed (untimed) \
              before each copy; cipher {CIPHER} for all. reach cp streams through a \
-             `.NAME.reach-part` temporary, hashes while sending, fsyncs, has the server hash \
-             its copy (`openssl dgst`/`sha256sum` over the same connection), then renames; \
-             scp and rsync do none of the hashing or syncing.",
+             `.NAME.reach-part` temporary and hashes what it sends or receives; the other \
+             side hashes too, over the same connection and while the bytes stream (uploads: \
+             GNU dd reads back each acknowledged 32 MiB of the part into `openssl dgst`; \
+             downloads: `openssl dgst` of the source), and the two must match; then fsync \
+             and rename. Two SHA-256 passes over every byte, on the same two cores as \
+             everything else; scp and rsync do none of the hashing or syncing.",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to scp (median)"],
@@ -514,7 +517,9 @@ fn docker_file(args: &Args, reach_bin: &Path) -> Result<Section, String> {
              local engine, {} rounds, interleaved, destinations removed (untimed) first. \
              `docker cp` streams a tar through the engine's archive API; reach cp goes \
              through its agent in the container (started by each `reach` process with one \
-             engine exec), hashing, verifying with the agent's SHA-256, fsyncing and renaming.",
+             engine exec), hashing, verifying against the agent's SHA-256 (of the part \
+             once written, copying in; of the source while it streams, copying out), \
+             fsyncing and renaming.",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to docker cp (median)"],
