@@ -764,3 +764,83 @@ fn progress_shows_on_a_terminal_only() {
     assert_eq!(piped.code, 0, "{}", piped.stderr);
     assert_eq!(piped.stderr, "", "nothing is drawn on a pipe");
 }
+
+/// A server whose `dd` is a stand-in, put first on `PATH` by sshd's `SetEnv`: a large upload
+/// is hashed while it arrives only with GNU dd there, a hasher that cannot run leaves the
+/// check to the hash after the copy, and a hasher that lies is caught, never trusted.
+#[test]
+fn uploads_are_checked_even_where_hashing_while_writing_fails() {
+    let test = "cp uploads without GNU dd";
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return;
+    }
+    let bin = tempfile::Builder::new()
+        .prefix("reach-fake-dd-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lie = bin.path().join("lie");
+    // Like busybox's dd, it knows no --version; with `lie` present it claims to be GNU dd
+    // and adds a byte to everything it reads.
+    let script = format!(
+        "#!/bin/sh\nif [ -e {lie} ]; then\n  [ \"$1\" = --version ] && exit 0\n  \
+         /bin/dd \"$@\" && printf x\n  exit\nfi\n\
+         [ \"$1\" = --version ] && {{ echo 'dd: unrecognized option' >&2; exit 1; }}\n\
+         exec /bin/dd \"$@\"\n",
+        lie = quote(&lie.display().to_string())
+    );
+    let dd = bin.path().join("dd");
+    std::fs::write(&dd, script).unwrap();
+    std::fs::set_permissions(&dd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sshd = SshdFixture::start_with(&format!(
+        "SetEnv PATH={}:/usr/bin:/bin",
+        bin.path().display()
+    ))
+    .unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("nine-mib");
+    let data = pseudo_random(9 << 20, 7);
+    std::fs::write(&source, &data).unwrap();
+    let remote = sshd.user_dir("upload").unwrap();
+    let target = format!("{remote}/nine-mib");
+    let upload = || {
+        let key = sshd.client_key().display().to_string();
+        let known = sshd.known_hosts().display().to_string();
+        let dest = format!("{}{target}", sshd.destination());
+        let src = source.display().to_string();
+        reach(&[
+            "cp",
+            "-i",
+            &key,
+            "--known-hosts",
+            &known,
+            "--json",
+            &src,
+            &dest,
+        ])
+        .run()
+    };
+
+    // No GNU dd: checked after the copy, as on any server with a hash command.
+    let out = upload();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["copied"][0]["verified"], "target-hash");
+    assert_eq!(std::fs::read(&target).unwrap(), data);
+
+    // A hasher that says it is GNU dd and lies: the copy is refused, the old file stays.
+    std::fs::write(&target, b"the old contents\n").unwrap();
+    std::fs::write(&lie, b"").unwrap();
+    let out = upload();
+    assert_ne!(out.code, 0, "a copy checked by a lying hasher was accepted");
+    assert!(
+        out.stderr.contains("does not match what was sent"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents\n");
+    assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
+}
