@@ -172,13 +172,7 @@ impl SftpFs {
         }
     }
 
-    fn writer(
-        &self,
-        handle: String,
-        path: &str,
-        options: &WriteOptions,
-        report: Option<Report>,
-    ) -> ChunkWriter {
+    fn writer(&self, handle: String, path: &str, options: &WriteOptions) -> ChunkWriter {
         ChunkWriter {
             raw: self.raw.clone(),
             handle,
@@ -189,7 +183,7 @@ impl SftpFs {
             buf: Vec::new(),
             offset: 0,
             acks: VecDeque::new(),
-            report,
+            report: None,
             fsync: self.fsync && options.sync,
             closing: None,
             closed: false,
@@ -328,7 +322,7 @@ impl FileSystem for SftpFs {
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
         let handle = self.open_handle(path, &options).await?;
-        Ok(Box::pin(self.writer(handle, path, &options, None)))
+        Ok(Box::pin(self.writer(handle, path, &options)))
     }
 
     async fn open_write_hashed(
@@ -353,19 +347,18 @@ impl FileSystem for SftpFs {
         } else {
             0
         };
-        let fsync = self.fsync && options.sync;
-        let (report, digest) =
-            crate::tree::follow_sha256(exec, &self.addr, &remote(path), fsync).await?;
+        // The file first: a path that cannot be opened starts no command on the server (and
+        // a command that cannot start drops the writer, which closes the handle).
         let handle = self.open_handle(path, &options).await?;
-        let report = Report {
-            tx: report,
+        let mut writer = self.writer(handle, path, &options);
+        let (tx, digest) =
+            crate::tree::follow_sha256(exec, &self.addr, &remote(path), writer.fsync).await?;
+        writer.report = Some(Report {
+            tx,
             acked: start,
             sent: start,
-        };
-        Ok((
-            Box::pin(self.writer(handle, path, &options, Some(report))),
-            digest,
-        ))
+        });
+        Ok((Box::pin(writer), digest))
     }
 
     async fn metadata(&self, path: &str) -> Result<Metadata> {
