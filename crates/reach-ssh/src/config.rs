@@ -46,6 +46,8 @@ pub struct HostConfig {
 #[derive(Debug, Clone, Default)]
 pub struct SshConfig {
     blocks: Vec<Block>,
+    /// Every file read, in order: the main one, then each included one.
+    files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -157,7 +159,16 @@ impl SshConfig {
         Ok(config)
     }
 
+    /// The files this configuration was read from: the main file, then every included file
+    /// in the order it was read. A change to any of them can change what [`resolve`] says.
+    ///
+    /// [`resolve`]: SshConfig::resolve
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
     fn read_file(&mut self, path: &Path, depth: usize) -> Result<()> {
+        self.files.push(path.to_path_buf());
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("read SSH config file `{}`", path.display()), e))?;
         self.read_text(&text, path, depth)
@@ -220,6 +231,7 @@ impl SshConfig {
                             });
                             inner.read_file(&file, depth + 1)?;
                             self.blocks.extend(inner.blocks);
+                            self.files.extend(inner.files);
                             // Lines after the Include continue the including block.
                             self.blocks.push(Block {
                                 patterns: self.blocks[block].patterns.clone(),
@@ -411,6 +423,11 @@ mod tests {
         assert_eq!(config.resolve("a").unwrap().port, Some(1000));
         assert_eq!(config.resolve("b").unwrap().port, Some(2000));
         assert_eq!(config.resolve("c").unwrap().port, Some(3000));
+        assert_eq!(
+            config.files(),
+            [dir.path().join("a.conf"), dir.path().join("b.conf")],
+            "the files read, in order (the parsed text itself is no file)"
+        );
     }
 
     #[test]

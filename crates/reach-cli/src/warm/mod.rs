@@ -325,8 +325,10 @@ impl ConnWire {
     }
 
     /// Which connection serves `destination` with these settings: a hash of both, of the
-    /// identity and configuration files' size and modification time (an edited key or
-    /// config gets a new connection), and of whether secrets were given (not their values).
+    /// size and modification time of the identity file and of every configuration file
+    /// (the main one and each it includes: an edited key or config, or a new file matching
+    /// an `Include` glob, gets a new connection), and of whether secrets were given (not
+    /// their values).
     pub fn key(&self, destination: &str) -> String {
         let config = self.ssh_config.clone().or_else(|| {
             self.home
@@ -340,7 +342,7 @@ impl ConnWire {
             "known_hosts": self.known_hosts,
             "accept_new_host_key": self.accept_new_host_key,
             "ssh_config": config,
-            "ssh_config_file": config.as_deref().map(stamp),
+            "ssh_config_files": config.as_deref().map(config_stamps),
             "port": self.port,
             "login": self.login,
             "jump": self.jump,
@@ -372,6 +374,22 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
         .ok()?
         .as_nanos();
     Some((meta.len(), mtime))
+}
+
+/// Each file `config` reads (itself and its includes) with its [`stamp`]. A file that does
+/// not parse counts as itself alone: connecting will report what is wrong with it.
+fn config_stamps(config: &Path) -> Vec<(PathBuf, Option<(u64, u128)>)> {
+    let files = match reach::ssh::config::SshConfig::load(config) {
+        Ok(parsed) => parsed.files().to_vec(),
+        Err(_) => vec![config.to_owned()],
+    };
+    files
+        .into_iter()
+        .map(|file| {
+            let stamp = stamp(&file);
+            (file, stamp)
+        })
+        .collect()
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -519,5 +537,26 @@ mod tests {
         );
         std::fs::write(&key_file, "a replaced key").expect("write");
         assert_ne!(with_key, conn(Some(&key_file)).key("ssh://h"));
+
+        // What an included file says counts too, and so does a new file an Include finds.
+        let extra = dir.path().join("conf.d");
+        std::fs::create_dir(&extra).expect("mkdir");
+        std::fs::write(extra.join("a.conf"), "Host h\n  User one\n").expect("write");
+        std::fs::write(
+            dir.path().join("config"),
+            format!("Include {}/*.conf\nPort 2222\n", extra.display()),
+        )
+        .expect("write");
+        let included = conn(None).key("ssh://h");
+        assert_eq!(included, conn(None).key("ssh://h"));
+        std::fs::write(extra.join("a.conf"), "Host h\n  User other\n").expect("write");
+        let edited = conn(None).key("ssh://h");
+        assert_ne!(included, edited, "an edited included file, a new key");
+        std::fs::write(extra.join("b.conf"), "Host h\n  Port 2\n").expect("write");
+        assert_ne!(
+            edited,
+            conn(None).key("ssh://h"),
+            "a new file matching the Include, a new key"
+        );
     }
 }
