@@ -95,6 +95,26 @@ pub(crate) fn describe(backend: &dyn Backend, path: &str) -> String {
     }
 }
 
+/// The error for a destination whose bytes, read back or hashed where they landed, are not
+/// the ones sent (`written` is `None` when nothing was found there).
+pub(crate) fn not_as_sent(
+    backend: &dyn Backend,
+    path: &str,
+    sent: &[u8],
+    written: Option<&[u8]>,
+) -> Error {
+    Error::new(
+        ErrorKind::Io,
+        format!(
+            "`{}` does not match what was sent (sha256 {} sent, {} written); the destination \
+             was left as it was",
+            describe(backend, path),
+            hex(sent),
+            written.map_or_else(|| "nothing".to_owned(), hex)
+        ),
+    )
+}
+
 /// How to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -931,16 +951,7 @@ impl Transfer {
                     None => hash_target(dst.fs, part, meta.len).await?,
                 };
                 if got != digest {
-                    return Err(Error::new(
-                        ErrorKind::Io,
-                        format!(
-                            "`{}` does not match what was sent (sha256 {} sent, {} written); \
-                             the destination was left as it was",
-                            describe(dst.backend, to),
-                            hex(&digest),
-                            hex(&got)
-                        ),
-                    ));
+                    return Err(not_as_sent(dst.backend, to, &digest, Some(&got)));
                 }
                 how
             }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    describe, hex, join, part_path, special, DirItem, Failure, FileReport, Item, Side, Summary,
-    Transfer, Verified, CHUNK,
+    describe, join, not_as_sent, part_path, special, DirItem, Failure, FileReport, Item, Side,
+    Summary, Transfer, Verified, CHUNK,
 };
 
 /// Files up to this size are read whole ahead of the stream (several at once).
@@ -432,15 +432,11 @@ impl Transfer {
             for file in &sent {
                 let got = sums.get(&file.rel).copied();
                 if got != Some(file.digest) {
-                    return Err(Error::new(
-                        ErrorKind::Io,
-                        format!(
-                            "`{}` does not match what was sent (sha256 {} sent, {} written); \
-                             the destination was left as it was",
-                            describe(dst.backend, &join(target, &file.rel)),
-                            hex(&file.digest),
-                            got.map_or_else(|| "nothing".to_owned(), |d| hex(&d))
-                        ),
+                    return Err(not_as_sent(
+                        dst.backend,
+                        &join(target, &file.rel),
+                        &file.digest,
+                        got.as_ref().map(|d| &d[..]),
                     ));
                 }
             }
