@@ -48,13 +48,51 @@ async fn feed(data: &mut BoxRead, stdin: &mut reach_core::BoxWrite) -> std::io::
     }
 }
 
-/// Exit status of the follower when the server lacks OpenSSL or GNU dd.
+/// Exit status of the follower when the server has neither a Python 3 that can hash nor
+/// OpenSSL and GNU dd.
 const FOLLOW_UNSUPPORTED: i32 = 97;
+/// Exit status of the Python follower when that Python cannot hash (no `hashlib` SHA-256):
+/// the script goes on to GNU dd and OpenSSL, with the offsets on stdin still unread.
+const PYTHON_CANNOT_HASH: i32 = 98;
+
+/// The Python follower: reads each new range of the file (argv[1]) straight into SHA-256,
+/// with no pipe between the reader and the hash (a `dd | openssl` pipe costs about as much
+/// CPU again as the hash), and with argv[2] = 1 flushes each range to disk. A file that ends
+/// before an offset it was given is an error (on stderr: the digest is not trusted).
+/// No single quotes: it travels inside them.
+const FOLLOW_PYTHON: &str = r#"import os, sys
+try:
+    import hashlib
+    h = hashlib.sha256()
+except Exception:
+    sys.exit(98)
+path, sync = sys.argv[1], sys.argv[2] == "1"
+f = open(path, "rb", buffering=0)
+buf = memoryview(bytearray(4 << 20))
+pos = 0
+for line in sys.stdin:
+    end = int(line)
+    if end <= pos:
+        continue
+    while pos < end:
+        n = f.readinto(buf[:min(len(buf), end - pos)])
+        if not n:
+            sys.exit("%s ends at byte %d, before %d" % (path, pos, end))
+        h.update(buf[:n])
+        pos += n
+    if sync:
+        try:
+            os.fdatasync(f.fileno())
+        except OSError:
+            pass
+print(h.hexdigest() + " *stdin")
+"#;
 
 /// The script behind [`follow_sha256`]: each line on stdin is an offset up to which the file
-/// is complete; GNU dd feeds the new range, read back from the file, to OpenSSL's SHA-256
-/// (and with `sync` the range is then flushed, so that the final fsync has little left).
-/// Anything on stderr means the digest is not to be trusted.
+/// is complete, and the new range, read back from the file, goes into a SHA-256 (and with
+/// `sync` the range is then flushed, so that the final fsync has little left). Python 3's
+/// `hashlib` does it where there is one ([`FOLLOW_PYTHON`]); otherwise GNU dd feeds
+/// OpenSSL. Anything on stderr means the digest is not to be trusted.
 fn follow_script(path: &str, sync: bool) -> String {
     let flush = if sync {
         "sync -d -- \"$f\" 2>/dev/null || :; "
@@ -62,17 +100,21 @@ fn follow_script(path: &str, sync: bool) -> String {
         ""
     };
     format!(
-        "f={q}; {{ command -v openssl && dd --version; }} >/dev/null 2>&1 || exit {FOLLOW_UNSUPPORTED}; \
+        "f={q}; if command -v python3 >/dev/null 2>&1; then \
+         python3 -c '{FOLLOW_PYTHON}' \"$f\" {sync}; r=$?; [ $r -eq {PYTHON_CANNOT_HASH} ] || exit $r; fi; \
+         {{ command -v openssl && dd --version; }} >/dev/null 2>&1 || exit {FOLLOW_UNSUPPORTED}; \
          pos=0; while read -r end; do if [ \"$end\" -gt \"$pos\" ]; then \
          dd if=\"$f\" iflag=skip_bytes,count_bytes skip=\"$pos\" count=$((end - pos)) bs=4M \
          status=none || exit 1; {flush}pos=$end; fi; done | openssl dgst -sha256 -r",
-        q = shell_quote(path)
+        q = shell_quote(path),
+        sync = u8::from(sync),
     )
 }
 
 /// Starts hashing `path` on the server as it is written: send offsets up to which the file
 /// is complete, then drop the sender; the digest is the SHA-256 of the file up to the last
-/// offset sent. [`ErrorKind::Unsupported`] (from the digest) without OpenSSL and GNU dd.
+/// offset sent. [`ErrorKind::Unsupported`] (from the digest) without Python 3 or OpenSSL
+/// and GNU dd.
 pub(crate) async fn follow_sha256(
     exec: &RemoteExec,
     addr: &str,
@@ -101,7 +143,9 @@ pub(crate) async fn follow_sha256(
         let untrusted =
             |why: String| Error::new(ErrorKind::Unsupported, format!("{what} on `{addr}`: {why}"));
         if out.status == reach_core::ExitStatus::Code(FOLLOW_UNSUPPORTED) {
-            return Err(untrusted("no OpenSSL or GNU dd there".into()));
+            return Err(untrusted(
+                "no Python 3, nor OpenSSL and GNU dd, there".into(),
+            ));
         }
         if !out.status.success() || !out.stderr.is_empty() {
             return Err(failure(&addr, &what, &out.stderr));

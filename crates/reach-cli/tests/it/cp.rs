@@ -770,7 +770,7 @@ fn progress_shows_on_a_terminal_only() {
 /// check to the hash after the copy, and a hasher that lies is caught, never trusted.
 #[test]
 fn uploads_are_checked_even_where_hashing_while_writing_fails() {
-    let test = "cp uploads without GNU dd";
+    let test = "cp uploads without a working Python or GNU dd";
     if !SshdFixture::available() {
         reach_test::skip(
             test,
@@ -796,6 +796,20 @@ fn uploads_are_checked_even_where_hashing_while_writing_fails() {
     let dd = bin.path().join("dd");
     std::fs::write(&dd, script).unwrap();
     std::fs::set_permissions(&dd, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A python3 that cannot hash (the follower then tries dd), or with `lie-python` present,
+    // reads the offsets and claims a digest of its own.
+    let lie_python = bin.path().join("lie-python");
+    let python = bin.path().join("python3");
+    std::fs::write(
+        &python,
+        format!(
+            "#!/bin/sh\nif [ -e {} ]; then cat >/dev/null; echo {} '*stdin'; exit 0; fi\nexit 98\n",
+            quote(&lie_python.display().to_string()),
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sshd = SshdFixture::start_with(&format!(
         "SetEnv PATH={}:/usr/bin:/bin",
         bin.path().display()
@@ -836,6 +850,19 @@ fn uploads_are_checked_even_where_hashing_while_writing_fails() {
     std::fs::write(&lie, b"").unwrap();
     let out = upload();
     assert_ne!(out.code, 0, "a copy checked by a lying hasher was accepted");
+    assert!(
+        out.stderr.contains("does not match what was sent"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents\n");
+    assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
+
+    // The same from a Python hasher that lies.
+    std::fs::remove_file(&lie).unwrap();
+    std::fs::write(&lie_python, b"").unwrap();
+    let out = upload();
+    assert_ne!(out.code, 0, "a copy checked by a lying Python was accepted");
     assert!(
         out.stderr.contains("does not match what was sent"),
         "{}",

@@ -338,13 +338,43 @@ async fn a_silent_server_times_out_instead_of_hanging() {
     hold.abort();
 }
 
-#[tokio::test]
-async fn a_file_is_hashed_on_the_server_as_it_is_written() {
+/// An sshd whose sessions find `name` first on PATH as this shell script, with the usual
+/// tools after it: a stand-in that shows which of the server's tools a command used. Kept
+/// with the directory that holds the script.
+fn sshd_with_stand_in(
+    test: &str,
+    name: &str,
+    script: &str,
+) -> Option<(SshdFixture, tempfile::TempDir)> {
+    use std::os::unix::fs::PermissionsExt;
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return None;
+    }
+    let bin = tempfile::Builder::new()
+        .prefix("reach-stand-in-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tool = bin.path().join(name);
+    std::fs::write(&tool, script).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sshd = SshdFixture::start_with(&format!(
+        "SetEnv PATH={}:/usr/bin:/bin",
+        bin.path().display()
+    ))
+    .unwrap();
+    Some((sshd, bin))
+}
+
+/// A 40 MiB file written with `open_write_hashed`, then continued: each digest must be the
+/// SHA-256 of the whole file as it is on disk.
+async fn hashed_as_written(sshd: &SshdFixture) {
     use sha2::{Digest, Sha256};
-    let Some(sshd) = fixture("a_file_is_hashed_on_the_server_as_it_is_written") else {
-        return;
-    };
-    let ssh = backend(&sshd, options(&sshd));
+    let ssh = backend(sshd, options(sshd));
     let fs = ssh.fs().await.unwrap();
     let dir = sshd.user_dir("hashed").unwrap();
     let path = format!("{dir}/file");
@@ -383,4 +413,30 @@ async fn a_file_is_hashed_on_the_server_as_it_is_written() {
         <[u8; 32]>::from(Sha256::digest(&data))
     );
     assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_file_is_hashed_on_the_server_by_python_as_it_is_written() {
+    let test = "a_file_is_hashed_on_the_server_by_python_as_it_is_written";
+    if Command::new("python3").arg("--version").output().is_err() {
+        reach_test::skip(test, "python3 is missing (apt-get install python3)");
+        return;
+    }
+    // A dd that fails: the digest can only have come from Python.
+    let Some((sshd, _bin)) =
+        sshd_with_stand_in(test, "dd", "#!/bin/sh\necho 'dd ran' >&2\nexit 1\n")
+    else {
+        return;
+    };
+    hashed_as_written(&sshd).await;
+}
+
+#[tokio::test]
+async fn a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot() {
+    let test = "a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot";
+    // A python3 without hashlib, as the follower tells it (exit 98 before reading stdin).
+    let Some((sshd, _bin)) = sshd_with_stand_in(test, "python3", "#!/bin/sh\nexit 98\n") else {
+        return;
+    };
+    hashed_as_written(&sshd).await;
 }
