@@ -59,7 +59,9 @@ const PYTHON_CANNOT_HASH: i32 = 98;
 /// with no pipe between the reader and the hash (a `dd | openssl` pipe costs about as much
 /// CPU again as the hash), and with argv[2] = 1 flushes each range to disk. A file that ends
 /// before an offset it was given is an error (on stderr: the digest is not trusted).
-/// No single quotes: it travels inside them.
+/// No single quotes: it travels inside them. Run with `-I`, so that nothing in the user's
+/// directory or environment (a `hashlib.py` in the home directory, `PYTHONPATH`) stands in
+/// for the standard library.
 const FOLLOW_PYTHON: &str = r#"import os, sys
 try:
     import hashlib
@@ -101,7 +103,7 @@ fn follow_script(path: &str, sync: bool) -> String {
     };
     format!(
         "f={q}; if command -v python3 >/dev/null 2>&1; then \
-         python3 -c '{FOLLOW_PYTHON}' \"$f\" {sync}; r=$?; [ $r -eq {PYTHON_CANNOT_HASH} ] || exit $r; fi; \
+         python3 -I -c '{FOLLOW_PYTHON}' \"$f\" {sync}; r=$?; [ $r -eq {PYTHON_CANNOT_HASH} ] || exit $r; fi; \
          {{ command -v openssl && dd --version; }} >/dev/null 2>&1 || exit {FOLLOW_UNSUPPORTED}; \
          pos=0; while read -r end; do if [ \"$end\" -gt \"$pos\" ]; then \
          dd if=\"$f\" iflag=skip_bytes,count_bytes skip=\"$pos\" count=$((end - pos)) bs=4M \
@@ -409,6 +411,18 @@ mod tests {
         assert_eq!(sums[1].0, "x\ny\\z");
         assert_eq!(sums[1].1[0], 0xb7);
         assert!(parse_sums(b"garbage").is_none());
+    }
+
+    #[test]
+    fn the_python_follower_fits_in_single_quotes_and_can_say_it_cannot_hash() {
+        assert!(
+            !FOLLOW_PYTHON.contains('\''),
+            "it travels inside single quotes"
+        );
+        assert!(FOLLOW_PYTHON.contains(&format!("sys.exit({PYTHON_CANNOT_HASH})")));
+        let script = follow_script("/tmp/it's here", true);
+        assert!(script.contains("python3 -I -c"), "{script}");
+        assert!(script.contains(" \"$f\" 1;"), "{script}");
     }
 
     #[test]

@@ -339,12 +339,13 @@ async fn a_silent_server_times_out_instead_of_hanging() {
 }
 
 /// An sshd whose sessions find `name` first on PATH as this shell script, with the usual
-/// tools after it: a stand-in that shows which of the server's tools a command used. Kept
-/// with the directory that holds the script.
+/// tools after it (a stand-in that shows which of the server's tools a command used), and
+/// `env` (`NAME=VALUE ...`) set too. Kept with the directory that holds the script.
 fn sshd_with_stand_in(
     test: &str,
     name: &str,
     script: &str,
+    env: &str,
 ) -> Option<(SshdFixture, tempfile::TempDir)> {
     use std::os::unix::fs::PermissionsExt;
     if !SshdFixture::available() {
@@ -363,7 +364,7 @@ fn sshd_with_stand_in(
     std::fs::write(&tool, script).unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sshd = SshdFixture::start_with(&format!(
-        "SetEnv PATH={}:/usr/bin:/bin",
+        "SetEnv PATH={}:/usr/bin:/bin {env}",
         bin.path().display()
     ))
     .unwrap();
@@ -422,9 +423,22 @@ async fn a_file_is_hashed_on_the_server_by_python_as_it_is_written() {
         reach_test::skip(test, "python3 is missing (apt-get install python3)");
         return;
     }
-    // A dd that fails: the digest can only have come from Python.
+    // A dd that fails: the digest can only have come from Python. And a `hashlib` on
+    // PYTHONPATH that would hash nothing: the standard library's must be the one used.
+    let fake = tempfile::Builder::new()
+        .prefix("reach-pythonpath-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        fake.path().join("hashlib.py"),
+        "class sha256:\n    def update(self, data): pass\n    def hexdigest(self): return 64 * \"0\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fake.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = format!("PYTHONPATH={}", fake.path().display());
     let Some((sshd, _bin)) =
-        sshd_with_stand_in(test, "dd", "#!/bin/sh\necho 'dd ran' >&2\nexit 1\n")
+        sshd_with_stand_in(test, "dd", "#!/bin/sh\necho 'dd ran' >&2\nexit 1\n", &env)
     else {
         return;
     };
@@ -435,7 +449,7 @@ async fn a_file_is_hashed_on_the_server_by_python_as_it_is_written() {
 async fn a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot() {
     let test = "a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot";
     // A python3 without hashlib, as the follower tells it (exit 98 before reading stdin).
-    let Some((sshd, _bin)) = sshd_with_stand_in(test, "python3", "#!/bin/sh\nexit 98\n") else {
+    let Some((sshd, _bin)) = sshd_with_stand_in(test, "python3", "#!/bin/sh\nexit 98\n", "") else {
         return;
     };
     hashed_as_written(&sshd).await;
