@@ -241,6 +241,48 @@ fn a_warm_second_call_opens_no_new_connection() {
 }
 
 #[test]
+fn an_edited_or_new_included_ssh_config_file_makes_a_new_connection() {
+    let Some(sshd) = SshdFixture::start_or_skip(
+        "an_edited_or_new_included_ssh_config_file_makes_a_new_connection",
+    ) else {
+        return;
+    };
+    let agent = Agent::new();
+    let f = Flags::of(&sshd);
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("conf.d");
+    std::fs::create_dir(&parts).unwrap();
+    std::fs::write(parts.join("a.conf"), "Host *\n  ConnectTimeout 10\n").unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, format!("Include {}/*.conf\n", parts.display())).unwrap();
+    let config = config.display().to_string();
+    let call = || {
+        let out = agent
+            .reach(&exec_args(&f, &["-F", &config], &["echo", "hi"]))
+            .run();
+        assert_eq!(out.stdout_text(), "hi\n", "{}", out.stderr);
+    };
+
+    call();
+    call();
+    assert_eq!(logins(&sshd), 1, "the second call was warm");
+    // The included file changes: what it says may change where or how to connect.
+    std::fs::write(parts.join("a.conf"), "Host *\n  ConnectTimeout 300\n").unwrap();
+    call();
+    assert_eq!(
+        logins(&sshd),
+        2,
+        "an edited included file, a new connection"
+    );
+    call();
+    assert_eq!(logins(&sshd), 2, "and that one is warm in turn");
+    // A file the Include finds that was not there before.
+    std::fs::write(parts.join("b.conf"), "Host *\n  ServerAliveInterval 30\n").unwrap();
+    call();
+    assert_eq!(logins(&sshd), 3, "a new included file, a new connection");
+}
+
+#[test]
 fn a_lost_agent_is_an_error_and_an_idle_agent_exits() {
     let Some(sshd) = SshdFixture::start_or_skip("a_lost_agent_is_an_error_and_an_idle_agent_exits")
     else {
