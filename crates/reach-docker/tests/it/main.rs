@@ -419,6 +419,39 @@ async fn a_user_destination_runs_and_writes_as_that_user() {
 }
 
 #[tokio::test]
+async fn a_large_file_is_read_whole_and_only_by_a_user_who_may() {
+    if !engine("large reads") {
+        return;
+    }
+    let c = ContainerFixture::busybox().unwrap();
+    // Many of the agent's reads, and the last one short.
+    let data: Vec<u8> = (0..(9u32 << 20) + 4321)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let root = backend_for(&c.destination(None), DockerOptions::default());
+    let fs = root.fs().await.unwrap();
+    fs.write("/tmp/big", &data).await.unwrap();
+    sh(&c, "chmod 644 /tmp/big && ln -s big /tmp/link");
+    assert!(
+        fs.read("/tmp/big").await.unwrap() == data,
+        "the bytes differ"
+    );
+    assert!(
+        fs.read("/tmp/link").await.unwrap() == data,
+        "through a symlink"
+    );
+
+    let user = backend_for(&c.destination(Some("reach")), DockerOptions::default());
+    let user_fs = user.fs().await.unwrap();
+    assert!(user_fs.read("/tmp/big").await.unwrap() == data, "as a user");
+    // The engine itself would read it as root; the user may not, and is told so.
+    sh(&c, "chmod 600 /tmp/big");
+    let err = user_fs.read("/tmp/big").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("/tmp/big"), "{err}");
+}
+
+#[tokio::test]
 async fn the_agent_is_installed_once_and_commands_outlive_no_connection() {
     if !engine("agent lifecycle") {
         return;
