@@ -871,29 +871,20 @@ fn uploads_are_checked_even_where_hashing_while_writing_fails() {
     assert_eq!(out.json()["copied"][0]["verified"], "target-hash");
     assert_eq!(std::fs::read(&target).unwrap(), data);
 
-    // A hasher that says it is GNU dd and lies: the copy is refused, the old file stays.
-    std::fs::write(&target, b"the old contents\n").unwrap();
-    std::fs::write(&lie, b"").unwrap();
-    let out = upload();
-    assert_ne!(out.code, 0, "a copy checked by a lying hasher was accepted");
-    assert!(
-        out.stderr.contains("does not match what was sent"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents\n");
-    assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
-
-    // The same from a Python hasher that lies.
-    std::fs::remove_file(&lie).unwrap();
-    std::fs::write(&lie_python, b"").unwrap();
-    let out = upload();
-    assert_ne!(out.code, 0, "a copy checked by a lying Python was accepted");
-    assert!(
-        out.stderr.contains("does not match what was sent"),
-        "{}",
-        out.stderr
-    );
-    assert_eq!(std::fs::read(&target).unwrap(), b"the old contents\n");
-    assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
+    // A hasher that lies, one that says it is GNU dd or the Python one: the copy is
+    // refused, the old file stays, no part is left.
+    for (liar, who) in [(&lie, "GNU dd"), (&lie_python, "Python")] {
+        std::fs::write(&target, b"the old contents\n").unwrap();
+        let _ = std::fs::remove_file(&lie);
+        std::fs::write(liar, b"").unwrap();
+        let out = upload();
+        assert_ne!(out.code, 0, "a copy checked by a lying {who} was accepted");
+        assert!(
+            out.stderr.contains("does not match what was sent"),
+            "{who}: {}",
+            out.stderr
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"the old contents\n");
+        assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
+    }
 }
