@@ -19,13 +19,20 @@ fn lossy() -> Arc<dyn Backend> {
     Arc::new(BrokenBackend::new(local(), Defect::TruncateWrites))
 }
 
-fn setup() -> (tempfile::TempDir, String, String) {
+/// A directory with `src` (`len` bytes of `i % modulus`) and an old `dst`; returns both
+/// paths and the source's bytes.
+fn files(len: u32, modulus: u32) -> (tempfile::TempDir, String, String, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src").display().to_string();
     let dst = dir.path().join("dst").display().to_string();
-    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    std::fs::write(&src, data).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i % modulus) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
     std::fs::write(&dst, b"old\n").unwrap();
+    (dir, src, dst, data)
+}
+
+fn setup() -> (tempfile::TempDir, String, String) {
+    let (dir, src, dst, _) = files(100_000, 251);
     (dir, src, dst)
 }
 
@@ -84,13 +91,7 @@ fn damaging_source() -> Arc<dyn Backend> {
 /// A 9 MiB source (above the size at which the source's own hash is used) and an old
 /// destination.
 fn large_setup() -> (tempfile::TempDir, String, String, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src").display().to_string();
-    let dst = dir.path().join("dst").display().to_string();
-    let data: Vec<u8> = (0..9u32 << 20).map(|i| (i % 253) as u8).collect();
-    std::fs::write(&src, &data).unwrap();
-    std::fs::write(&dst, b"old\n").unwrap();
-    (dir, src, dst, data)
+    files(9 << 20, 253)
 }
 
 #[tokio::test]
