@@ -221,13 +221,14 @@ pub struct LsArgs {
     /// Include names starting with `.`.
     #[arg(short = 'a')]
     pub all: bool,
-    /// The directory (DEST:PATH).
+    /// The directory (DEST:PATH; `*`, `?` and `[...]` expand on the target, and several matches are
+    /// listed as themselves).
     pub location: String,
 }
 
 #[derive(Debug, Args)]
 pub struct PathsArgs {
-    /// Paths (DEST:PATH).
+    /// Paths (DEST:PATH; `*`, `?` and `[...]` in a DEST:PATH expand on the target).
     #[arg(required = true)]
     pub locations: Vec<String>,
 }
@@ -249,7 +250,7 @@ pub struct RmArgs {
     /// Ignore paths that do not exist.
     #[arg(short = 'f', long = "force")]
     pub force: bool,
-    /// Paths (DEST:PATH).
+    /// Paths (DEST:PATH; `*`, `?` and `[...]` in a DEST:PATH expand on the target).
     #[arg(required = true)]
     pub locations: Vec<String>,
 }
@@ -296,7 +297,8 @@ pub struct CpArgs {
     /// Never draw a progress bar (it is drawn only when stderr is a terminal).
     #[arg(short = 'q', long = "quiet")]
     pub quiet: bool,
-    /// Sources, then the destination (a directory when there are several sources).
+    /// Sources, then the destination (a directory when there are several sources). Wildcards in a
+    /// DEST:PATH source expand on its target, as with scp.
     #[arg(required = true, num_args = 2.., value_name = "SRC... DEST")]
     pub locations: Vec<String>,
 }
@@ -338,7 +340,7 @@ pub struct ChmodArgs {
     /// Octal permission bits, like `755` or `0640`.
     #[arg(value_parser = parse_mode)]
     pub mode: u32,
-    /// Paths (DEST:PATH).
+    /// Paths (DEST:PATH; `*`, `?` and `[...]` in a DEST:PATH expand on the target).
     #[arg(required = true)]
     pub locations: Vec<String>,
 }

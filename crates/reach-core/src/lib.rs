@@ -7,6 +7,7 @@
 //!   `Arc<dyn Backend>` so that a caller never needs to know which target it talks to.
 //! - The value types around them: [`ExecSpec`], [`ExitStatus`], [`Signal`], [`Platform`],
 //!   [`Metadata`].
+//! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target.
 //! - One [`Error`] type with a `#[non_exhaustive]` [`ErrorKind`] that every backend maps onto.
 //!
 //! It holds no network or process code: that lives in the backend crates (`reach-local`,
@@ -31,6 +32,7 @@ mod destination;
 mod error;
 mod exec;
 mod fs;
+pub mod glob;
 
 pub use backend::{Backend, Platform};
 pub use destination::{Destination, Location, DEFAULT_SCHEME};

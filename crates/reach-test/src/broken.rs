@@ -49,6 +49,8 @@ pub enum Defect {
     IgnoreChmod,
     /// `symlink_metadata` follows the link.
     FollowSymlinks,
+    /// `read_dir` leaves out names that start with `.`, as `ls` without `-a` does.
+    HideDotfiles,
     /// `create_dir` creates missing parents.
     LenientCreateDir,
     /// `rename` copies, leaving the source in place.
@@ -320,6 +322,9 @@ impl FileSystem for BrokenFs {
                     .map(|c| if c.is_ascii() { c } else { '?' })
                     .collect();
             }
+        }
+        if self.defect == Defect::HideDotfiles {
+            entries.retain(|e| !e.name.starts_with('.'));
         }
         Ok(entries)
     }

@@ -79,6 +79,7 @@ pub const CHECKS: &[(&str, Defect)] = &[
     ("fs_names", Defect::LossyNames),
     ("fs_metadata_permissions", Defect::IgnoreChmod),
     ("fs_symlinks", Defect::FollowSymlinks),
+    ("fs_glob", Defect::HideDotfiles),
     ("fs_directories", Defect::LenientCreateDir),
     ("fs_rename_truncate_remove", Defect::RenameKeepsSource),
     ("fs_errors", Defect::ErrorKindsIo),
@@ -107,6 +108,7 @@ pub async fn run(name: &str, cx: &Ctx) -> CheckResult {
             "fs_names" => fs_names(cx).await,
             "fs_metadata_permissions" => fs_metadata_permissions(cx).await,
             "fs_symlinks" => fs_symlinks(cx).await,
+            "fs_glob" => fs_glob(cx).await,
             "fs_directories" => fs_directories(cx).await,
             "fs_rename_truncate_remove" => fs_rename_truncate_remove(cx).await,
             "fs_errors" => fs_errors(cx).await,
@@ -146,7 +148,7 @@ macro_rules! conformance_suite {
             exit_codes, death_by_signal, stdout_stderr_apart, binary_both_ways, large_output,
             stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
             concurrent_sessions, pty_and_resize, fs_read_write, fs_names,
-            fs_metadata_permissions, fs_symlinks, fs_directories, fs_rename_truncate_remove,
+            fs_metadata_permissions, fs_symlinks, fs_glob, fs_directories, fs_rename_truncate_remove,
             fs_errors, platform);
     };
     (@each $fixture:expr; $($name:ident),* $(,)?) => {
@@ -756,6 +758,63 @@ async fn fs_symlinks(cx: &Ctx) -> CheckResult {
         fs.metadata(&target).await.is_ok(),
         "removing the link removed its target"
     );
+    Ok(())
+}
+
+/// Wildcards expand through the backend's listing: hidden names only for a written `.`,
+/// directories (and links to them) for a component in the middle, sorted matches, and a
+/// name with brackets taken as written when the pattern matches nothing else.
+async fn fs_glob(cx: &Ctx) -> CheckResult {
+    let fs = cx.fs().await?;
+    let dir = cx.path("glob");
+    let at = |name: &str| format!("{dir}/{name}");
+    for sub in ["", "/sub1", "/sub2", "/sub4"] {
+        fs.create_dir(&format!("{dir}{sub}"))
+            .await
+            .map_err(|e| format!("create_dir `{dir}{sub}`: {e}"))?;
+    }
+    for name in [
+        "a.txt",
+        "b.txt",
+        "c.log",
+        ".hidden.txt",
+        "lit[1].txt",
+        "with space.txt",
+        "日本.txt",
+        "sub1/x.txt",
+        "sub2/x.txt",
+        "sub3",
+    ] {
+        fs.write(&at(name), name.as_bytes())
+            .await
+            .map_err(|e| format!("write `{name}`: {e}"))?;
+    }
+    fs.symlink("sub1", &at("link"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let cases: [(&str, &[&str]); 8] = [
+        (
+            "*.txt",
+            &["a.txt", "b.txt", "lit[1].txt", "with space.txt", "日本.txt"],
+        ),
+        (".*.txt", &[".hidden.txt"]),
+        ("?.*", &["a.txt", "b.txt", "c.log"]),
+        ("sub[0-9]/x.txt", &["sub1/x.txt", "sub2/x.txt"]),
+        ("l*/x.txt", &["link/x.txt"]),
+        ("sub?/", &["sub1/", "sub2/", "sub4/"]),
+        ("lit[1].txt", &["lit[1].txt"]),
+        ("none*", &[]),
+    ];
+    for (pattern, expected) in cases {
+        let got = reach_core::glob::expand(fs.as_ref(), &at(pattern))
+            .await
+            .map_err(|e| format!("expand `{pattern}`: {e}"))?;
+        let expected: Vec<String> = expected.iter().map(|name| at(name)).collect();
+        ensure!(
+            got == expected,
+            "`{pattern}` expanded to {got:?}, expected {expected:?}"
+        );
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ pub async fn cp(args: CpArgs, json: bool) -> reach::Result<i32> {
     };
     let mut from = Vec::new();
     for source in sources {
-        from.push(endpoint(source).await?);
+        from.extend(source_endpoints(source).await?);
     }
     let to = endpoint(dest).await?;
     let options = CopyOptions::default()
@@ -66,6 +66,18 @@ async fn endpoint(argument: &str) -> reach::Result<Endpoint> {
     let location = Location::parse(argument)?;
     let backend = super::connect(&location.destination).await?;
     Ok(Endpoint::new(backend, location.path))
+}
+
+/// A source argument's endpoints: one per path its wildcards match on the target.
+async fn source_endpoints(argument: &str) -> reach::Result<Vec<Endpoint>> {
+    let location = Location::parse(argument)?;
+    let backend = super::connect(&location.destination).await?;
+    let fs = backend.fs().await?;
+    let paths = super::expand(argument, &location, fs.as_ref()).await?;
+    Ok(paths
+        .into_iter()
+        .map(|path| Endpoint::new(backend.clone(), path))
+        .collect())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -23,30 +23,83 @@ async fn open(argument: &str) -> reach::Result<Target> {
     Ok(Target { location, fs })
 }
 
-/// Runs `each` on every argument, reporting failures as they happen and going on with the
-/// rest (as `rm a b` does). Exits with the code of the last failure, or 0.
-async fn for_each<F, Fut>(arguments: &[String], json: bool, mut each: F) -> reach::Result<i32>
+/// What a subcommand does with wildcards in its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wildcards {
+    /// Paths are taken as written (they name what is to be created).
+    Literal,
+    /// Expanded on the target (see [`super::expand`]); no match is an error.
+    Expand,
+    /// Expanded on the target; no match is nothing to do (`rm -f`).
+    ExpandOrNothing,
+}
+
+/// The targets an argument names: one per path its wildcards match.
+async fn open_all(argument: &str, wildcards: Wildcards) -> reach::Result<Vec<Target>> {
+    let target = open(argument).await?;
+    if wildcards == Wildcards::Literal {
+        return Ok(vec![target]);
+    }
+    let paths = match super::expand(argument, &target.location, target.fs.as_ref()).await {
+        Err(e) if e.kind() == ErrorKind::NotFound && wildcards == Wildcards::ExpandOrNothing => {
+            return Ok(Vec::new())
+        }
+        other => other?,
+    };
+    Ok(paths
+        .into_iter()
+        .map(|path| Target {
+            location: Location {
+                destination: target.location.destination.clone(),
+                path,
+            },
+            fs: target.fs.clone(),
+        })
+        .collect())
+}
+
+/// Runs `each` on every path the arguments name, reporting failures as they happen and going
+/// on with the rest (as `rm a b` does). Exits with the code of the last failure, or 0.
+async fn for_each<F, Fut>(
+    arguments: &[String],
+    wildcards: Wildcards,
+    json: bool,
+    mut each: F,
+) -> reach::Result<i32>
 where
     F: FnMut(Target) -> Fut,
     Fut: std::future::Future<Output = reach::Result<Option<Value>>>,
 {
     let mut code = 0;
     let mut results = Vec::new();
+    let mut report = |err: Error, path: &str, results: &mut Vec<Value>| {
+        output::report_error(&err, false);
+        if json {
+            results.push(json!({"path": path, "error": {
+                "kind": err.kind().as_str(), "message": err.to_string()}}));
+        }
+        code = exit::for_error(&err);
+    };
     for argument in arguments {
-        let outcome = match open(argument).await {
-            Ok(target) => each(target).await,
-            Err(err) => Err(err),
-        };
-        match outcome {
-            Ok(Some(value)) => results.push(value),
-            Ok(None) => {}
+        let targets = match open_all(argument, wildcards).await {
+            Ok(targets) => targets,
             Err(err) => {
-                output::report_error(&err, false);
-                if json {
-                    results.push(json!({"path": argument, "error": {
-                        "kind": err.kind().as_str(), "message": err.to_string()}}));
-                }
-                code = exit::for_error(&err);
+                report(err, argument, &mut results);
+                continue;
+            }
+        };
+        let expanded = reach::glob::has_wildcards(argument);
+        for target in targets {
+            // A path as the user wrote it, unless a wildcard stood for it.
+            let path = if expanded {
+                target.location.to_string()
+            } else {
+                argument.clone()
+            };
+            match each(target).await {
+                Ok(Some(value)) => results.push(value),
+                Ok(None) => {}
+                Err(err) => report(err, &path, &mut results),
             }
         }
     }
@@ -95,26 +148,35 @@ fn join(dir: &str, name: &str) -> String {
 
 pub async fn ls(args: LsArgs, json: bool) -> reach::Result<i32> {
     let target = open(&args.location).await?;
-    let path = &target.location.path;
-    let meta = target.fs.metadata(path).await?;
-    let entries = if meta.is_dir() {
-        target.fs.read_dir(path).await?
-    } else {
-        vec![DirEntry {
-            name: path.clone(),
-            metadata: target.fs.symlink_metadata(path).await?,
-        }]
+    let paths = super::expand(&args.location, &target.location, target.fs.as_ref()).await?;
+    // One directory lists its entries (`dir` is set); one other path, or the several that
+    // wildcards matched, are listed as themselves, as `ls -d` does.
+    let mut dir = None;
+    let entries = match paths.as_slice() {
+        [path] if target.fs.metadata(path).await?.is_dir() => {
+            dir = Some(path.as_str());
+            target.fs.read_dir(path).await?
+        }
+        _ => {
+            let mut entries = Vec::with_capacity(paths.len());
+            for path in &paths {
+                entries.push(DirEntry {
+                    name: path.clone(),
+                    metadata: target.fs.symlink_metadata(path).await?,
+                });
+            }
+            entries
+        }
     };
     let mut listed = Vec::new();
     for entry in entries {
-        if !args.all && entry.name.starts_with('.') && meta.is_dir() {
+        if !args.all && entry.name.starts_with('.') && dir.is_some() {
             continue;
         }
         let link = if entry.metadata.file_type == FileType::Symlink && (args.long || json) {
-            let full = if meta.is_dir() {
-                join(path, &entry.name)
-            } else {
-                path.clone()
+            let full = match dir {
+                Some(dir) => join(dir, &entry.name),
+                None => entry.name.clone(),
             };
             target.fs.read_link(&full).await.ok()
         } else {
@@ -138,7 +200,7 @@ pub async fn ls(args: LsArgs, json: bool) -> reach::Result<i32> {
 }
 
 pub async fn stat(args: PathsArgs, json: bool) -> reach::Result<i32> {
-    for_each(&args.locations, json, |t| async move {
+    for_each(&args.locations, Wildcards::Expand, json, |t| async move {
         let path = &t.location.path;
         let m = t.fs.symlink_metadata(path).await?;
         let link = match m.file_type {
@@ -171,7 +233,7 @@ pub async fn stat(args: PathsArgs, json: bool) -> reach::Result<i32> {
 }
 
 pub async fn cat(args: PathsArgs) -> reach::Result<i32> {
-    for_each(&args.locations, false, |t| async move {
+    for_each(&args.locations, Wildcards::Expand, false, |t| async move {
         let mut reader = t.fs.open_read(&t.location.path).await?;
         let mut stdout = tokio::io::stdout();
         let context = || format!("copy `{}` to stdout", t.location);
@@ -279,7 +341,12 @@ async fn write_stdin(fs: &dyn FileSystem, temp: &str, mode: u32) -> reach::Resul
 
 pub async fn rm(args: RmArgs, json: bool) -> reach::Result<i32> {
     let (recursive, force) = (args.recursive, args.force);
-    for_each(&args.locations, json, |t| async move {
+    let wildcards = if force {
+        Wildcards::ExpandOrNothing
+    } else {
+        Wildcards::Expand
+    };
+    for_each(&args.locations, wildcards, json, |t| async move {
         let path = &t.location.path;
         let meta = match t.fs.symlink_metadata(path).await {
             Err(err) if force && err.kind() == ErrorKind::NotFound => return Ok(None),
@@ -306,7 +373,7 @@ pub async fn rm(args: RmArgs, json: bool) -> reach::Result<i32> {
 
 pub async fn mkdir(args: MkdirArgs, json: bool) -> reach::Result<i32> {
     let parents = args.parents;
-    for_each(&args.locations, json, |t| async move {
+    for_each(&args.locations, Wildcards::Literal, json, |t| async move {
         if parents {
             t.fs.create_dir_all(&t.location.path).await?;
         } else {
@@ -319,7 +386,7 @@ pub async fn mkdir(args: MkdirArgs, json: bool) -> reach::Result<i32> {
 
 pub async fn chmod(args: ChmodArgs, json: bool) -> reach::Result<i32> {
     let mode = args.mode;
-    for_each(&args.locations, json, |t| async move {
+    for_each(&args.locations, Wildcards::Expand, json, |t| async move {
         t.fs.set_permissions(&t.location.path, mode).await?;
         Ok(json.then(|| json!({"path": t.location.to_string(), "mode": format!("{mode:04o}")})))
     })

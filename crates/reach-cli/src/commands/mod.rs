@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use clap::Parser;
-use reach::{Backend, Registry};
+use reach::{Backend, Error, ErrorKind, FileSystem, Location, Registry};
 
 use crate::cli::{Cli, Command, ConnArgs};
 use crate::{exit, output, term};
@@ -114,4 +114,30 @@ async fn connect(destination: &reach::Destination) -> reach::Result<Arc<dyn Back
     };
     backend.connect().await?;
     Ok(backend)
+}
+
+/// The paths a file argument names. Wildcards (`*`, `?`, `[...]`) in an argument that names
+/// its destination (`DEST:PATH`, `local:PATH`, `scheme://host/PATH`) are expanded on the
+/// target, as scp expands them; a bare local path is taken as written, since the shell has
+/// already expanded it.
+async fn expand(
+    argument: &str,
+    location: &Location,
+    fs: &dyn FileSystem,
+) -> reach::Result<Vec<String>> {
+    if location.destination.is_local() && !argument.starts_with("local:") {
+        return Ok(vec![location.path.clone()]);
+    }
+    let paths = reach::glob::expand(fs, &location.path).await?;
+    if paths.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "nothing matches `{}` on `{}` (`*`, `?` and `[...]` are wildcards; put a \\ \
+                 before one to mean the character itself)",
+                location.path, location.destination
+            ),
+        ));
+    }
+    Ok(paths)
 }

@@ -593,6 +593,74 @@ fn tree_of_10000_files(src_kind: &str, dst_kind: &str) {
     assert_eq!(String::from_utf8_lossy(&leftovers.stdout).trim(), "0");
 }
 
+/// Wildcards in a source expand on the source's target, as scp expands them: sorted, hidden
+/// names left out, `-r` on matched directories, a bracketed name taken as written when the
+/// pattern matches nothing, and no match an error naming the pattern.
+fn wildcards_in_sources(src_kind: &str) {
+    let test = format!("cp {src_kind} wildcards");
+    let Some((src, dst)) = Side::pair(src_kind, "local", &test) else {
+        return;
+    };
+    src.sh(
+        "mkdir w w/d1 w/d2 && printf A > w/a.txt && printf B > 'w/b c.txt' && \
+         printf H > w/.h.txt && printf L > w/c.log && printf K > 'w/k[1].txt' && \
+         printf 1 > w/d1/x.txt && printf 2 > w/d2/x.txt",
+    );
+    let local = |rel: &str| dst.path(rel);
+    let arg = |rel: &str| match src.peer {
+        // `local:` names the destination, so the pattern is reach's to expand.
+        Peer::Local => format!("local:{}", src.path(rel)),
+        _ => src.arg(rel),
+    };
+    std::fs::create_dir(local("flat")).unwrap();
+    let out = cp(&src, &dst, &[&arg("w/*.txt"), &local("flat")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(local("flat"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.txt", "b c.txt", "k[1].txt"]);
+    assert_eq!(std::fs::read(local("flat/b c.txt")).unwrap(), b"B");
+
+    std::fs::create_dir(local("trees")).unwrap();
+    let out = cp(&src, &dst, &["-r", &arg("w/d?"), &local("trees")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(local("trees/d1/x.txt")).unwrap(), b"1");
+    assert_eq!(std::fs::read(local("trees/d2/x.txt")).unwrap(), b"2");
+
+    let out = cp(&src, &dst, &[&arg("w/k[1].txt"), &local("lit")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(local("lit")).unwrap(), b"K");
+
+    let out = cp(
+        &src,
+        &dst,
+        &[&arg("w/*.nope"), &arg("w/a.txt"), &local("flat")],
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("nothing matches") && out.stderr.contains("w/*.nope"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn wildcards_in_sources_local() {
+    wildcards_in_sources("local");
+}
+
+#[test]
+fn wildcards_in_sources_ssh() {
+    wildcards_in_sources("ssh");
+}
+
+#[test]
+fn wildcards_in_sources_docker() {
+    wildcards_in_sources("docker");
+}
+
 macro_rules! pairs {
     ($($name:ident: $src:literal -> $dst:literal;)*) => {$(
         mod $name {

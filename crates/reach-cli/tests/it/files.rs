@@ -111,3 +111,86 @@ fn mv_across_destinations_points_to_cp() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("reach cp"), "{}", out.stderr);
 }
+
+/// Wildcards in `DEST:PATH` arguments expand on the target, as scp expands them; a bare
+/// local path is the shell's to expand and is taken as written.
+#[test]
+fn wildcards_expand_on_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_owned();
+    for (name, text) in [
+        ("a.log", "A"),
+        ("b.log", "B"),
+        (".hidden.log", "H"),
+        ("keep.txt", "K"),
+        ("f[1].txt", "brackets"),
+        ("f1.txt", "one"),
+    ] {
+        std::fs::write(format!("{d}/{name}"), text).unwrap();
+    }
+    std::fs::create_dir(format!("{d}/sub")).unwrap();
+    std::fs::write(format!("{d}/sub/c.log"), "C").unwrap();
+
+    let out = reach(&["cat", &format!("local:{d}/*.log")]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout_text(), "AB", "sorted, hidden left out");
+    let out = reach(&["cat", &format!("local:{d}/*/*.log")]).run();
+    assert_eq!(out.stdout_text(), "C");
+    // As written: the shell already had its turn at a bare path.
+    let out = reach(&["cat", &format!("{d}/f[1].txt")]).run();
+    assert_eq!(out.stdout_text(), "brackets");
+    // A pattern, which an escape turns back into the name.
+    let out = reach(&["cat", &format!("local:{d}/f[1].txt")]).run();
+    assert_eq!(out.stdout_text(), "one");
+    let out = reach(&["cat", &format!("local:{d}/f\\[1\\].txt")]).run();
+    assert_eq!(out.stdout_text(), "brackets");
+
+    let out = reach(&["ls", &format!("local:{d}/?.log")]).run();
+    assert_eq!(out.stdout_text(), format!("{d}/a.log\n{d}/b.log\n"));
+    let out = reach(&["--json", "stat", &format!("local:{d}/.*.log")]).run();
+    let v = out.json();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["path"], format!("local:{d}/.hidden.log"));
+
+    let out = reach(&["chmod", "600", &format!("local:{d}/*.log")]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    for name in ["a.log", "b.log", ".hidden.log", "keep.txt"] {
+        let mode = std::fs::metadata(format!("{d}/{name}"))
+            .unwrap()
+            .permissions()
+            .mode();
+        let want = if name.ends_with(".log") && !name.starts_with('.') {
+            0o600
+        } else {
+            0o644
+        };
+        assert_eq!(mode & 0o777, want, "{name}");
+    }
+
+    // No match: an error naming the pattern, unless -f.
+    let out = reach(&["rm", &format!("local:{d}/*.nothing")]).run();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("nothing matches") && out.stderr.contains("*.nothing"),
+        "{}",
+        out.stderr
+    );
+    let out = reach(&["rm", "-f", &format!("local:{d}/*.nothing")]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = reach(&["rm", &format!("local:{d}/*.log")]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut left: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [".hidden.log", "f1.txt", "f[1].txt", "keep.txt", "sub"]
+    );
+
+    // mkdir makes what it is told: a pattern there is a name.
+    let out = reach(&["mkdir", &format!("local:{d}/new*")]).run();
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(std::path::Path::new(&format!("{d}/new*")).is_dir());
+}
