@@ -310,9 +310,16 @@ impl Location {
             if path.is_empty() {
                 return Err(invalid("the path after `local:` is empty"));
             }
+            // The shell does not expand `~` after `local:`; this does, as it would.
+            let path = match (path.strip_prefix('~'), std::env::var("HOME")) {
+                (Some(rest), Ok(home)) if rest.is_empty() || rest.starts_with('/') => {
+                    format!("{}{rest}", home.trim_end_matches('/'))
+                }
+                _ => path.to_owned(),
+            };
             return Ok(Location {
                 destination: Destination::local(),
-                path: path.to_owned(),
+                path,
             });
         }
         if let Some((scheme, rest)) = input.split_once("://") {
@@ -354,7 +361,20 @@ impl Location {
             Some(i) => {
                 let destination = Destination::parse_with_default(&input[..i], default_scheme)
                     .map_err(|e| invalid(e.message()))?;
-                let path = &input[i + 1..];
+                // Relative paths are relative to the login directory already, so `~/x` is
+                // `x` (as scp expands it); another user's `~name` is not known here.
+                let path = match input[i + 1..].strip_prefix('~') {
+                    None => &input[i + 1..],
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                        rest.trim_start_matches('/')
+                    }
+                    Some(_) => {
+                        return Err(invalid(
+                            "another user's home (`~name`) is not expanded; give its absolute \
+                             path, or `./~name` for a file of that name",
+                        ))
+                    }
+                };
                 Ok(Location {
                     destination,
                     path: if path.is_empty() {
@@ -468,6 +488,18 @@ mod tests {
         );
         assert_eq!(l("h:").path, ".");
         assert_eq!(l("h:rel/x").path, "rel/x");
+        assert_eq!(l("h:~").path, ".");
+        assert_eq!(l("h:~/").path, ".");
+        assert_eq!(l("h:~/notes/a").path, "notes/a");
+        assert_eq!(l("h:./~x").path, "./~x");
+        assert_eq!(l("h:/tmp/~x").path, "/tmp/~x");
+        if let Ok(home) = std::env::var("HOME") {
+            assert_eq!(
+                l("local:~/x").path,
+                format!("{}/x", home.trim_end_matches('/'))
+            );
+        }
+        assert_eq!(l("~/x").path, "~/x", "a bare path is the shell's to expand");
         let v6 = l("[::1]:/srv");
         assert_eq!((v6.destination.host(), v6.path.as_str()), ("::1", "/srv"));
         let url = l("ssh://u@h:2222/srv/a b");
@@ -478,7 +510,14 @@ mod tests {
         assert_eq!(l("ssh://h/~/notes").path, "notes");
         assert_eq!(l("docker://web:/etc/hosts").path, "/etc/hosts");
         assert_eq!(l("docker://web/etc/hosts").destination.host(), "web");
-        for bad in ["", "local:", "ssh://h", "[::1]/x", "ssh://@:1/x"] {
+        for bad in [
+            "",
+            "local:",
+            "ssh://h",
+            "[::1]/x",
+            "ssh://@:1/x",
+            "h:~alice/x",
+        ] {
             let e = Location::parse(bad).expect_err(bad);
             assert_eq!(e.kind(), ErrorKind::InvalidInput);
             assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");

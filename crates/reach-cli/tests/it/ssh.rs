@@ -388,3 +388,46 @@ fn shell_over_ssh_gets_a_pty_with_sane_modes() {
         "terminal left raw: {stty}"
     );
 }
+
+/// `HOST:~/x` and `HOST:~` name the login directory, as with scp: the file lands in the
+/// user's home, and no file or directory called `~` appears there.
+#[test]
+fn a_tilde_path_is_the_login_directory() {
+    let Some(sshd) = sshd("a_tilde_path_is_the_login_directory") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Unique names: without root the home is the tester's own.
+    let (one, two) = (
+        format!("reach-tilde-{}.txt", std::process::id()),
+        format!("reach-tilde2-{}.txt", std::process::id()),
+    );
+    let file = dir.path().join(&one);
+    std::fs::write(&file, "home\n").unwrap();
+    let file = file.display().to_string();
+    let host = format!("{}@127.0.0.1", sshd.user());
+    let port = sshd.port().to_string();
+    let home = std::path::Path::new(sshd.home());
+    for dest in [format!("{host}:~/{two}"), format!("{host}:~")] {
+        let out = run(&sshd, &["cp", "-p", &port, &file, &dest]);
+        assert_eq!(out.code, 0, "{dest}: {}", out.stderr);
+    }
+    let landed = [
+        std::fs::read(home.join(&two)),
+        std::fs::read(home.join(&one)),
+    ];
+    let _ = std::fs::remove_file(home.join(&one));
+    let out = run(&sshd, &["cat", "-p", &port, &format!("{host}:~/{two}")]);
+    let _ = std::fs::remove_file(home.join(&two));
+    for bytes in landed {
+        assert_eq!(bytes.unwrap(), b"home\n");
+    }
+    assert!(!home.join("~").exists(), "a file named ~ was made");
+    assert_eq!(out.stdout_text(), "home\n");
+    let out = run(
+        &sshd,
+        &["cp", "-p", &port, &file, &format!("{host}:~nobody/x")],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("~name"), "{}", out.stderr);
+}
