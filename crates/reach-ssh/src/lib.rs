@@ -390,6 +390,7 @@ impl SshBackend {
             let exec = sftp::RemoteExec {
                 handle: conn.handle.clone(),
                 sessions: conn.sessions.clone(),
+                refused: Arc::default(),
             };
             SftpFs::start(channel.into_stream(), addr.clone(), Some(exec))
                 .await

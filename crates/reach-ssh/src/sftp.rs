@@ -53,6 +53,9 @@ pub struct SftpFs {
 pub(crate) struct RemoteExec {
     pub(crate) handle: Arc<russh::client::Handle<crate::HostKeyCheck>>,
     pub(crate) sessions: Arc<tokio::sync::Semaphore>,
+    /// Set once the server, with the connection alive, would not start a command beside the
+    /// SFTP session (a `MaxSessions 1` server): later commands are not tried again.
+    pub(crate) refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SftpFs {

@@ -2,6 +2,8 @@
 //! unpack, `find` + `sha256sum` to hash, `sync -f` to flush. One stream instead of several
 //! SFTP round trips per file (OpenSSH's `sftp-server` is single-threaded and was the limit).
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 use reach_core::{
     shell_quote, BoxRead, Error, ErrorKind, ExecSpec, Process, ProcessExt, Result, StdinMode,
@@ -24,14 +26,34 @@ async fn start(
             format!("the connection to `{addr}` was closed"),
         )
     })?;
+    let refused = || {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "`{addr}` does not start a command beside the SFTP session on one connection \
+                 (is its MaxSessions 1?)"
+            ),
+        )
+    };
+    if exec.refused.load(Ordering::Relaxed) {
+        return Err(refused());
+    }
     let mut spec = ExecSpec::shell(line);
     if stdin {
         spec = spec.stdin(StdinMode::Piped);
     }
-    let process =
-        crate::process::SshProcess::start(exec.handle.clone(), spec, addr.to_owned(), permit)
-            .await?;
-    Ok(Box::new(process))
+    match crate::process::SshProcess::start(exec.handle.clone(), spec, addr.to_owned(), permit)
+        .await
+    {
+        Ok(process) => Ok(Box::new(process)),
+        // The connection is alive, so the server refused the session: what needed it has
+        // another way (hash after the copy, read back, file by file).
+        Err(_) if !exec.handle.is_closed() => {
+            exec.refused.store(true, Ordering::Relaxed);
+            Err(refused())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Copies `data` into a command's stdin in large writes (each becomes channel data; the

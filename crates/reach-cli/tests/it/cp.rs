@@ -956,3 +956,69 @@ fn uploads_are_checked_even_where_hashing_while_writing_fails() {
         assert!(!Path::new(&format!("{remote}/.nine-mib.reach-part")).exists());
     }
 }
+
+/// A server that allows one session per connection (`MaxSessions 1`) has no room for a
+/// hashing or tar command beside the SFTP session: copies still land whole and checked, by
+/// reading back what was written and file by file, where they failed before.
+#[test]
+fn a_server_with_one_session_per_connection_still_gets_checked_copies() {
+    let test = "cp against MaxSessions 1";
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return;
+    }
+    let sshd = SshdFixture::start_with("MaxSessions 1").unwrap();
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let copy = |src: &str, dst: &str, recursive: bool| {
+        let mut args = vec!["cp", "-i", &key, "--known-hosts", &known, "--json"];
+        if recursive {
+            args.push("-r");
+        }
+        args.extend([src, dst]);
+        reach(&args).run()
+    };
+    let local = tempfile::tempdir().unwrap();
+    let source = local.path().join("nine-mib");
+    let data = pseudo_random(9 << 20, 11);
+    std::fs::write(&source, &data).unwrap();
+    let tree = local.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            tree.join(format!("f{i}")),
+            pseudo_random(1000 + i, i as u64),
+        )
+        .unwrap();
+    }
+    let remote = sshd.user_dir("one-session").unwrap();
+    let on_server = |rel: &str| format!("{}{remote}/{rel}", sshd.destination());
+
+    let out = copy(&source.display().to_string(), &on_server("nine-mib"), false);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json()["copied"][0]["verified"], "read-back");
+    assert_eq!(std::fs::read(format!("{remote}/nine-mib")).unwrap(), data);
+
+    let back = local.path().join("back");
+    let out = copy(&on_server("nine-mib"), &back.display().to_string(), false);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let out = copy(&tree.display().to_string(), &on_server("tree"), true);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let back = local.path().join("tree-back");
+    let out = copy(&on_server("tree"), &back.display().to_string(), true);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for i in 0..5 {
+        let name = format!("f{i}");
+        let want = pseudo_random(1000 + i, i as u64);
+        assert_eq!(
+            std::fs::read(format!("{remote}/tree/{name}")).unwrap(),
+            want
+        );
+        assert_eq!(std::fs::read(back.join(&name)).unwrap(), want);
+    }
+}
