@@ -275,7 +275,8 @@ fn is_valid_scheme(scheme: &str) -> bool {
 /// - scp style `[user@]host:PATH` and `[user@][v6addr]:PATH` (default scheme; a relative `PATH`
 ///   is relative to the login directory, an empty one means the login directory);
 /// - URL style `scheme://[user@]host[:port]/PATH`; `/~/PATH` there is relative to the login
-///   directory. `docker://web:/etc/hosts` is accepted too.
+///   directory. `scheme://host:PATH` is accepted too, scp style (`docker://web:/etc/hosts`,
+///   `docker://web:~/notes`), unless what follows the `:` is a port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Location {
     /// Where the file lives.
@@ -327,6 +328,29 @@ impl Location {
                 return Err(invalid(&format!("`{scheme}` is not a scheme name")));
             }
             if is_valid_scheme(scheme) {
+                // `scheme://host:PATH`, scp style after the scheme, unless what follows the
+                // `:` is a port (`ssh://h:2222/srv`).
+                let head = &rest[..rest.find('/').unwrap_or(rest.len())];
+                let host_at = head.rfind('@').map_or(0, |i| i + 1);
+                let host = &head[host_at..];
+                let colon = if host.starts_with('[') {
+                    host.find("]:").map(|i| i + 1)
+                } else {
+                    host.find(':')
+                };
+                if let Some(colon) = colon.map(|c| host_at + c) {
+                    let after = &rest[colon + 1..];
+                    let port = &after[..after.find(['/', ':']).unwrap_or(after.len())];
+                    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                        let destination = Destination::parse_with_default(
+                            &format!("{scheme}://{}", &rest[..colon]),
+                            default_scheme,
+                        )
+                        .map_err(|e| invalid(e.message()))?;
+                        let path = login_relative(after).map_err(invalid)?;
+                        return Ok(Location { destination, path });
+                    }
+                }
                 let (authority, path) = match rest.find('/') {
                     Some(i) => rest.split_at(i),
                     None => return Err(invalid("the path after the destination is missing")),
@@ -361,31 +385,32 @@ impl Location {
             Some(i) => {
                 let destination = Destination::parse_with_default(&input[..i], default_scheme)
                     .map_err(|e| invalid(e.message()))?;
-                // Relative paths are relative to the login directory already, so `~/x` is
-                // `x` (as scp expands it); another user's `~name` is not known here.
-                let path = match input[i + 1..].strip_prefix('~') {
-                    None => &input[i + 1..],
-                    Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-                        rest.trim_start_matches('/')
-                    }
-                    Some(_) => {
-                        return Err(invalid(
-                            "another user's home (`~name`) is not expanded; give its absolute \
-                             path, or `./~name` for a file of that name",
-                        ))
-                    }
-                };
-                Ok(Location {
-                    destination,
-                    path: if path.is_empty() {
-                        ".".to_owned()
-                    } else {
-                        path.to_owned()
-                    },
-                })
+                let path = login_relative(&input[i + 1..]).map_err(invalid)?;
+                Ok(Location { destination, path })
             }
         }
     }
+}
+
+/// The path of an scp-style `DEST:PATH`: relative paths are relative to the login
+/// directory already, so `~/x` is `x` and `~` or nothing is `.` (as scp expands them);
+/// another user's `~name` is not known here.
+fn login_relative(path: &str) -> std::result::Result<String, &'static str> {
+    let path = match path.strip_prefix('~') {
+        None => path,
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => rest.trim_start_matches('/'),
+        Some(_) => {
+            return Err(
+                "another user's home (`~name`) is not expanded; give its absolute \
+                 path, or `./~name` for a file of that name",
+            )
+        }
+    };
+    Ok(if path.is_empty() {
+        ".".to_owned()
+    } else {
+        path.to_owned()
+    })
 }
 
 impl fmt::Display for Location {
@@ -509,6 +534,14 @@ mod tests {
         );
         assert_eq!(l("ssh://h/~/notes").path, "notes");
         assert_eq!(l("docker://web:/etc/hosts").path, "/etc/hosts");
+        assert_eq!(l("docker://web:~/x").path, "x");
+        assert_eq!(l("docker://app@web:notes").path, "notes");
+        assert_eq!(l("docker://app@web:notes").destination.user(), Some("app"));
+        assert_eq!(l("ssh://h:rel/a").path, "rel/a");
+        assert_eq!(l("ssh://h:").path, ".");
+        assert_eq!(l("ssh://u@h:2222/srv").destination.port(), Some(2222));
+        assert_eq!(l("ssh://[::1]:/srv").path, "/srv");
+        assert_eq!(l("ssh://[::1]:22/srv").destination.port(), Some(22));
         assert_eq!(l("docker://web/etc/hosts").destination.host(), "web");
         for bad in [
             "",

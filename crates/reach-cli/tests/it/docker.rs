@@ -160,4 +160,13 @@ fn files_commands_work_in_a_container() {
     assert_eq!(out.stdout_text(), "f\n");
     let out = c.exec(&["cat", "/tmp/a/b/f"]).unwrap();
     assert_eq!(out.stdout, b"hello");
+    // `docker://name:~/PATH`, scp style after the scheme: in the user's home.
+    let out = reach(&["put", &format!("{dest}:~/tilde")])
+        .stdin(b"at home".to_vec())
+        .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = c.exec(&["sh", "-c", "cat ~/tilde"]).unwrap();
+    assert_eq!(out.stdout, b"at home");
+    let out = reach(&["cat", &format!("{dest}:tilde")]).run();
+    assert_eq!(out.stdout, b"at home");
 }
