@@ -231,6 +231,8 @@ fn attributes(meta: &Metadata) -> FileAttributes {
     }
 }
 
+/// The `ls -l` line that `sftp`'s `ls -l` prints, in OpenSSH's layout (numeric owners, the
+/// time in UTC: month, day and time within half a year, else month, day and year).
 fn longname(name: &str, attrs: &FileAttributes) -> String {
     let mode = attrs.permissions.unwrap_or(0);
     let kind = match mode & 0o170000 {
@@ -247,8 +249,21 @@ fn longname(name: &str, attrs: &FileAttributes) -> String {
         bits.push(if b & 2 != 0 { 'w' } else { '-' });
         bits.push(if b & 1 != 0 { 'x' } else { '-' });
     }
+    let now = chrono::Utc::now().timestamp();
+    let when = attrs
+        .mtime
+        .and_then(|t| chrono::DateTime::from_timestamp(i64::from(t), 0))
+        .map(|t| {
+            const HALF_YEAR: i64 = 365 * 86_400 / 2;
+            if (now - t.timestamp()).abs() < HALF_YEAR {
+                t.format("%b %e %H:%M").to_string()
+            } else {
+                t.format("%b %e  %Y").to_string()
+            }
+        })
+        .unwrap_or_else(|| " ".repeat(12));
     format!(
-        "{bits} 1 {:<8} {:<8} {:>8} {name}",
+        "{bits}    1 {:<8} {:<8} {:>8} {when} {name}",
         attrs.uid.unwrap_or(0),
         attrs.gid.unwrap_or(0),
         attrs.size.unwrap_or(0)
@@ -695,5 +710,39 @@ impl russh_sftp::server::Handler for Sftp {
             }
             _ => Err(self.unimplemented()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_read_like_openssh() {
+        let attrs = FileAttributes {
+            size: Some(1234),
+            uid: Some(1000),
+            gid: Some(100),
+            permissions: Some(0o100644),
+            // 2001-09-09 01:46:40 UTC: more than half a year ago, so the year shows.
+            mtime: Some(1_000_000_000),
+            ..FileAttributes::default()
+        };
+        assert_eq!(
+            longname("notes.txt", &attrs),
+            "-rw-r--r--    1 1000     100          1234 Sep  9  2001 notes.txt"
+        );
+        let recent = u32::try_from(chrono::Utc::now().timestamp() - 3600).unwrap_or(0);
+        let dir = FileAttributes {
+            permissions: Some(0o040755),
+            mtime: Some(recent),
+            ..attrs
+        };
+        let line = longname("sub", &dir);
+        let hhmm = chrono::DateTime::from_timestamp(i64::from(recent), 0)
+            .map(|t| t.format("%b %e %H:%M").to_string())
+            .unwrap_or_default();
+        assert!(line.starts_with("drwxr-xr-x "), "{line}");
+        assert!(line.ends_with(&format!(" {hhmm} sub")), "{line}");
     }
 }

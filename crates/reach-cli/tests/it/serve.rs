@@ -439,10 +439,15 @@ fn sftp_batch_and_scp_both_ways() {
         .args(["-b", "-", "tester@127.0.0.1"]);
     let out = run(sftp, batch.as_bytes());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // `ls -l` shows the file with its size and when it was written, as OpenSSH's does.
+    let month = Command::new("date").args(["-u", "+%b"]).output().unwrap();
+    let month = text(&month.stdout).trim().to_owned();
+    let listed = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("put.bin"),
-        "{}",
-        text(&out.stdout)
+        listed.lines().any(|l| l.ends_with(" put.bin")
+            && l.starts_with("-rw")
+            && l.contains(&format!(" {} {month} ", data.len()))),
+        "{listed}"
     );
     assert!(std::fs::read(work.path().join("back.bin")).unwrap() == data);
     assert_eq!(std::fs::read_dir(remote.path()).unwrap().count(), 0);
