@@ -352,6 +352,37 @@ async fn read_small(conn: &Conn, path: &str) -> Option<String> {
     Some(text)
 }
 
+/// Refuses a `user[:group]` named in the destination that the container does not have: the
+/// engine would run every command with an error of its own as output and status 126, and
+/// files would be written for a user that does not exist. Numeric ids need no entry.
+pub(crate) async fn check_user(conn: &Conn) -> Result<()> {
+    let mut parts = conn.user.splitn(2, ':');
+    let named = [
+        (parts.next().unwrap_or(""), "/etc/passwd", "user"),
+        (parts.next().unwrap_or(""), "/etc/group", "group"),
+    ];
+    for (name, file, what) in named {
+        if name.is_empty() || name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let known = read_small(conn, file).await.is_some_and(|text| {
+            text.lines()
+                .any(|line| line.split(':').next() == Some(name))
+        });
+        if !known {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "container `{}` has no {what} `{name}` (not in its {file}): name one it \
+                     has, or give a numeric uid (`docker://1000@{}`)",
+                    conn.name, conn.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parent_and_name(path: &str) -> (String, String) {
     let trimmed = path.trim_end_matches('/');
     match trimmed.rfind('/') {

@@ -337,7 +337,7 @@ impl DockerBackend {
             arch
         };
         let use_agent = self.options.agent && agent::runs_on(&arch) && os == "linux";
-        Ok(Conn {
+        let conn = Conn {
             docker,
             address,
             name,
@@ -349,7 +349,11 @@ impl DockerBackend {
             use_agent,
             agent: OnceCell::new(),
             shell: OnceCell::new(),
-        })
+        };
+        if self.destination.user().is_some() && conn.os == "linux" {
+            fs::check_user(&conn).await?;
+        }
+        Ok(conn)
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{frame, read_frame, write_frame, ExecRequest, Request, LOG, SOCKET};
+use super::{frame, read_frame, write_frame, ExecRequest, Request, LOG};
 
 /// What became of handing a command to the agent.
 pub enum Handed {
@@ -93,7 +93,7 @@ fn failure(body: &[u8]) -> Error {
 
 /// Connects to the running agent, or starts one and waits (up to 3 s) for its socket.
 async fn connect_or_start(dir: &Path, idle: Duration) -> Result<UnixStream, String> {
-    let socket = dir.join(SOCKET);
+    let socket = dir.join(super::socket_name());
     if let Ok(stream) = connect(&socket).await {
         return Ok(stream);
     }
@@ -162,21 +162,37 @@ fn spawn_agent(dir: &Path, idle: Duration) -> Result<(), String> {
         .map_err(|e| format!("cannot start the connection agent: {e}"))
 }
 
-/// Sends a list/close/stop request; `None` when no agent runs.
+/// Sends a list or close request to this build's agent, or a stop request to every build's;
+/// `None` when none runs.
 pub async fn ask(request: &Request) -> reach::Result<Option<Value>> {
     let dir = super::runtime_dir().map_err(|e| Error::new(ErrorKind::PermissionDenied, e))?;
-    let socket = dir.join(SOCKET);
-    let mut stream = match UnixStream::connect(&socket).await {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
+    if !matches!(request, Request::Stop) {
+        return ask_at(&dir.join(super::socket_name()), request).await;
+    }
+    let mut stopped = None;
+    for socket in super::agent_sockets(&dir) {
+        if let Some(reply) = ask_at(&socket, request).await? {
+            stopped = Some(reply);
         }
-        Err(e) => return Err(Error::io(format!("connect to `{}`", socket.display()), e)),
+    }
+    Ok(stopped)
+}
+
+/// Sends one request to the agent at `socket`; `None` when none listens there.
+async fn ask_at(socket: &Path, request: &Request) -> reach::Result<Option<Value>> {
+    let mut stream = match connect(socket).await {
+        Ok(stream) => stream,
+        Err(_) if !socket.exists() => return Ok(None),
+        Err(why) => {
+            // A socket left by an agent that is gone refuses connections: nothing runs.
+            if UnixStream::connect(socket)
+                .await
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                return Ok(None);
+            }
+            return Err(Error::new(ErrorKind::PermissionDenied, why));
+        }
     };
     let body = serde_json::to_vec(request)
         .map_err(|e| Error::new(ErrorKind::Protocol, format!("encode the request: {e}")))?;

@@ -16,7 +16,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
-use super::{frame, read_frame, write_frame, ExecRequest, Request, LOCK, SOCKET};
+use super::{frame, read_frame, write_frame, ExecRequest, Request};
 
 /// One warm connection.
 struct Entry {
@@ -51,14 +51,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Exits at once (0) when another agent holds the lock.
 pub async fn serve(idle: Duration) -> reach::Result<i32> {
     let dir = super::runtime_dir().map_err(|e| Error::new(ErrorKind::PermissionDenied, e))?;
-    let Some(_lock) = take_lock(&dir.join(LOCK)).await? else {
+    let Some(_lock) = take_lock(&dir.join(super::lock_name())).await? else {
         eprintln!(
             "reach agent {}: another agent is running",
             std::process::id()
         );
         return Ok(0);
     };
-    let socket = dir.join(SOCKET);
+    let socket = dir.join(super::socket_name());
     let _ = std::fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket)
         .map_err(|e| Error::io(format!("listen on `{}`", socket.display()), e))?;

@@ -29,10 +29,63 @@ use crate::cli::ConnArgs;
 
 /// How long the agent keeps an unused connection (and itself, once it holds none).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
-/// The socket's name in the runtime directory.
-const SOCKET: &str = "agent.sock";
-/// Held (flock) by the running agent, so that two starting at once do not both serve.
-const LOCK: &str = "agent.lock";
+/// The name of this build's agent socket in the runtime directory.
+fn socket_name() -> String {
+    format!("agent-{}.sock", build_id())
+}
+
+/// Held (flock) by this build's running agent, so that two starting at once do not both
+/// serve.
+fn lock_name() -> String {
+    format!("agent-{}.lock", build_id())
+}
+
+/// Names this build of reach: its version and the executable file (device, inode, size,
+/// modification time). The agent's socket and lock carry it, so an agent started by another
+/// build (before an upgrade, or a development build beside the installed one) never serves
+/// this one: each build has its own agent, and an old one exits once idle.
+pub fn build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut hasher = Sha256::new();
+        hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+        if let Some(meta) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| std::fs::metadata(exe).ok())
+        {
+            let mtime = meta.mtime_nsec() as u128 + (meta.mtime() as u128) * 1_000_000_000;
+            hasher.update(format!(
+                "{}:{}:{}:{mtime}",
+                meta.dev(),
+                meta.ino(),
+                meta.len()
+            ));
+        }
+        hasher.finalize()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
+/// The sockets of every build's agent in `dir` (this build's among them, if it runs).
+fn agent_sockets(dir: &Path) -> Vec<PathBuf> {
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("agent") && n.ends_with(".sock"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    sockets.sort();
+    sockets
+}
 /// The agent's stderr: its start, stop and refusals.
 const LOG: &str = "agent.log";
 /// Larger frames are a protocol error (data frames are at most 64 KiB).

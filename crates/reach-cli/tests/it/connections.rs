@@ -25,8 +25,13 @@ impl Agent {
         }
     }
 
+    /// The socket of the (first) agent running here.
     fn socket(&self) -> PathBuf {
-        self.dir.path().join("reach").join("agent.sock")
+        let dir = self.dir.path().join("reach");
+        sockets(&dir)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| dir.join("no-agent.sock"))
     }
 
     /// `reach ARGS...` that goes through this test's agent.
@@ -74,6 +79,21 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.reach(&["connections", "stop"]).run();
     }
+}
+
+/// The agent sockets in a runtime directory: one per build of reach whose agent runs.
+fn sockets(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 /// The connections the agent holds to `dest`.
@@ -468,12 +488,14 @@ fn the_agent_refuses_every_other_user() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let socket = runtime.join("reach").join("agent.sock");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !socket.exists() {
+    let socket = loop {
+        if let Some(socket) = sockets(&runtime.join("reach")).pop() {
+            break socket;
+        }
         assert!(Instant::now() < deadline, "the agent made no socket");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
 
     // Root can open the socket (the 0700 directory does not stop root), but the agent
     // checks who is calling and answers only its own user.
@@ -515,4 +537,55 @@ fn the_agent_refuses_every_other_user() {
         logged.contains("refused a connection from uid 0"),
         "{logged}"
     );
+}
+
+/// An agent serves only the build of reach that started it: after an upgrade (here, a copy of
+/// the binary) the next call starts its own agent instead of handing its command to code that
+/// is not its own; both are warm for their own calls, and `connections stop` stops both.
+#[test]
+fn each_build_of_reach_has_its_own_agent() {
+    let Some(sshd) = SshdFixture::start_or_skip("each_build_of_reach_has_its_own_agent") else {
+        return;
+    };
+    let agent = Agent::new();
+    let f = Flags::of(&sshd);
+    let other = tempfile::tempdir().unwrap();
+    let other_exe = other.path().join("reach");
+    std::fs::copy(env!("CARGO_BIN_EXE_reach"), &other_exe).unwrap();
+    let run_other = || {
+        let out = Command::new(&other_exe)
+            .args(exec_args(&f, &[], &["echo other"]))
+            .env_remove("REACH_NO_REUSE")
+            .env("XDG_RUNTIME_DIR", agent.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(out.stdout, b"other\n");
+    };
+    run_other();
+    assert_eq!(logins(&sshd), 1);
+    let dir = agent.dir.path().join("reach");
+    assert_eq!(sockets(&dir).len(), 1, "the other build started its agent");
+
+    let out = agent.reach(&exec_args(&f, &[], &["echo this"])).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "this\n");
+    assert_eq!(
+        logins(&sshd),
+        2,
+        "this build was not served by the other's agent"
+    );
+    assert_eq!(sockets(&dir).len(), 2);
+
+    let out = agent.reach(&exec_args(&f, &[], &["true"])).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    run_other();
+    assert_eq!(logins(&sshd), 2, "each build's second call was warm");
+
+    let out = agent.reach(&["connections", "stop"]).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    agent.wait_for("both agents to stop", Duration::from_secs(10), || {
+        sockets(&dir).is_empty()
+    });
 }
