@@ -119,6 +119,32 @@ fn failures_name_the_container_and_the_command() {
         "{}",
         out.stderr
     );
+    // A user the container does not have: an error naming it, for commands and files alike
+    // (the engine alone would print its complaint as the command's output, status 126).
+    let nobody = c.destination(Some("reach-no-such-user"));
+    for args in [
+        vec!["exec", nobody.as_str(), "--", "id"],
+        vec!["--no-agent", "exec", nobody.as_str(), "--", "id"],
+    ] {
+        let out = reach(&args).run();
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("has no user `reach-no-such-user`") && out.stdout.is_empty(),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = reach(&["cat", &format!("{nobody}:/etc/hostname")]).run();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("reach-no-such-user"), "{}", out.stderr);
+    // A numeric uid needs no entry, as with docker exec -u.
+    let out = reach(&["exec", &c.destination(Some("4242")), "--", "id", "-u"]).run();
+    assert_eq!(
+        (out.code, out.stdout_text()),
+        (0, "4242\n".to_owned()),
+        "{}",
+        out.stderr
+    );
     let out = reach(&["exec", "docker://reach-no-such-container", "--", "true"]).run();
     eprintln!("missing container: {}", out.stderr.trim());
     assert_eq!(out.code, 1);
