@@ -5,8 +5,11 @@
 //! `Host` patterns (`*`, `?`, `!negation`, several per line), `Include` (globs, relative to
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
-//! `StrictHostKeyChecking`. Other keywords are ignored; a `Match` block is skipped whole
-//! (its conditions are not evaluated).
+//! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
+//! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
+//! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
+//! configuration with `Match final` (or `canonical`) is read a second time with those
+//! blocks matching, as `ssh` does. Other keywords are ignored.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -52,11 +55,140 @@ pub struct SshConfig {
 
 #[derive(Debug, Clone)]
 struct Block {
-    /// `None` for lines before the first `Host` (they apply to every host) or for `Match`
-    /// (which never applies).
+    /// `None` for lines before the first `Host` (they apply to every host) or for `Match`.
     patterns: Option<Vec<String>>,
     applies_to_all: bool,
+    /// A `Match` block's criteria, all of which must hold.
+    criteria: Option<Vec<Criterion>>,
     options: Vec<(String, String, PathBuf, usize)>,
+}
+
+/// One condition of a `Match` line, possibly negated with `!`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Criterion {
+    negated: bool,
+    test: Test,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Test {
+    All,
+    /// `final` or `canonical`: true on the second reading only.
+    Final,
+    Host(Vec<String>),
+    OriginalHost(Vec<String>),
+    User(Vec<String>),
+    LocalUser(Vec<String>),
+    /// A shell command that must exit 0 (`%h`, `%p`, `%r`, `%n`, `%u`, `%%` expanded).
+    Exec(String),
+}
+
+/// Parses the words after `Match`.
+fn criteria(words: &[String], origin: &Path, line: usize) -> Result<Vec<Criterion>> {
+    let bad = |why: String| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("SSH config `{}` line {line}: {why}", origin.display()),
+        )
+    };
+    let mut out = Vec::new();
+    let mut words = words.iter();
+    while let Some(word) = words.next() {
+        let (negated, name) = match word.strip_prefix('!') {
+            Some(name) => (true, name),
+            None => (false, word.as_str()),
+        };
+        let name = name.to_ascii_lowercase();
+        let mut argument = || {
+            words
+                .next()
+                .cloned()
+                .ok_or_else(|| bad(format!("`Match {name}` needs an argument")))
+        };
+        let list = |text: String| text.split(',').map(str::to_owned).collect::<Vec<_>>();
+        let test = match name.as_str() {
+            "all" => Test::All,
+            "final" | "canonical" => Test::Final,
+            "host" => Test::Host(list(argument()?)),
+            "originalhost" => Test::OriginalHost(list(argument()?)),
+            "user" => Test::User(list(argument()?)),
+            "localuser" => Test::LocalUser(list(argument()?)),
+            "exec" => Test::Exec(argument()?),
+            other => {
+                return Err(bad(format!(
+                    "`Match {other}` is not supported (all, host, originalhost, user, \
+                     localuser, exec, final, canonical)"
+                )))
+            }
+        };
+        out.push(Criterion { negated, test });
+    }
+    if out.is_empty() {
+        return Err(bad(
+            "`Match` needs criteria (`Match all` for every host)".into()
+        ));
+    }
+    Ok(out)
+}
+
+/// What `Match` criteria are checked against.
+struct Facts<'a> {
+    /// The name the user typed.
+    original: &'a str,
+    /// The host name to connect to, as far as the configuration has set it.
+    host: String,
+    /// The remote user (given, or as far as the configuration has set it, or the local one).
+    user: String,
+    port: u16,
+    local_user: String,
+    second_reading: bool,
+}
+
+impl Criterion {
+    fn holds(&self, facts: &Facts<'_>) -> bool {
+        let any = |patterns: &[String], value: &str| host_matches(patterns, value);
+        let result = match &self.test {
+            Test::All => true,
+            Test::Final => facts.second_reading,
+            Test::Host(p) => any(p, &facts.host),
+            Test::OriginalHost(p) => any(p, facts.original),
+            Test::User(p) => any(p, &facts.user),
+            Test::LocalUser(p) => any(p, &facts.local_user),
+            Test::Exec(command) => {
+                let line = command
+                    .replace("%%", "\u{0}")
+                    .replace("%h", &facts.host)
+                    .replace("%n", facts.original)
+                    .replace("%p", &facts.port.to_string())
+                    .replace("%r", &facts.user)
+                    .replace("%u", &facts.local_user)
+                    .replace('\u{0}', "%");
+                std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(line)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            }
+        };
+        result != self.negated
+    }
+}
+
+/// The name of the user running this process: `$USER`, else the password database's name
+/// for this uid (`$USER` is often unset under cron, systemd and containers).
+pub(crate) fn local_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .unwrap_or_default()
 }
 
 fn home() -> PathBuf {
@@ -188,6 +320,7 @@ impl SshConfig {
             self.blocks.push(Block {
                 patterns: None,
                 applies_to_all: true,
+                criteria: None,
                 options: Vec::new(),
             });
         }
@@ -202,11 +335,13 @@ impl SshConfig {
                 "host" => self.blocks.push(Block {
                     patterns: Some(words),
                     applies_to_all: false,
+                    criteria: None,
                     options: Vec::new(),
                 }),
                 "match" => self.blocks.push(Block {
                     patterns: None,
                     applies_to_all: false,
+                    criteria: Some(criteria(&words, origin, number + 1)?),
                     options: Vec::new(),
                 }),
                 "include" => {
@@ -227,6 +362,7 @@ impl SshConfig {
                             inner.blocks.push(Block {
                                 patterns: self.blocks[block].patterns.clone(),
                                 applies_to_all: self.blocks[block].applies_to_all,
+                                criteria: self.blocks[block].criteria.clone(),
                                 options: Vec::new(),
                             });
                             inner.read_file(&file, depth + 1)?;
@@ -236,6 +372,7 @@ impl SshConfig {
                             self.blocks.push(Block {
                                 patterns: self.blocks[block].patterns.clone(),
                                 applies_to_all: self.blocks[block].applies_to_all,
+                                criteria: self.blocks[block].criteria.clone(),
                                 options: Vec::new(),
                             });
                         }
@@ -256,73 +393,46 @@ impl SshConfig {
 
     /// The settings for `host` (the name the user typed).
     pub fn resolve(&self, host: &str) -> Result<HostConfig> {
+        self.resolve_as(host, None)
+    }
+
+    /// The settings for `host` when the remote user is `user` (given on the command line or
+    /// in the destination), which `Match user` checks; without it, the configured `User` so
+    /// far, else the local user.
+    pub fn resolve_as(&self, host: &str, user: Option<&str>) -> Result<HostConfig> {
         let mut out = HostConfig::default();
-        for block in &self.blocks {
-            let applies = block.applies_to_all
-                || block
-                    .patterns
-                    .as_ref()
-                    .is_some_and(|patterns| host_matches(patterns, host));
-            if !applies {
-                continue;
+        let second = self
+            .blocks
+            .iter()
+            .flat_map(|b| b.criteria.iter().flatten())
+            .any(|c| c.test == Test::Final);
+        let local_user = local_user();
+        for second_reading in [false, true] {
+            if second_reading && !second {
+                break;
             }
-            for (key, value, file, line) in &block.options {
-                let bad = |what: &str| {
-                    Error::new(
-                        ErrorKind::InvalidInput,
-                        format!(
-                            "SSH config `{}` line {line}: `{value}` is not {what}",
-                            file.display()
-                        ),
-                    )
+            for block in &self.blocks {
+                let applies = match (&block.patterns, &block.criteria) {
+                    _ if block.applies_to_all => true,
+                    (Some(patterns), _) => host_matches(patterns, host),
+                    (None, Some(criteria)) => {
+                        let facts = Facts {
+                            original: host,
+                            host: out.host_name.clone().unwrap_or_else(|| host.to_owned()),
+                            user: user
+                                .map(str::to_owned)
+                                .or_else(|| out.user.clone())
+                                .unwrap_or_else(|| local_user.clone()),
+                            port: out.port.unwrap_or(22),
+                            local_user: local_user.clone(),
+                            second_reading,
+                        };
+                        criteria.iter().all(|c| c.holds(&facts))
+                    }
+                    (None, None) => false,
                 };
-                let seconds = |v: &str| {
-                    v.parse::<u64>()
-                        .map(Duration::from_secs)
-                        .map_err(|_| bad("a number of seconds"))
-                };
-                let yes_no = |v: &str| match v.to_ascii_lowercase().as_str() {
-                    "yes" | "true" => Ok(true),
-                    "no" | "false" => Ok(false),
-                    _ => Err(bad("yes or no")),
-                };
-                match key.as_str() {
-                    "hostname" if out.host_name.is_none() => {
-                        out.host_name = Some(value.replace("%h", host))
-                    }
-                    "user" if out.user.is_none() => out.user = Some(value.clone()),
-                    "port" if out.port.is_none() => {
-                        out.port = Some(value.parse().map_err(|_| bad("a port (1-65535)"))?)
-                    }
-                    "identityfile" => out.identity_files.push(expand_tilde(value)),
-                    "identitiesonly" if out.identities_only.is_none() => {
-                        out.identities_only = Some(yes_no(value)?)
-                    }
-                    "proxyjump" if out.proxy_jump.is_none() => {
-                        out.proxy_jump = Some(if value.eq_ignore_ascii_case("none") {
-                            Vec::new()
-                        } else {
-                            value.split(',').map(|s| s.trim().to_owned()).collect()
-                        })
-                    }
-                    "serveraliveinterval" if out.server_alive_interval.is_none() => {
-                        out.server_alive_interval = Some(seconds(value)?)
-                    }
-                    "serveralivecountmax" if out.server_alive_count_max.is_none() => {
-                        out.server_alive_count_max =
-                            Some(value.parse().map_err(|_| bad("a count"))?)
-                    }
-                    "connecttimeout" if out.connect_timeout.is_none() => {
-                        out.connect_timeout = Some(seconds(value)?)
-                    }
-                    "userknownhostsfile" if out.user_known_hosts_file.is_none() => {
-                        out.user_known_hosts_file =
-                            value.split_whitespace().next().map(expand_tilde)
-                    }
-                    "stricthostkeychecking" if out.strict_host_key_checking.is_none() => {
-                        out.strict_host_key_checking = Some(value.to_ascii_lowercase())
-                    }
-                    _ => {}
+                if applies {
+                    apply(&mut out, block, host)?;
                 }
             }
         }
@@ -345,6 +455,74 @@ impl SshConfig {
         }
         Ok(out)
     }
+}
+
+/// Applies one block's options: the first value of each keyword wins, identity files add
+/// up (each once, as `ssh` keeps them).
+fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
+    for (key, value, file, line) in &block.options {
+        let bad = |what: &str| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "SSH config `{}` line {line}: `{value}` is not {what}",
+                    file.display()
+                ),
+            )
+        };
+        let seconds = |v: &str| {
+            v.parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| bad("a number of seconds"))
+        };
+        let yes_no = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "yes" | "true" => Ok(true),
+            "no" | "false" => Ok(false),
+            _ => Err(bad("yes or no")),
+        };
+        match key.as_str() {
+            "hostname" if out.host_name.is_none() => {
+                out.host_name = Some(value.replace("%h", host))
+            }
+            "user" if out.user.is_none() => out.user = Some(value.clone()),
+            "port" if out.port.is_none() => {
+                out.port = Some(value.parse().map_err(|_| bad("a port (1-65535)"))?)
+            }
+            "identityfile" => {
+                let path = expand_tilde(value);
+                if !out.identity_files.contains(&path) {
+                    out.identity_files.push(path);
+                }
+            }
+            "identitiesonly" if out.identities_only.is_none() => {
+                out.identities_only = Some(yes_no(value)?)
+            }
+            "proxyjump" if out.proxy_jump.is_none() => {
+                out.proxy_jump = Some(if value.eq_ignore_ascii_case("none") {
+                    Vec::new()
+                } else {
+                    value.split(',').map(|s| s.trim().to_owned()).collect()
+                })
+            }
+            "serveraliveinterval" if out.server_alive_interval.is_none() => {
+                out.server_alive_interval = Some(seconds(value)?)
+            }
+            "serveralivecountmax" if out.server_alive_count_max.is_none() => {
+                out.server_alive_count_max = Some(value.parse().map_err(|_| bad("a count"))?)
+            }
+            "connecttimeout" if out.connect_timeout.is_none() => {
+                out.connect_timeout = Some(seconds(value)?)
+            }
+            "userknownhostsfile" if out.user_known_hosts_file.is_none() => {
+                out.user_known_hosts_file = value.split_whitespace().next().map(expand_tilde)
+            }
+            "stricthostkeychecking" if out.strict_host_key_checking.is_none() => {
+                out.strict_host_key_checking = Some(value.to_ascii_lowercase())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// `Host` matching: some positive pattern matches and no negated one does.
@@ -396,9 +574,104 @@ mod tests {
     }
 
     #[test]
-    fn global_lines_and_match_blocks() {
+    fn global_lines_come_first() {
         let config = parse("User first\nMatch host x\n  User never\nHost x\n  User late\n");
         assert_eq!(config.resolve("x").unwrap().user.as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn match_blocks_are_evaluated_as_ssh_does() {
+        let config = parse(
+            "Host web\n  HostName 10.0.0.5\n\
+             Match host 10.0.0.*\n  Port 2200\n\
+             Match originalhost web !user root\n  IdentityFile ~/.ssh/web\n\
+             Match user deploy\n  ConnectTimeout 7\n\
+             Match all\n  ServerAliveInterval 9\n",
+        );
+        let web = config.resolve_as("web", Some("deploy")).unwrap();
+        assert_eq!(web.host_name.as_deref(), Some("10.0.0.5"));
+        assert_eq!(
+            web.port,
+            Some(2200),
+            "Match host sees the HostName set before it"
+        );
+        assert_eq!(web.identity_files, vec![home().join(".ssh/web")]);
+        assert_eq!(web.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(web.server_alive_interval, Some(Duration::from_secs(9)));
+        let root = config.resolve_as("web", Some("root")).unwrap();
+        assert!(root.identity_files.is_empty(), "!user root");
+        assert_eq!(root.connect_timeout, None);
+        let other = config.resolve_as("db", None).unwrap();
+        assert_eq!((other.port, other.host_name), (None, None));
+        assert_eq!(other.server_alive_interval, Some(Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn match_user_sees_the_configured_user_and_localuser_this_one() {
+        let me = local_user();
+        assert!(!me.is_empty(), "this uid has a name");
+        let config = parse(&format!(
+            "Host a\n  User alice\nMatch user alice\n  Port 1001\n\
+             Match localuser {me}\n  ConnectTimeout 3\n"
+        ));
+        let a = config.resolve("a").unwrap();
+        assert_eq!(a.port, Some(1001));
+        assert_eq!(a.connect_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(config.resolve_as("a", Some("bob")).unwrap().port, None);
+    }
+
+    #[test]
+    fn match_exec_runs_the_command_with_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("on-vpn-gw.example");
+        let config = parse(&format!(
+            "Host gw.example\n  User u1\n\
+             Match exec \"test -e {}/on-vpn-%h\"\n  ProxyJump none\n\
+             Host *\n  ProxyJump bastion\n",
+            dir.path().display()
+        ));
+        assert_eq!(
+            config.resolve("gw.example").unwrap().proxy_jump,
+            Some(vec!["bastion".to_owned()])
+        );
+        std::fs::write(&flag, "").unwrap();
+        assert_eq!(
+            config.resolve("gw.example").unwrap().proxy_jump,
+            Some(Vec::new())
+        );
+    }
+
+    #[test]
+    fn match_final_applies_on_a_second_reading() {
+        // Before the HostName is known, a plain `Match host` cannot see it; `final` can.
+        let config = parse(
+            "Match final host real.example\n  Port 2222\n\
+             Match host real.example\n  User never\n\
+             Host alias\n  HostName real.example\n  IdentityFile ~/.ssh/a\n",
+        );
+        let alias = config.resolve("alias").unwrap();
+        assert_eq!(alias.port, Some(2222));
+        // The second reading is of every block, with what the first one found.
+        assert_eq!(alias.user.as_deref(), Some("never"));
+        assert_eq!(
+            alias.identity_files,
+            vec![home().join(".ssh/a")],
+            "not twice"
+        );
+    }
+
+    #[test]
+    fn bad_match_lines_name_the_file_and_line() {
+        for (text, says) in [
+            ("Host a\nMatch tagged x\n", "tagged"),
+            ("Match host\n", "needs an argument"),
+            ("Match\n", "needs criteria"),
+        ] {
+            let err = SshConfig::parse(text, Path::new("test-config")).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(err.to_string().contains("test-config"), "{err}");
+        }
     }
 
     #[test]

@@ -201,12 +201,12 @@ fn resolve_hop(
     options: &SshOptions,
     config: &SshConfig,
 ) -> Result<(Hop, Vec<String>)> {
-    let host_config = config.resolve(alias)?;
-    let user = user
+    let given = user.or(options.user.as_deref());
+    let host_config = config.resolve_as(alias, given)?;
+    let user = given
         .map(str::to_owned)
-        .or_else(|| options.user.clone())
         .or(host_config.user)
-        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| Some(config::local_user()).filter(|u| !u.is_empty()))
         .unwrap_or_else(|| "root".to_owned());
     let strict = host_config.strict_host_key_checking.as_deref();
     let keepalive = match options

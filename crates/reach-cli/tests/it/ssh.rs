@@ -431,3 +431,56 @@ fn a_tilde_path_is_the_login_directory() {
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("~name"), "{}", out.stderr);
 }
+
+/// `Match` blocks in the SSH config are evaluated as `ssh` evaluates them, against the real
+/// sshd: an `originalhost` block supplies where and how to connect, a `host` block sees the
+/// `HostName` set before it, and a block whose `exec` fails does not apply.
+#[test]
+fn match_blocks_in_the_ssh_config_apply() {
+    let Some(sshd) = sshd("match_blocks_in_the_ssh_config_apply") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "Match exec \"false\"\n  Port 1\n\
+             Match originalhost reach-match-alias\n  HostName 127.0.0.1\n  User {user}\n\
+             Match host 127.0.0.1 user {user}\n  Port {port}\n  IdentityFile {key}\n  \
+             UserKnownHostsFile {known}\n",
+            user = sshd.user(),
+            port = sshd.port(),
+            key = sshd.client_key().display(),
+            known = sshd.known_hosts().display(),
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = reach(&[
+        "exec",
+        "-F",
+        &config,
+        "reach-match-alias",
+        "--",
+        "echo",
+        "matched",
+    ])
+    .run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "matched\n");
+    // Another user name: the `user` block no longer applies, so no port and no key.
+    let out = reach(&[
+        "exec",
+        "-F",
+        &config,
+        "--connect-timeout",
+        "5s",
+        "someone-else@reach-match-alias",
+        "--",
+        "true",
+    ])
+    .run();
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(out.stderr.contains("127.0.0.1:22"), "{}", out.stderr);
+}
