@@ -4,6 +4,7 @@
 //! first value from a matching `Host` block wins (`IdentityFile` accumulates). Supported:
 //! `Host` patterns (`*`, `?`, `!negation`, several per line), `Include` (globs, relative to
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
+//! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
@@ -33,6 +34,9 @@ pub struct HostConfig {
     pub identities_only: Option<bool>,
     /// Jump hosts, in order (`none` gives an empty list).
     pub proxy_jump: Option<Vec<String>>,
+    /// A command whose stdin and stdout carry the connection (`none` gives an empty string).
+    /// `ProxyJump` and `ProxyCommand` exclude each other: the first one read wins.
+    pub proxy_command: Option<String>,
     /// Keepalive interval (`0` disables).
     pub server_alive_interval: Option<Duration>,
     /// Unanswered keepalives before the connection counts as dead.
@@ -497,7 +501,14 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             "identitiesonly" if out.identities_only.is_none() => {
                 out.identities_only = Some(yes_no(value)?)
             }
-            "proxyjump" if out.proxy_jump.is_none() => {
+            "proxycommand" if out.proxy_command.is_none() && out.proxy_jump.is_none() => {
+                out.proxy_command = Some(if value.eq_ignore_ascii_case("none") {
+                    String::new()
+                } else {
+                    value.clone()
+                })
+            }
+            "proxyjump" if out.proxy_jump.is_none() && out.proxy_command.is_none() => {
                 out.proxy_jump = Some(if value.eq_ignore_ascii_case("none") {
                     Vec::new()
                 } else {
@@ -638,6 +649,34 @@ mod tests {
         assert_eq!(
             config.resolve("gw.example").unwrap().proxy_jump,
             Some(Vec::new())
+        );
+    }
+
+    #[test]
+    fn proxy_jump_and_proxy_command_exclude_each_other() {
+        let config = parse(
+            "Host a\n  ProxyCommand nc %h %p\n  ProxyJump j\n\
+             Host b\n  ProxyJump j\nHost *\n  ProxyCommand nc %h %p\n\
+             Host c\n  ProxyCommand none\n",
+        );
+        let a = config.resolve("a").unwrap();
+        assert_eq!(
+            (a.proxy_command.as_deref(), a.proxy_jump),
+            (Some("nc %h %p"), None)
+        );
+        let b = config.resolve("b").unwrap();
+        assert_eq!(
+            (b.proxy_command, b.proxy_jump),
+            (None, Some(vec!["j".to_owned()]))
+        );
+        assert_eq!(
+            config.resolve("c").unwrap().proxy_command.as_deref(),
+            Some("nc %h %p")
+        );
+        let none = parse("Host c\n  ProxyCommand none\nHost *\n  ProxyCommand nc %h %p\n");
+        assert_eq!(
+            none.resolve("c").unwrap().proxy_command.as_deref(),
+            Some("")
         );
     }
 

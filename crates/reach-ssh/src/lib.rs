@@ -17,6 +17,7 @@ mod auth;
 pub mod config;
 pub mod known_hosts;
 mod process;
+mod proxy;
 mod sftp;
 mod tree;
 
@@ -166,6 +167,8 @@ struct Hop {
     connect_timeout: Duration,
     keepalive: Option<Duration>,
     keepalive_max: usize,
+    /// The `ProxyCommand` that carries a first hop, tokens expanded.
+    proxy_command: Option<String>,
 }
 
 impl Hop {
@@ -217,10 +220,17 @@ fn resolve_hop(
         Some(d) => Some(d),
         None => Some(Duration::from_secs(15)),
     };
+    let host = host_config.host_name.unwrap_or_else(|| alias.to_owned());
+    let port = port.or(options.port).or(host_config.port).unwrap_or(22);
+    let proxy_command = host_config
+        .proxy_command
+        .filter(|command| !command.is_empty())
+        .map(|command| proxy::expand(&command, &host, port, &user, alias));
     let hop = Hop {
         alias: alias.to_owned(),
-        host: host_config.host_name.unwrap_or_else(|| alias.to_owned()),
-        port: port.or(options.port).or(host_config.port).unwrap_or(22),
+        host,
+        port,
+        proxy_command,
         user,
         identity_files: host_config.identity_files,
         identities_only: host_config.identities_only.unwrap_or(false),
@@ -300,13 +310,17 @@ impl SshBackend {
         } else {
             SshConfig::load_default()?
         };
-        let (target, config_jumps) = resolve_hop(
+        let (mut target, config_jumps) = resolve_hop(
             destination.host(),
             destination.user(),
             destination.port(),
             &options,
             &config,
         )?;
+        // `-J` on the command line comes before anything the config says.
+        if options.proxy_jump.is_some() {
+            target.proxy_command = None;
+        }
         let jump_specs = options.proxy_jump.clone().unwrap_or(config_jumps);
         let mut jumps = Vec::new();
         for spec in &jump_specs {
@@ -418,6 +432,24 @@ impl SshBackend {
         let hops: Vec<&Hop> = self.jumps.iter().chain([&self.target]).collect();
         for (i, hop) in hops.iter().enumerate() {
             let handle = match carriers.last() {
+                None if hop.proxy_command.is_some() => {
+                    let command = hop.proxy_command.as_deref().unwrap_or_default();
+                    let stream = proxy::ProxyStream::start(command, &hop.addr())?;
+                    self.handshake(hop, stream).await.map_err(|e| {
+                        if e.kind() == ErrorKind::Protocol {
+                            Error::new(
+                                ErrorKind::Unreachable,
+                                format!(
+                                    "{} (through the ProxyCommand `{command}`, which may have \
+                                     failed: see its messages above)",
+                                    e.message()
+                                ),
+                            )
+                        } else {
+                            e
+                        }
+                    })?
+                }
                 None => {
                     let stream = tokio::net::TcpStream::connect((hop.host.as_str(), hop.port))
                         .await

@@ -484,3 +484,47 @@ fn match_blocks_in_the_ssh_config_apply() {
     assert_eq!(out.code, 255, "{}", out.stderr);
     assert!(out.stderr.contains("127.0.0.1:22"), "{}", out.stderr);
 }
+
+/// `ProxyCommand` carries the connection, as with `ssh`: here OpenSSH's own `ssh -W` through
+/// the same server (which leaves a mark, so the test knows it ran). A command that fails is
+/// an error that names it, exit 255.
+#[test]
+fn a_proxy_command_carries_the_connection() {
+    let Some(sshd) = sshd("a_proxy_command_carries_the_connection") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("proxied");
+    let config = dir.path().join("config");
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            "Host reach-proxied\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  \
+             IdentityFile {key}\n  UserKnownHostsFile {known}\n  \
+             ProxyCommand sh -c 'echo %h:%p > {mark}; exec ssh -F /dev/null -i {key} \
+             -o UserKnownHostsFile={known} -o BatchMode=yes -p %p -W %h:%p %r@%h'\n\
+             Host reach-broken-proxy\n  HostName 127.0.0.1\n  ProxyCommand false\n",
+            port = sshd.port(),
+            user = sshd.user(),
+            mark = mark.display(),
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let out = reach(&["exec", "-F", &config, "reach-proxied", "--", "echo", "through"]).run();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "through\n");
+    assert_eq!(
+        std::fs::read_to_string(&mark).unwrap(),
+        format!("127.0.0.1:{}\n", sshd.port())
+    );
+    let out = reach(&["exec", "-F", &config, "reach-broken-proxy", "--", "true"]).run();
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("ProxyCommand `false`"),
+        "{}",
+        out.stderr
+    );
+}
