@@ -6,6 +6,7 @@
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
+//! `GlobalKnownHostsFile`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
@@ -45,6 +46,8 @@ pub struct HostConfig {
     pub connect_timeout: Option<Duration>,
     /// known_hosts files (the first one is used).
     pub user_known_hosts_file: Option<PathBuf>,
+    /// System-wide known_hosts files, read but never written (`none`: an empty list).
+    pub global_known_hosts_files: Option<Vec<PathBuf>>,
     /// `accept-new` (or `no`/`off`) makes unknown host keys acceptable.
     pub strict_host_key_checking: Option<String>,
 }
@@ -523,6 +526,13 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             }
             "connecttimeout" if out.connect_timeout.is_none() => {
                 out.connect_timeout = Some(seconds(value)?)
+            }
+            "globalknownhostsfile" if out.global_known_hosts_files.is_none() => {
+                out.global_known_hosts_files = Some(if value.eq_ignore_ascii_case("none") {
+                    Vec::new()
+                } else {
+                    value.split_whitespace().map(expand_tilde).collect()
+                })
             }
             "userknownhostsfile" if out.user_known_hosts_file.is_none() => {
                 out.user_known_hosts_file = value.split_whitespace().next().map(expand_tilde)

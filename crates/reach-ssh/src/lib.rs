@@ -2,8 +2,9 @@
 //!
 //! [`SshBackend`] connects with russh (ring crypto, no C dependencies), reads the user's
 //! OpenSSH client configuration ([`config`]), reaches the server directly or through
-//! `ProxyJump` hosts, checks every host key against a `known_hosts` file with OpenSSH's
-//! rules ([`known_hosts`]) and authenticates in `ssh`'s order (see [`SshOptions`]). One
+//! `ProxyJump` hosts or a `ProxyCommand`, checks every host key against the user's
+//! `known_hosts` file and the system's (`/etc/ssh/ssh_known_hosts`) with OpenSSH's rules
+//! ([`known_hosts`]) and authenticates in `ssh`'s order (see [`SshOptions`]). One
 //! connection carries many sessions, at most [`SshOptions::max_sessions`] at once (more
 //! wait), plus one SFTP session for [`Backend::fs`].
 //!
@@ -163,6 +164,8 @@ struct Hop {
     identity_files: Vec<PathBuf>,
     identities_only: bool,
     known_hosts: PathBuf,
+    /// System-wide known_hosts files, checked after `known_hosts` and never written.
+    global_known_hosts: Vec<PathBuf>,
     accept_new: bool,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -239,6 +242,9 @@ fn resolve_hop(
             .clone()
             .or(host_config.user_known_hosts_file)
             .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
+        global_known_hosts: host_config
+            .global_known_hosts_files
+            .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),
         accept_new: options.accept_new_host_key
             || matches!(strict, Some("accept-new" | "no" | "off")),
         connect_timeout: options
@@ -252,6 +258,9 @@ fn resolve_hop(
 }
 
 type Handle = client::Handle<HostKeyCheck>;
+
+/// Where `ssh` looks for host keys that the administrator manages for everyone.
+const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
 /// Ciphers in order of preference: AES-GCM first, which runs on the CPU's AES instructions
 /// (ring) and is the fastest here; then OpenSSH's own default order.
@@ -518,6 +527,7 @@ impl SshBackend {
             host: hop.host.clone(),
             port: hop.port,
             path: hop.known_hosts.clone(),
+            global: hop.global_known_hosts.clone(),
             accept_new: hop.accept_new,
             rejection: rejection.clone(),
         };
@@ -627,6 +637,7 @@ struct HostKeyCheck {
     host: String,
     port: u16,
     path: PathBuf,
+    global: Vec<PathBuf>,
     accept_new: bool,
     rejection: Arc<Mutex<Option<Error>>>,
 }
@@ -644,55 +655,82 @@ impl HostKeyCheck {
         let fingerprint = key.fingerprint(HashAlg::Sha256);
         let name = known_hosts::host_entry_name(&self.host, self.port);
         let path = self.path.display();
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.accept_new => String::new(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::new(
-                    ErrorKind::HostKeyRejected,
-                    format!(
-                        "known_hosts file `{path}` does not exist, so the host key of `{name}` \
-                         ({algorithm} {fingerprint}) cannot be checked: create the file, or \
-                         pass --accept-new-host-key to record this key"
-                    ),
-                ))
-            }
-            Err(e) => return Err(Error::io(format!("read known_hosts file `{path}`"), e)),
-        };
-        let reject = |why: String| Err(Error::new(ErrorKind::HostKeyRejected, why));
-        match known_hosts::check(&text, &self.host, self.port, algorithm, blob) {
-            known_hosts::Verdict::Known => Ok(()),
-            known_hosts::Verdict::Revoked(line) => reject(format!(
-                "the host key of `{name}` ({algorithm} {fingerprint}) is marked @revoked in \
-                 `{path}` line {line}: refusing to connect"
-            )),
-            known_hosts::Verdict::Changed(line) => reject(format!(
-                "the host key of `{name}` CHANGED: it is now {algorithm} {fingerprint}, but \
-                 `{path}` line {line} records another. This may be an attack. If the server was \
-                 really re-keyed, remove that line and connect again"
-            )),
-            known_hosts::Verdict::Unknown if self.accept_new => {
-                use std::io::Write;
-                if let Some(dir) = self.path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| Error::io(format!("create `{}`", dir.display()), e))?;
+        let mut user_file_missing = false;
+        // The user's file first, then the system's: a key known to any of them is known, a
+        // revoked one is refused whatever the others say, and a host whose entries all hold
+        // other keys has changed its key.
+        let mut verdicts = Vec::new();
+        for (index, file) in std::iter::once(&self.path).chain(&self.global).enumerate() {
+            match std::fs::read_to_string(file) {
+                Ok(text) => verdicts.push((
+                    file,
+                    known_hosts::check(&text, &self.host, self.port, algorithm, blob),
+                )),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    user_file_missing |= index == 0;
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)
-                    .map_err(|e| Error::io(format!("open `{path}`"), e))?;
-                file.write_all(
-                    known_hosts::entry(&self.host, self.port, algorithm, blob).as_bytes(),
-                )
-                .map_err(|e| Error::io(format!("write `{path}`"), e))
+                Err(e) if index == 0 => {
+                    return Err(Error::io(format!("read known_hosts file `{path}`"), e))
+                }
+                // An unreadable system file is one that says nothing, as for ssh.
+                Err(_) => {}
             }
-            known_hosts::Verdict::Unknown => reject(format!(
-                "the host key of `{name}` is unknown ({algorithm} {fingerprint}, not in \
-                 `{path}`): check the fingerprint with the server's administrator, then pass \
-                 --accept-new-host-key to record it"
-            )),
         }
+        let reject = |why: String| Err(Error::new(ErrorKind::HostKeyRejected, why));
+        if let Some((file, line)) = verdicts.iter().find_map(|(file, v)| match v {
+            known_hosts::Verdict::Revoked(line) => Some((file, line)),
+            _ => None,
+        }) {
+            return reject(format!(
+                "the host key of `{name}` ({algorithm} {fingerprint}) is marked @revoked in \
+                 `{}` line {line}: refusing to connect",
+                file.display()
+            ));
+        }
+        if verdicts
+            .iter()
+            .any(|(_, v)| matches!(v, known_hosts::Verdict::Known))
+        {
+            return Ok(());
+        }
+        if let Some((file, line)) = verdicts.iter().find_map(|(file, v)| match v {
+            known_hosts::Verdict::Changed(line) => Some((file, line)),
+            _ => None,
+        }) {
+            return reject(format!(
+                "the host key of `{name}` CHANGED: it is now {algorithm} {fingerprint}, but \
+                 `{}` line {line} records another. This may be an attack. If the server was \
+                 really re-keyed, remove that line and connect again",
+                file.display()
+            ));
+        }
+        if self.accept_new {
+            use std::io::Write;
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("create `{}`", dir.display()), e))?;
+            }
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .map_err(|e| Error::io(format!("open `{path}`"), e))?;
+            return file
+                .write_all(known_hosts::entry(&self.host, self.port, algorithm, blob).as_bytes())
+                .map_err(|e| Error::io(format!("write `{path}`"), e));
+        }
+        if user_file_missing {
+            return reject(format!(
+                "known_hosts file `{path}` does not exist, so the host key of `{name}` \
+                 ({algorithm} {fingerprint}) cannot be checked: create the file, or \
+                 pass --accept-new-host-key to record this key"
+            ));
+        }
+        reject(format!(
+            "the host key of `{name}` is unknown ({algorithm} {fingerprint}, not in \
+             `{path}`): check the fingerprint with the server's administrator, then pass \
+             --accept-new-host-key to record it"
+        ))
     }
 }
 

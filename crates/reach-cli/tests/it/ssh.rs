@@ -513,7 +513,16 @@ fn a_proxy_command_carries_the_connection() {
     )
     .unwrap();
     let config = config.display().to_string();
-    let out = reach(&["exec", "-F", &config, "reach-proxied", "--", "echo", "through"]).run();
+    let out = reach(&[
+        "exec",
+        "-F",
+        &config,
+        "reach-proxied",
+        "--",
+        "echo",
+        "through",
+    ])
+    .run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout_text(), "through\n");
     assert_eq!(
@@ -527,4 +536,67 @@ fn a_proxy_command_carries_the_connection() {
         "{}",
         out.stderr
     );
+}
+
+/// Host keys the administrator manages for everyone (`/etc/ssh/ssh_known_hosts`, or the
+/// config's `GlobalKnownHostsFile`) are trusted as `ssh` trusts them: known there is known,
+/// even without a user file; `@revoked` there is refused whatever the user's file says.
+#[test]
+fn system_known_hosts_files_count_as_ssh_counts_them() {
+    let Some(sshd) = sshd("system_known_hosts_files_count_as_ssh_counts_them") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let entry = std::fs::read_to_string(sshd.known_hosts()).unwrap();
+    let key_only = entry
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    std::fs::write(path("global"), &entry).unwrap();
+    std::fs::write(path("revoked"), format!("@revoked * {key_only}\n")).unwrap();
+    std::fs::write(path("empty"), "").unwrap();
+    let config = |global: &str| {
+        let file = path(&format!("config-{}", global.replace('/', "_")));
+        std::fs::write(&file, format!("Host *\n  GlobalKnownHostsFile {global}\n")).unwrap();
+        file
+    };
+    let key = sshd.client_key().display().to_string();
+    let dest = sshd.destination();
+    let exec = |config: &str, known: &str| {
+        reach(&[
+            "exec",
+            "-F",
+            config,
+            "-i",
+            &key,
+            "--known-hosts",
+            known,
+            &dest,
+            "--",
+            "echo",
+            "in",
+        ])
+        .run()
+    };
+    let global = config(&path("global"));
+    for known in [path("empty"), path("missing")] {
+        let out = exec(&global, &known);
+        assert_eq!(out.code, 0, "user file {known}: {}", out.stderr);
+        assert_eq!(out.stdout_text(), "in\n");
+    }
+    let out = exec(
+        &config(&path("revoked")),
+        &sshd.known_hosts().display().to_string(),
+    );
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("@revoked") && out.stderr.contains(&path("revoked")),
+        "{}",
+        out.stderr
+    );
+    let out = exec(&config("none"), &path("empty"));
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(out.stderr.contains("is unknown"), "{}", out.stderr);
 }
