@@ -6,7 +6,7 @@
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
-//! `GlobalKnownHostsFile`,
+//! `GlobalKnownHostsFile`, `HostKeyAlias`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
@@ -48,6 +48,8 @@ pub struct HostConfig {
     pub user_known_hosts_file: Option<PathBuf>,
     /// System-wide known_hosts files, read but never written (`none`: an empty list).
     pub global_known_hosts_files: Option<Vec<PathBuf>>,
+    /// The name the host key is looked up and recorded under, instead of `host:port`.
+    pub host_key_alias: Option<String>,
     /// `accept-new` (or `no`/`off`) makes unknown host keys acceptable.
     pub strict_host_key_checking: Option<String>,
 }
@@ -526,6 +528,9 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             }
             "connecttimeout" if out.connect_timeout.is_none() => {
                 out.connect_timeout = Some(seconds(value)?)
+            }
+            "hostkeyalias" if out.host_key_alias.is_none() => {
+                out.host_key_alias = Some(value.clone())
             }
             "globalknownhostsfile" if out.global_known_hosts_files.is_none() => {
                 out.global_known_hosts_files = Some(if value.eq_ignore_ascii_case("none") {

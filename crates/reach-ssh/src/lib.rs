@@ -166,6 +166,8 @@ struct Hop {
     known_hosts: PathBuf,
     /// System-wide known_hosts files, checked after `known_hosts` and never written.
     global_known_hosts: Vec<PathBuf>,
+    /// `HostKeyAlias`: the known_hosts name of the host key, used as written.
+    host_key_alias: Option<String>,
     accept_new: bool,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -242,6 +244,7 @@ fn resolve_hop(
             .clone()
             .or(host_config.user_known_hosts_file)
             .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
+        host_key_alias: host_config.host_key_alias,
         global_known_hosts: host_config
             .global_known_hosts_files
             .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),
@@ -524,8 +527,17 @@ impl SshBackend {
         });
         let rejection = Arc::new(Mutex::new(None));
         let checker = HostKeyCheck {
-            host: hop.host.clone(),
-            port: hop.port,
+            // An alias is the known_hosts name as it stands, as `ssh` uses it (port 22 is
+            // the one that adds no `[...]:port`).
+            host: hop
+                .host_key_alias
+                .clone()
+                .unwrap_or_else(|| hop.host.clone()),
+            port: if hop.host_key_alias.is_some() {
+                22
+            } else {
+                hop.port
+            },
             path: hop.known_hosts.clone(),
             global: hop.global_known_hosts.clone(),
             accept_new: hop.accept_new,

@@ -1,6 +1,7 @@
 //! `reach` against a real sshd: the same bytes and exit codes as OpenSSH's `ssh`, the
 //! connection flags on every subcommand, and the messages a user sees when it goes wrong.
 
+use std::path::Path;
 use std::process::Command;
 
 use reach_test::sshd::SshdFixture;
@@ -599,4 +600,49 @@ fn system_known_hosts_files_count_as_ssh_counts_them() {
     let out = exec(&config("none"), &path("empty"));
     assert_eq!(out.code, 255, "{}", out.stderr);
     assert!(out.stderr.contains("is unknown"), "{}", out.stderr);
+}
+
+/// `HostKeyAlias` names the host key in known_hosts, as written, in place of `[host]:port`:
+/// looked up under it, and recorded under it by --accept-new-host-key.
+#[test]
+fn a_host_key_alias_names_the_key() {
+    let Some(sshd) = sshd("a_host_key_alias_names_the_key") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let entry = std::fs::read_to_string(sshd.known_hosts()).unwrap();
+    let key_only = entry
+        .split_whitespace()
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let known = dir.path().join("known");
+    std::fs::write(&known, format!("reach-key-alias {key_only}\n")).unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        "Host *\n  HostKeyAlias reach-key-alias\n  GlobalKnownHostsFile none\n",
+    )
+    .unwrap();
+    let key = sshd.client_key().display().to_string();
+    let dest = sshd.destination();
+    let config = config.display().to_string();
+    let exec = |known: &Path, extra: &[&str]| {
+        let known = known.display().to_string();
+        let mut args = vec!["exec", "-F", &config, "-i", &key, "--known-hosts", &known];
+        args.extend(extra);
+        args.extend([dest.as_str(), "--", "echo", "in"]);
+        reach(&args).run()
+    };
+    let out = exec(&known, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "in\n");
+    let fresh = dir.path().join("fresh");
+    let out = exec(&fresh, &["--accept-new-host-key"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let recorded = std::fs::read_to_string(&fresh).unwrap();
+    assert!(
+        recorded.starts_with(&format!("reach-key-alias {key_only}")),
+        "{recorded}"
+    );
 }
