@@ -144,17 +144,56 @@ async fn try_key(
     Ok(attempts.record(result, format!("{name} was refused")))
 }
 
+/// An `IdentityAgent` path with `~` and `$VAR` (or `${VAR}`) expanded, as `ssh` expands them.
+fn agent_path(text: &str) -> PathBuf {
+    let text = match text.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            format!("{}{rest}", crate::home().display())
+        }
+        _ => text.to_owned(),
+    };
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(braced) => match braced.find('}') {
+                Some(end) => (&braced[..end], &braced[end + 1..]),
+                None => (braced, ""),
+            },
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        out.push_str(&std::env::var(name).unwrap_or_default());
+        rest = next;
+    }
+    out.push_str(rest);
+    PathBuf::from(out)
+}
+
 async fn try_agent(
     handle: &mut Handle,
     attempts: &mut Attempts<'_>,
     options: &SshOptions,
 ) -> Result<Outcome> {
-    let socket = match &options.agent_socket {
-        Some(path) => path.clone(),
-        None => match std::env::var_os("SSH_AUTH_SOCK") {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => return Ok(Outcome::Refused),
-        },
+    let from_env = || match std::env::var_os("SSH_AUTH_SOCK") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => None,
+    };
+    let configured = attempts.hop.identity_agent.as_deref();
+    let socket = match (&options.agent_socket, configured) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(none)) if none.eq_ignore_ascii_case("none") => None,
+        (None, Some("SSH_AUTH_SOCK")) | (None, None) => from_env(),
+        (None, Some(path)) => Some(agent_path(path)),
+    };
+    let Some(socket) = socket else {
+        return Ok(Outcome::Refused);
     };
     let mut agent = match AgentClient::connect_uds(&socket).await {
         Ok(agent) => agent,
@@ -342,4 +381,25 @@ pub(crate) async fn authenticate(
             attempts.problems.join("; ")
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_paths_expand_home_and_variables() {
+        let home = crate::home().display().to_string();
+        assert_eq!(agent_path("~/.a/s"), PathBuf::from(format!("{home}/.a/s")));
+        assert_eq!(agent_path("$HOME/s"), PathBuf::from(format!("{home}/s")));
+        assert_eq!(
+            agent_path("${HOME}.d/s"),
+            PathBuf::from(format!("{home}.d/s"))
+        );
+        assert_eq!(agent_path("/run/s"), PathBuf::from("/run/s"));
+        assert_eq!(
+            agent_path("/x/$REACH_SURELY_UNSET_VAR/s"),
+            PathBuf::from("/x//s")
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
-//! `GlobalKnownHostsFile`, `HostKeyAlias`,
+//! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
@@ -50,6 +50,9 @@ pub struct HostConfig {
     pub global_known_hosts_files: Option<Vec<PathBuf>>,
     /// The name the host key is looked up and recorded under, instead of `host:port`.
     pub host_key_alias: Option<String>,
+    /// The ssh-agent socket: a path (`~` and `$VAR` expanded), `SSH_AUTH_SOCK` for the
+    /// environment's, or `none` for no agent.
+    pub identity_agent: Option<String>,
     /// `accept-new` (or `no`/`off`) makes unknown host keys acceptable.
     pub strict_host_key_checking: Option<String>,
 }
@@ -528,6 +531,9 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             }
             "connecttimeout" if out.connect_timeout.is_none() => {
                 out.connect_timeout = Some(seconds(value)?)
+            }
+            "identityagent" if out.identity_agent.is_none() => {
+                out.identity_agent = Some(value.clone())
             }
             "hostkeyalias" if out.host_key_alias.is_none() => {
                 out.host_key_alias = Some(value.clone())

@@ -168,6 +168,8 @@ struct Hop {
     global_known_hosts: Vec<PathBuf>,
     /// `HostKeyAlias`: the known_hosts name of the host key, used as written.
     host_key_alias: Option<String>,
+    /// `IdentityAgent` from the config, as written.
+    identity_agent: Option<String>,
     accept_new: bool,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -245,6 +247,7 @@ fn resolve_hop(
             .or(host_config.user_known_hosts_file)
             .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
         host_key_alias: host_config.host_key_alias,
+        identity_agent: host_config.identity_agent,
         global_known_hosts: host_config
             .global_known_hosts_files
             .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),

@@ -74,6 +74,25 @@ async fn ssh_agent_keys_are_used() {
     let ssh = backend(&sshd, bare(&sshd));
     let err = id_un(&ssh).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    // The config's IdentityAgent names the agent, or turns it off.
+    for (agent, works) in [(socket.display().to_string(), true), ("none".into(), false)] {
+        let config = dir.path().join("config");
+        std::fs::write(&config, format!("Host *\n  IdentityAgent {agent}\n")).unwrap();
+        let ssh = backend(
+            &sshd,
+            SshOptions {
+                use_agent: true,
+                no_config: false,
+                config_file: Some(config),
+                ..bare(&sshd)
+            },
+        );
+        match id_un(&ssh).await {
+            Ok(user) if works => assert_eq!(user, sshd.user()),
+            Err(e) if !works => assert_eq!(e.kind(), ErrorKind::AuthFailed, "{e}"),
+            other => panic!("IdentityAgent {agent}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
