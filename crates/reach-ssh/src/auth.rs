@@ -134,14 +134,53 @@ async fn try_key(
             return Ok(Outcome::Refused);
         }
     };
-    let hash = rsa_hash(handle).await;
-    let offer = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+    let key = Arc::new(key);
     let user = attempts.hop.user.clone();
+    // A certificate for this key goes first, as `ssh` offers it; then the bare key.
+    if let Some((cert, cert_path)) = certificate_for(source, &key, &attempts.hop.certificate_files)
+    {
+        let result = handle
+            .authenticate_openssh_cert(user.clone(), key.clone(), cert)
+            .await
+            .map_err(|e| attempts.broken(e))?;
+        let refused = format!(
+            "{name} with the certificate `{}` was refused",
+            cert_path.display()
+        );
+        if let Outcome::Success = attempts.record(result, refused) {
+            return Ok(Outcome::Success);
+        }
+    }
+    let hash = rsa_hash(handle).await;
+    let offer = PrivateKeyWithHashAlg::new(key, hash);
     let result = handle
         .authenticate_publickey(user, offer)
         .await
         .map_err(|e| attempts.broken(e))?;
     Ok(attempts.record(result, format!("{name} was refused")))
+}
+
+/// The OpenSSH certificate for `key`: `KEYFILE-cert.pub` beside a key file, else the first
+/// of the config's `CertificateFile`s that certifies this key. Unreadable or unrelated
+/// files are passed over, as `ssh` passes them over.
+fn certificate_for(
+    source: &Path,
+    key: &PrivateKey,
+    configured: &[PathBuf],
+) -> Option<(russh::keys::Certificate, PathBuf)> {
+    let beside = (!is_key_text(source)).then(|| {
+        let mut name = source.as_os_str().to_owned();
+        name.push("-cert.pub");
+        PathBuf::from(name)
+    });
+    beside
+        .into_iter()
+        .chain(configured.iter().cloned())
+        .find_map(|path| {
+            let text = std::fs::read_to_string(&path).ok()?;
+            let cert = russh::keys::Certificate::from_openssh(text.trim()).ok()?;
+            (cert.public_key() == key.public_key().key_data()).then_some((cert, path))
+        })
 }
 
 /// An `IdentityAgent` path with `~` and `$VAR` (or `${VAR}`) expanded, as `ssh` expands them.

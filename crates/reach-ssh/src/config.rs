@@ -6,7 +6,7 @@
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
-//! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`,
+//! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`, `CertificateFile`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
@@ -31,6 +31,8 @@ pub struct HostConfig {
     pub port: Option<u16>,
     /// Private keys to offer, in order (tokens and `~` expanded).
     pub identity_files: Vec<PathBuf>,
+    /// OpenSSH certificates to offer with the keys they certify (`~` expanded).
+    pub certificate_files: Vec<PathBuf>,
     /// Offer only the identity files, not the agent's other keys.
     pub identities_only: Option<bool>,
     /// Jump hosts, in order (`none` gives an empty list).
@@ -499,6 +501,12 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             "user" if out.user.is_none() => out.user = Some(value.clone()),
             "port" if out.port.is_none() => {
                 out.port = Some(value.parse().map_err(|_| bad("a port (1-65535)"))?)
+            }
+            "certificatefile" => {
+                let path = expand_tilde(value);
+                if !out.certificate_files.contains(&path) {
+                    out.certificate_files.push(path);
+                }
             }
             "identityfile" => {
                 let path = expand_tilde(value);

@@ -170,6 +170,8 @@ struct Hop {
     host_key_alias: Option<String>,
     /// `IdentityAgent` from the config, as written.
     identity_agent: Option<String>,
+    /// `CertificateFile`s from the config.
+    certificate_files: Vec<PathBuf>,
     accept_new: bool,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -248,6 +250,7 @@ fn resolve_hop(
             .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
         host_key_alias: host_config.host_key_alias,
         identity_agent: host_config.identity_agent,
+        certificate_files: host_config.certificate_files,
         global_known_hosts: host_config
             .global_known_hosts_files
             .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),

@@ -297,3 +297,68 @@ async fn keepalives_detect_a_peer_that_stopped_answering() {
     println!("silent peer after {:?}: {err}", started.elapsed());
     assert_eq!(err.kind(), ErrorKind::SessionDropped, "{err}");
 }
+
+/// A key the server does not list, certified by a CA it trusts (`TrustedUserCAKeys`): the
+/// certificate beside the key (`KEY-cert.pub`), or named by `CertificateFile`, lets it in;
+/// without one the key is refused.
+#[tokio::test]
+async fn user_certificates_are_offered_with_their_keys() {
+    let test = "user_certificates_are_offered_with_their_keys";
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = |name: &str| dir.path().join(name);
+    crate::keygen(&path("ca"));
+    crate::keygen(&path("user"));
+    let sshd = SshdFixture::start_with(&format!("TrustedUserCAKeys {}", path("ca.pub").display()))
+        .unwrap();
+    let with_key = |config: Option<&std::path::Path>| {
+        let mut options = SshOptions {
+            identity: Some(path("user")),
+            ..bare(&sshd)
+        };
+        if let Some(config) = config {
+            options.no_config = false;
+            options.config_file = Some(config.to_owned());
+        }
+        backend(&sshd, options)
+    };
+    // Not authorized on its own.
+    let err = id_un(&with_key(None)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(path("ca"))
+        .args(["-I", "reach-test", "-n", sshd.user(), "-V", "+1h"])
+        .arg(path("user.pub"))
+        .status()
+        .unwrap();
+    assert!(signed.success());
+    assert_eq!(id_un(&with_key(None)).await.unwrap(), sshd.user());
+    // Moved away and named in the config instead.
+    std::fs::rename(path("user-cert.pub"), path("elsewhere.pub")).unwrap();
+    let err = id_un(&with_key(None)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    std::fs::write(
+        path("config"),
+        format!(
+            "Host *\n  CertificateFile {}\n",
+            path("elsewhere.pub").display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        id_un(&with_key(Some(&path("config")))).await.unwrap(),
+        sshd.user()
+    );
+}

@@ -27,7 +27,7 @@ pub fn options(sshd: &SshdFixture) -> SshOptions {
 }
 
 /// A fresh ed25519 key pair at `path` (and `path.pub`); returns the public key's base64.
-fn keygen(path: &std::path::Path) -> String {
+pub fn keygen(path: &std::path::Path) -> String {
     assert!(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(path)
