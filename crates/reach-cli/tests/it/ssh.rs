@@ -442,10 +442,9 @@ fn match_blocks_in_the_ssh_config_apply() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        &dir,
+        &format!(
             "Match exec \"false\"\n  Port 1\n\
              Match originalhost reach-match-alias\n  HostName 127.0.0.1\n  User {user}\n\
              Match host 127.0.0.1 user {user}\n  Port {port}\n  IdentityFile {key}\n  \
@@ -455,9 +454,7 @@ fn match_blocks_in_the_ssh_config_apply() {
             key = sshd.client_key().display(),
             known = sshd.known_hosts().display(),
         ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
     let out = reach(&[
         "exec",
         "-F",
@@ -496,12 +493,11 @@ fn a_proxy_command_carries_the_connection() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mark = dir.path().join("proxied");
-    let config = dir.path().join("config");
     let key = sshd.client_key().display().to_string();
     let known = sshd.known_hosts().display().to_string();
-    std::fs::write(
-        &config,
-        format!(
+    let config = write_config(
+        &dir,
+        &format!(
             "Host reach-proxied\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  \
              IdentityFile {key}\n  UserKnownHostsFile {known}\n  \
              ProxyCommand sh -c 'echo %h:%p > {mark}; exec ssh -F /dev/null -i {key} \
@@ -511,9 +507,7 @@ fn a_proxy_command_carries_the_connection() {
             user = sshd.user(),
             mark = mark.display(),
         ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    );
     let out = reach(&[
         "exec",
         "-F",
@@ -618,15 +612,12 @@ fn a_host_key_alias_names_the_key() {
         .join(" ");
     let known = dir.path().join("known");
     std::fs::write(&known, format!("reach-key-alias {key_only}\n")).unwrap();
-    let config = dir.path().join("config");
-    std::fs::write(
-        &config,
+    let config = write_config(
+        &dir,
         "Host *\n  HostKeyAlias reach-key-alias\n  GlobalKnownHostsFile none\n",
-    )
-    .unwrap();
+    );
     let key = sshd.client_key().display().to_string();
     let dest = sshd.destination();
-    let config = config.display().to_string();
     let exec = |known: &Path, extra: &[&str]| {
         let known = known.display().to_string();
         let mut args = vec!["exec", "-F", &config, "-i", &key, "--known-hosts", &known];
@@ -645,4 +636,11 @@ fn a_host_key_alias_names_the_key() {
         recorded.starts_with(&format!("reach-key-alias {key_only}")),
         "{recorded}"
     );
+}
+
+/// A client config file holding `text` in `dir`, as the argument to pass with `-F`.
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("config");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
