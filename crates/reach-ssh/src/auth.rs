@@ -255,14 +255,26 @@ async fn try_agent(
     };
     let hash = rsa_hash(handle).await;
     for identity in identities {
-        let AgentIdentity::PublicKey { key, comment } = identity else {
-            continue;
-        };
         let user = attempts.hop.user.clone();
-        match handle
-            .authenticate_publickey_with(user, key, hash, &mut agent)
-            .await
-        {
+        // Certificates the agent holds are offered as they come, as `ssh` offers them.
+        let (signed, comment) = match identity {
+            AgentIdentity::PublicKey { key, comment } => (
+                handle
+                    .authenticate_publickey_with(user, key, hash, &mut agent)
+                    .await,
+                comment,
+            ),
+            AgentIdentity::Certificate {
+                certificate,
+                comment,
+            } => (
+                handle
+                    .authenticate_certificate_with(user, certificate, hash, &mut agent)
+                    .await,
+                format!("{comment} (certificate)"),
+            ),
+        };
+        match signed {
             Ok(result) => {
                 let what = format!("the agent's key `{comment}` was refused");
                 if let Outcome::Success = attempts.record(result, what) {

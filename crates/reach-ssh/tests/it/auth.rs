@@ -345,6 +345,45 @@ async fn user_certificates_are_offered_with_their_keys() {
         .unwrap();
     assert!(signed.success());
     assert_eq!(id_un(&with_key(None)).await.unwrap(), sshd.user());
+    // Held by an ssh-agent (ssh-add loads the certificate beside the key), with no key file.
+    let socket = path("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("ssh-agent (openssh-client)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(agent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add")
+        .arg(path("user"))
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&added.stderr).contains("Certificate added"),
+        "{added:?}"
+    );
+    let through_agent = backend(
+        &sshd,
+        SshOptions {
+            use_agent: true,
+            agent_socket: Some(socket.clone()),
+            ..bare(&sshd)
+        },
+    );
+    assert_eq!(id_un(&through_agent).await.unwrap(), sshd.user());
     // Moved away and named in the config instead.
     std::fs::rename(path("user-cert.pub"), path("elsewhere.pub")).unwrap();
     let err = id_un(&with_key(None)).await.unwrap_err();
