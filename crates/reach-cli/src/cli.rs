@@ -146,6 +146,11 @@ pub struct ConnArgs {
     /// false` in reach.toml).
     #[arg(long = "no-reuse", global = true)]
     pub no_reuse: bool,
+    /// SSH: forward the ssh-agent to the command or shell (`ssh -A`), so that it can use
+    /// your keys (e.g. `git pull`) without copying them there; whoever is root on the
+    /// target can use them too while it runs. Also `ForwardAgent yes` in the SSH config.
+    #[arg(short = 'A', long = "forward-agent", global = true)]
+    pub forward_agent: bool,
 }
 
 #[derive(Debug, Args)]

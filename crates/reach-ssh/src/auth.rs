@@ -183,6 +183,21 @@ fn certificate_for(
         })
 }
 
+/// The ssh-agent's socket: the one given, else the config's `IdentityAgent` (a path,
+/// `SSH_AUTH_SOCK`, or `none` for no agent), else `$SSH_AUTH_SOCK`.
+pub(crate) fn agent_socket(given: Option<&PathBuf>, configured: Option<&str>) -> Option<PathBuf> {
+    let from_env = || match std::env::var_os("SSH_AUTH_SOCK") {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => None,
+    };
+    match (given, configured) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(none)) if none.eq_ignore_ascii_case("none") => None,
+        (None, Some("SSH_AUTH_SOCK")) | (None, None) => from_env(),
+        (None, Some(path)) => Some(agent_path(path)),
+    }
+}
+
 /// An `IdentityAgent` path with `~` and `$VAR` (or `${VAR}`) expanded, as `ssh` expands them.
 fn agent_path(text: &str) -> PathBuf {
     let text = match text.strip_prefix('~') {
@@ -220,18 +235,8 @@ async fn try_agent(
     attempts: &mut Attempts<'_>,
     options: &SshOptions,
 ) -> Result<Outcome> {
-    let from_env = || match std::env::var_os("SSH_AUTH_SOCK") {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ => None,
-    };
     let configured = attempts.hop.identity_agent.as_deref();
-    let socket = match (&options.agent_socket, configured) {
-        (Some(path), _) => Some(path.clone()),
-        (None, Some(none)) if none.eq_ignore_ascii_case("none") => None,
-        (None, Some("SSH_AUTH_SOCK")) | (None, None) => from_env(),
-        (None, Some(path)) => Some(agent_path(path)),
-    };
-    let Some(socket) = socket else {
+    let Some(socket) = agent_socket(options.agent_socket.as_ref(), configured) else {
         return Ok(Outcome::Refused);
     };
     let mut agent = match AgentClient::connect_uds(&socket).await {

@@ -6,7 +6,7 @@
 //! `~/.ssh`), `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `ProxyJump`,
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
-//! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`, `CertificateFile`,
+//! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`, `CertificateFile`, `ForwardAgent`,
 //! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
@@ -55,6 +55,8 @@ pub struct HostConfig {
     /// The ssh-agent socket: a path (`~` and `$VAR` expanded), `SSH_AUTH_SOCK` for the
     /// environment's, or `none` for no agent.
     pub identity_agent: Option<String>,
+    /// `ForwardAgent`: `yes`, `no`, or the socket of the agent to forward.
+    pub forward_agent: Option<String>,
     /// `accept-new` (or `no`/`off`) makes unknown host keys acceptable.
     pub strict_host_key_checking: Option<String>,
 }
@@ -539,6 +541,9 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             }
             "connecttimeout" if out.connect_timeout.is_none() => {
                 out.connect_timeout = Some(seconds(value)?)
+            }
+            "forwardagent" if out.forward_agent.is_none() => {
+                out.forward_agent = Some(value.clone())
             }
             "identityagent" if out.identity_agent.is_none() => {
                 out.identity_agent = Some(value.clone())

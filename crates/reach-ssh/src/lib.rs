@@ -71,6 +71,9 @@ pub struct SshOptions {
     pub use_agent: bool,
     /// The agent's socket (else `$SSH_AUTH_SOCK`).
     pub agent_socket: Option<PathBuf>,
+    /// Forward the ssh-agent to commands and shells on the target (`ssh -A`); `None` leaves
+    /// it to the config's `ForwardAgent` (off by default: whoever is root there can use it).
+    pub forward_agent: Option<bool>,
     /// The known_hosts file (else the config's `UserKnownHostsFile`, else
     /// `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
@@ -105,6 +108,7 @@ impl Default for SshOptions {
             prompt: None,
             use_agent: true,
             agent_socket: None,
+            forward_agent: None,
             known_hosts: None,
             accept_new_host_key: false,
             config_file: None,
@@ -138,6 +142,7 @@ impl std::fmt::Debug for SshOptions {
             .field("prompt", &self.prompt.as_ref().map(|_| "<fn>"))
             .field("use_agent", &self.use_agent)
             .field("agent_socket", &self.agent_socket)
+            .field("forward_agent", &self.forward_agent)
             .field("known_hosts", &self.known_hosts)
             .field("accept_new_host_key", &self.accept_new_host_key)
             .field("config_file", &self.config_file)
@@ -172,6 +177,8 @@ struct Hop {
     identity_agent: Option<String>,
     /// `CertificateFile`s from the config.
     certificate_files: Vec<PathBuf>,
+    /// The agent socket that sessions forward to the target, when agent forwarding is on.
+    forward_agent: Option<PathBuf>,
     accept_new: bool,
     connect_timeout: Duration,
     keepalive: Option<Duration>,
@@ -215,6 +222,7 @@ fn resolve_hop(
 ) -> Result<(Hop, Vec<String>)> {
     let given = user.or(options.user.as_deref());
     let host_config = config.resolve_as(alias, given)?;
+    let identity_agent = host_config.identity_agent.clone();
     let user = given
         .map(str::to_owned)
         .or(host_config.user)
@@ -249,8 +257,21 @@ fn resolve_hop(
             .or(host_config.user_known_hosts_file)
             .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
         host_key_alias: host_config.host_key_alias,
-        identity_agent: host_config.identity_agent,
+        identity_agent: identity_agent.clone(),
         certificate_files: host_config.certificate_files,
+        forward_agent: {
+            let configured = host_config.forward_agent.as_deref();
+            let socket =
+                || auth::agent_socket(options.agent_socket.as_ref(), identity_agent.as_deref());
+            match (options.forward_agent, configured) {
+                (Some(false), _) => None,
+                (Some(true), _) => socket(),
+                (None, None) => None,
+                (None, Some(v)) if v.eq_ignore_ascii_case("no") => None,
+                (None, Some(v)) if v.eq_ignore_ascii_case("yes") => socket(),
+                (None, Some(path)) => auth::agent_socket(None, Some(path)),
+            }
+        },
         global_known_hosts: host_config
             .global_known_hosts_files
             .unwrap_or_else(|| GLOBAL_KNOWN_HOSTS.iter().map(PathBuf::from).collect()),
@@ -546,6 +567,7 @@ impl SshBackend {
             },
             path: hop.known_hosts.clone(),
             global: hop.global_known_hosts.clone(),
+            forward_to: hop.forward_agent.clone(),
             accept_new: hop.accept_new,
             rejection: rejection.clone(),
         };
@@ -656,6 +678,8 @@ struct HostKeyCheck {
     port: u16,
     path: PathBuf,
     global: Vec<PathBuf>,
+    /// The agent that agent channels from the server are joined to; `None` refuses them.
+    forward_to: Option<PathBuf>,
     accept_new: bool,
     rejection: Arc<Mutex<Option<Error>>>,
 }
@@ -755,6 +779,31 @@ impl HostKeyCheck {
 impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
 
+    /// An agent channel the server opens for a forwarding session: joined to the local
+    /// agent when forwarding was asked for, refused otherwise.
+    async fn server_channel_open_agent_forward(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> std::result::Result<(), Self::Error> {
+        let Some(socket) = self.forward_to.clone() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        tokio::spawn(async move {
+            let Ok(mut agent) = tokio::net::UnixStream::connect(&socket).await else {
+                return;
+            };
+            let mut stream = channel.into_stream();
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut agent).await;
+        });
+        Ok(())
+    }
+
     async fn check_server_key(
         &mut self,
         server_key: &russh::keys::PublicKeyOrCertificate,
@@ -842,7 +891,8 @@ impl Backend for SshBackend {
             )
         })?;
         let limit = self.target.connect_timeout;
-        let start = SshProcess::start(conn.handle.clone(), spec, self.addr(), permit);
+        let forward = self.target.forward_agent.is_some();
+        let start = SshProcess::start(conn.handle.clone(), spec, self.addr(), permit, forward);
         match tokio::time::timeout(limit, start).await {
             Ok(process) => Ok(Box::new(process?)),
             Err(_) => Err(Error::new(

@@ -211,6 +211,7 @@ impl SshProcess {
         spec: ExecSpec,
         addr: String,
         permit: OwnedSemaphorePermit,
+        forward_agent: bool,
     ) -> Result<SshProcess> {
         let dropped = |what: &str, e: russh::Error| {
             Error::new(
@@ -221,6 +222,14 @@ impl SshProcess {
         let channel = open_session(&handle)
             .await
             .map_err(|e| dropped("opening a session", e))?;
+        if forward_agent {
+            // Asked without a reply, as `ssh -A` asks: a server that refuses it runs the
+            // command all the same, and the command finds no agent.
+            channel
+                .agent_forward(false)
+                .await
+                .map_err(|e| dropped("asking for agent forwarding", e))?;
+        }
         if let Some(pty) = &spec.pty {
             channel
                 .request_pty(

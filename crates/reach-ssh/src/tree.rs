@@ -42,9 +42,14 @@ async fn start(
     if stdin {
         spec = spec.stdin(StdinMode::Piped);
     }
-    match crate::process::SshProcess::start(exec.handle.clone(), spec, addr.to_owned(), permit)
-        .await
-    {
+    let start = crate::process::SshProcess::start(
+        exec.handle.clone(),
+        spec,
+        addr.to_owned(),
+        permit,
+        false,
+    );
+    match start.await {
         Ok(process) => Ok(Box::new(process)),
         // The connection is alive, so the server refused the session: what needed it has
         // another way (hash after the copy, read back, file by file).

@@ -313,6 +313,9 @@ pub struct ConnWire {
     docker_agent: bool,
     /// The caller's ssh-agent socket.
     agent_socket: Option<PathBuf>,
+    /// `-A`: forward that agent.
+    #[serde(default)]
+    forward_agent: bool,
     /// The caller's HOME: where default keys and configuration are found.
     pub home: Option<PathBuf>,
     #[serde(with = "secret")]
@@ -349,6 +352,7 @@ impl ConnWire {
                 .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|v| !v.is_empty())),
             docker_agent: !conn.no_agent,
             agent_socket: env_path("SSH_AUTH_SOCK"),
+            forward_agent: conn.forward_agent,
             home: env_path("HOME"),
             password: secret_from_env("REACH_SSH_PASSWORD"),
             passphrase: secret_from_env("REACH_SSH_PASSPHRASE"),
@@ -368,6 +372,7 @@ impl ConnWire {
         ssh.proxy_jump = self.jump.clone();
         ssh.connect_timeout = self.connect_timeout_ms.map(Duration::from_millis);
         ssh.agent_socket = self.agent_socket.clone();
+        ssh.forward_agent = self.forward_agent.then_some(true);
         ssh.password = self.password.clone();
         ssh.passphrase = self.passphrase.clone();
         ssh.prompt = prompt;
@@ -403,6 +408,7 @@ impl ConnWire {
             "docker_host": self.docker_host,
             "docker_agent": self.docker_agent,
             "agent_socket": self.agent_socket,
+            "forward_agent": self.forward_agent,
             "home": self.home,
             "password": self.password.is_some(),
             "passphrase": self.passphrase.is_some(),
@@ -573,6 +579,7 @@ mod tests {
             docker_host: None,
             docker_agent: true,
             agent_socket: None,
+            forward_agent: false,
             home: None,
             password: None,
             passphrase: None,

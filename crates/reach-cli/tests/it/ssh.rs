@@ -644,3 +644,77 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
+
+/// `-A` (or `ForwardAgent yes`) forwards the ssh-agent: the command on the server lists the
+/// agent's key with OpenSSH's own `ssh-add -l`. Without it there is no agent there.
+#[test]
+fn the_agent_is_forwarded_only_when_asked() {
+    let Some(sshd) = sshd("the_agent_is_forwarded_only_when_asked") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _agent = Kill(
+        Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let key = dir.path().join("forwarded");
+    let made = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "reach-forwarded-key",
+            "-f",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let added = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &socket)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let config = write_config(&dir, "Host *\n  ForwardAgent yes\n");
+    let list = |extra: &[&str]| {
+        let key = sshd.client_key().display().to_string();
+        let known = sshd.known_hosts().display().to_string();
+        let dest = sshd.destination();
+        let mut args = vec!["exec", "-i", &key, "--known-hosts", &known];
+        args.extend(extra);
+        args.extend([dest.as_str(), "--", "ssh-add", "-l"]);
+        reach(&args).env("SSH_AUTH_SOCK", &socket).run()
+    };
+    for extra in [&["-A"][..], &["-F", &config][..]] {
+        let out = list(extra);
+        assert_eq!(out.code, 0, "{extra:?}: {}", out.stderr);
+        assert!(
+            out.stdout_text().contains("reach-forwarded-key"),
+            "{extra:?}: {}",
+            out.stdout_text()
+        );
+    }
+    let out = list(&[]);
+    assert_eq!(out.code, 2, "no agent without -A: {:?}", out.stdout_text());
+}
