@@ -88,7 +88,9 @@ where
                 continue;
             }
         };
-        let expanded = reach::glob::has_wildcards(argument);
+        // (Of the path: `[::1]:/srv` holds brackets that are no wildcard.)
+        let expanded = wildcards != Wildcards::Literal
+            && Location::parse(argument).is_ok_and(|l| reach::glob::has_wildcards(&l.path));
         for target in targets {
             // A path as the user wrote it, unless a wildcard stood for it.
             let path = if expanded {
