@@ -397,7 +397,17 @@ impl Backend for DockerBackend {
     }
 
     fn user(&self) -> String {
-        self.destination.user().unwrap_or("").to_owned()
+        if let Some(user) = self.destination.user() {
+            return user.to_owned();
+        }
+        // Once connected: the image's user, which the engine runs as root when it is empty.
+        let connected = self.conn.try_lock().ok().and_then(|slot| {
+            slot.as_ref().map(|conn| match conn.user.as_str() {
+                "" => "root".to_owned(),
+                user => user.to_owned(),
+            })
+        });
+        connected.unwrap_or_default()
     }
 
     async fn connect(&self) -> Result<()> {

@@ -195,4 +195,9 @@ fn files_commands_work_in_a_container() {
     assert_eq!(out.stdout, b"at home");
     let out = reach(&["cat", &format!("{dest}:tilde")]).run();
     assert_eq!(out.stdout, b"at home");
+    // Who commands run as: the image's default user, which the engine makes root.
+    let out = reach(&["--json", "info", &dest]).run();
+    assert_eq!(out.json()["user"], "root", "{}", out.stderr);
+    let out = c.exec(&["id", "-un"]).unwrap();
+    assert_eq!(out.stdout, b"root\n");
 }
