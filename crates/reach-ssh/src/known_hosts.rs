@@ -79,6 +79,22 @@ pub fn check(text: &str, host: &str, port: u16, algorithm: &str, key_base64: &st
     }
 }
 
+/// The certificate authorities trusted for `host`:`port`: the `(algorithm, key_base64)` of
+/// every `@cert-authority` line whose host patterns match it.
+pub fn authorities(text: &str, host: &str, port: u16) -> Vec<(String, String)> {
+    let name = host_entry_name(host, port);
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next()? != "@cert-authority" {
+                return None;
+            }
+            let (patterns, algorithm, key) = (fields.next()?, fields.next()?, fields.next()?);
+            hosts_match(patterns, &name).then(|| (algorithm.to_owned(), key.to_owned()))
+        })
+        .collect()
+}
+
 /// Whether a comma-separated pattern list matches `name`: some positive pattern matches and
 /// no negated one does.
 fn hosts_match(patterns: &str, name: &str) -> bool {

@@ -289,6 +289,26 @@ fn resolve_hop(
 
 type Handle = client::Handle<HostKeyCheck>;
 
+/// Host certificate types asked for when an authority is trusted for the host.
+const HOST_CERTIFICATES: &[russh::keys::Algorithm] = &[
+    russh::keys::Algorithm::Ed25519,
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP256,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP384,
+    },
+    russh::keys::Algorithm::Ecdsa {
+        curve: russh::keys::EcdsaCurve::NistP521,
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha512),
+    },
+    russh::keys::Algorithm::Rsa {
+        hash: Some(russh::keys::HashAlg::Sha256),
+    },
+];
+
 /// Where `ssh` looks for host keys that the administrator manages for everyone.
 const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
@@ -540,6 +560,25 @@ impl SshBackend {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        // The name host keys are filed under, and the authorities trusted for it: when there
+        // are any, the server is asked for a host certificate, as `ssh` asks.
+        let (key_host, key_port) = match &hop.host_key_alias {
+            Some(alias) => (alias.clone(), 22),
+            None => (hop.host.clone(), hop.port),
+        };
+        let authorities: Vec<PublicKey> = std::iter::once(&hop.known_hosts)
+            .chain(&hop.global_known_hosts)
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .flat_map(|text| known_hosts::authorities(&text, &key_host, key_port))
+            .filter_map(|(algorithm, key)| {
+                PublicKey::from_openssh(&format!("{algorithm} {key}")).ok()
+            })
+            .collect();
+        let certificates: &'static [russh::keys::Algorithm] = if authorities.is_empty() {
+            &[]
+        } else {
+            HOST_CERTIFICATES
+        };
         let config = Arc::new(client::Config {
             keepalive_interval: hop.keepalive,
             keepalive_max: hop.keepalive_max,
@@ -548,6 +587,7 @@ impl SshBackend {
             maximum_packet_size: 65535,
             preferred: russh::Preferred {
                 cipher: std::borrow::Cow::Borrowed(CIPHERS),
+                host_key_certificates: std::borrow::Cow::Borrowed(certificates),
                 ..Default::default()
             },
             ..Default::default()
@@ -556,15 +596,9 @@ impl SshBackend {
         let checker = HostKeyCheck {
             // An alias is the known_hosts name as it stands, as `ssh` uses it (port 22 is
             // the one that adds no `[...]:port`).
-            host: hop
-                .host_key_alias
-                .clone()
-                .unwrap_or_else(|| hop.host.clone()),
-            port: if hop.host_key_alias.is_some() {
-                22
-            } else {
-                hop.port
-            },
+            host: key_host,
+            port: key_port,
+            authorities,
             path: hop.known_hosts.clone(),
             global: hop.global_known_hosts.clone(),
             forward_to: hop.forward_agent.clone(),
@@ -680,6 +714,8 @@ struct HostKeyCheck {
     global: Vec<PathBuf>,
     /// The agent that agent channels from the server are joined to; `None` refuses them.
     forward_to: Option<PathBuf>,
+    /// The `@cert-authority` keys trusted for this host.
+    authorities: Vec<PublicKey>,
     accept_new: bool,
     rejection: Arc<Mutex<Option<Error>>>,
 }
@@ -776,6 +812,82 @@ impl HostKeyCheck {
     }
 }
 
+impl HostKeyCheck {
+    /// A host certificate is good when an authority trusted for this host signed it, it is
+    /// a host certificate, it is valid now, it names this host (or no host), and neither
+    /// its key nor its authority is revoked.
+    fn certified(&self, cert: &russh::keys::Certificate) -> Result<()> {
+        let name = known_hosts::host_entry_name(&self.host, self.port);
+        let reject = |why: String| Err(Error::new(ErrorKind::HostKeyRejected, why));
+        let fingerprints: Vec<_> = self
+            .authorities
+            .iter()
+            .map(|ca| ca.fingerprint(HashAlg::Sha256))
+            .collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(e) = cert.validate_at(now, fingerprints.iter()) {
+            return reject(format!(
+                "the host certificate of `{name}` (signed by {}) is not valid: {e}; \
+                 check the @cert-authority lines of your known_hosts files",
+                cert.signature_key().fingerprint(HashAlg::Sha256)
+            ));
+        }
+        if cert.cert_type() != russh::keys::ssh_key::certificate::CertType::Host {
+            return reject(format!(
+                "`{name}` offered a user certificate as its host key"
+            ));
+        }
+        let principals = cert.valid_principals();
+        if !principals.is_empty() && !principals.iter().any(|p| p == &self.host) {
+            return reject(format!(
+                "the host certificate of `{name}` is for {principals:?}, not `{}`",
+                self.host
+            ));
+        }
+        for key in [
+            PublicKey::from(cert.public_key().clone()),
+            PublicKey::from(cert.signature_key().clone()),
+        ] {
+            self.verdict_revoked_only(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses `key` if any known_hosts file marks it `@revoked`.
+    fn verdict_revoked_only(&self, key: &PublicKey) -> Result<()> {
+        let openssh = key
+            .to_openssh()
+            .map_err(|e| Error::new(ErrorKind::Protocol, format!("unreadable key: {e}")))?;
+        let mut parts = openssh.split_whitespace();
+        let (algorithm, blob) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        for file in std::iter::once(&self.path).chain(&self.global) {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            if let known_hosts::Verdict::Revoked(line) =
+                known_hosts::check(&text, &self.host, self.port, algorithm, blob)
+            {
+                return Err(Error::new(
+                    ErrorKind::HostKeyRejected,
+                    format!(
+                        "the host certificate of `{}` uses a key marked @revoked in `{}` line \
+                         {line}: refusing to connect",
+                        known_hosts::host_entry_name(&self.host, self.port),
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
 
@@ -810,13 +922,7 @@ impl client::Handler for HostKeyCheck {
     ) -> std::result::Result<bool, Self::Error> {
         let verdict = match server_key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.verdict(key),
-            russh::keys::PublicKeyOrCertificate::Certificate(_) => Err(Error::new(
-                ErrorKind::HostKeyRejected,
-                format!(
-                    "`{}` offered a host certificate; certificates are not supported yet",
-                    self.host
-                ),
-            )),
+            russh::keys::PublicKeyOrCertificate::Certificate(cert) => self.certified(cert),
         };
         match verdict {
             Ok(()) => Ok(true),

@@ -401,3 +401,78 @@ async fn user_certificates_are_offered_with_their_keys() {
         sshd.user()
     );
 }
+
+/// A server whose host key is certified by an authority that known_hosts trusts for it
+/// (`@cert-authority`) is let in with no line for its key, as with `ssh`; a certificate from
+/// another authority, or for another host name, is refused.
+#[tokio::test]
+async fn host_certificates_from_a_trusted_authority_are_accepted() {
+    let test = "host_certificates_from_a_trusted_authority_are_accepted";
+    if !SshdFixture::available() {
+        reach_test::skip(
+            test,
+            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    crate::keygen(&path("ca"));
+    crate::keygen(&path("other-ca"));
+    let server = |principal: &str, name: &str| {
+        let key = path(name);
+        assert!(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(path("ca"))
+            .args(["-h", "-I", "reach-host", "-n", principal, "-V", "+1h"])
+            .arg(key.with_extension("pub"))
+            .status()
+            .unwrap()
+            .success());
+        let cert = format!("{}-cert.pub", key.display());
+        SshdFixture::start_with(&format!(
+            "HostKey {}\nHostCertificate {cert}",
+            key.display()
+        ))
+        .unwrap()
+    };
+    let trusting = |sshd: &SshdFixture, ca: &str, file: &str| {
+        let ca = std::fs::read_to_string(path(&format!("{ca}.pub"))).unwrap();
+        let known = path(file);
+        std::fs::write(
+            &known,
+            format!("@cert-authority [127.0.0.1]:{} {ca}", sshd.port()),
+        )
+        .unwrap();
+        backend(
+            sshd,
+            SshOptions {
+                identity: Some(sshd.client_key()),
+                known_hosts: Some(known),
+                ..bare(sshd)
+            },
+        )
+    };
+    let good = server("127.0.0.1", "host-good");
+    assert_eq!(
+        id_un(&trusting(&good, "ca", "known-good")).await.unwrap(),
+        good.user()
+    );
+    let err = id_un(&trusting(&good, "other-ca", "known-other"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HostKeyRejected, "{err}");
+    assert!(err.to_string().contains("not valid"), "{err}");
+    let misnamed = server("somewhere-else.example", "host-misnamed");
+    let err = id_un(&trusting(&misnamed, "ca", "known-misnamed"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::HostKeyRejected, "{err}");
+    assert!(err.to_string().contains("somewhere-else.example"), "{err}");
+}
