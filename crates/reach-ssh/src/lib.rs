@@ -720,16 +720,21 @@ struct HostKeyCheck {
     rejection: Arc<Mutex<Option<Error>>>,
 }
 
+/// A key's algorithm name and base64 blob, as a known_hosts line writes them.
+fn openssh_fields(key: &PublicKey) -> Result<(String, String)> {
+    let openssh = key
+        .to_openssh()
+        .map_err(|e| Error::new(ErrorKind::Protocol, format!("unreadable host key: {e}")))?;
+    let mut parts = openssh.split_whitespace();
+    Ok((
+        parts.next().unwrap_or_default().to_owned(),
+        parts.next().unwrap_or_default().to_owned(),
+    ))
+}
+
 impl HostKeyCheck {
     fn verdict(&self, key: &PublicKey) -> Result<()> {
-        let openssh = key
-            .to_openssh()
-            .map_err(|e| Error::new(ErrorKind::Protocol, format!("unreadable host key: {e}")))?;
-        let mut parts = openssh.split_whitespace();
-        let (algorithm, blob) = (
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
+        let (algorithm, blob) = &openssh_fields(key)?;
         let fingerprint = key.fingerprint(HashAlg::Sha256);
         let name = known_hosts::host_entry_name(&self.host, self.port);
         let path = self.path.display();
@@ -858,14 +863,7 @@ impl HostKeyCheck {
 
     /// Refuses `key` if any known_hosts file marks it `@revoked`.
     fn verdict_revoked_only(&self, key: &PublicKey) -> Result<()> {
-        let openssh = key
-            .to_openssh()
-            .map_err(|e| Error::new(ErrorKind::Protocol, format!("unreadable key: {e}")))?;
-        let mut parts = openssh.split_whitespace();
-        let (algorithm, blob) = (
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
+        let (algorithm, blob) = &openssh_fields(key)?;
         for file in std::iter::once(&self.path).chain(&self.global) {
             let Ok(text) = std::fs::read_to_string(file) else {
                 continue;

@@ -34,25 +34,7 @@ async fn ssh_agent_keys_are_used() {
     };
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ssh-agent (openssh-client)");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _agent = Kill(agent);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _agent = crate::SshAgent::start(&socket);
     let added = Command::new("ssh-add")
         .arg(sshd.client_key())
         .env("SSH_AUTH_SOCK", &socket)
@@ -347,25 +329,7 @@ async fn user_certificates_are_offered_with_their_keys() {
     assert_eq!(id_un(&with_key(None)).await.unwrap(), sshd.user());
     // Held by an ssh-agent (ssh-add loads the certificate beside the key), with no key file.
     let socket = path("agent.sock");
-    let agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("ssh-agent (openssh-client)");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _agent = Kill(agent);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _agent = crate::SshAgent::start(&socket);
     let added = Command::new("ssh-add")
         .arg(path("user"))
         .env("SSH_AUTH_SOCK", &socket)

@@ -454,3 +454,33 @@ async fn a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot() 
     };
     hashed_as_written(&sshd).await;
 }
+
+/// An `ssh-agent` listening on `socket`, killed when dropped.
+#[derive(Debug)]
+pub struct SshAgent(std::process::Child);
+
+impl SshAgent {
+    /// Starts it and waits (up to 5 s) for its socket.
+    pub fn start(socket: &std::path::Path) -> SshAgent {
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(socket)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent (openssh-client)");
+        let agent = SshAgent(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        agent
+    }
+}
+
+impl Drop for SshAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
