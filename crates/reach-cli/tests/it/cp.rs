@@ -865,11 +865,7 @@ fn progress_shows_on_a_terminal_only() {
 #[test]
 fn uploads_are_checked_even_where_hashing_while_writing_fails() {
     let test = "cp uploads without a working Python or GNU dd";
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip(test) {
         return;
     }
     let bin = tempfile::Builder::new()
@@ -963,11 +959,7 @@ fn uploads_are_checked_even_where_hashing_while_writing_fails() {
 #[test]
 fn a_server_with_one_session_per_connection_still_gets_checked_copies() {
     let test = "cp against MaxSessions 1";
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip(test) {
         return;
     }
     let sshd = SshdFixture::start_with("MaxSessions 1").unwrap();

@@ -25,11 +25,7 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Option<Fleet> {
-        if !SshdFixture::available() {
-            reach_test::skip(
-                "reach exec on many targets",
-                "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-            );
+        if !SshdFixture::available_or_skip("reach exec on many targets") {
             return None;
         }
         if !reach_test::docker::available_or_skip("reach exec on many targets") {
@@ -228,11 +224,7 @@ fn fifty_targets_json_prefixed_and_grouped() {
 
 #[test]
 fn fail_fast_cancels_the_rest_and_timeouts_are_per_target() {
-    if !SshdFixture::available() {
-        reach_test::skip(
-            "reach exec --fail-fast",
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip("reach exec --fail-fast") {
         return;
     }
     let server = SshdFixture::start_on(6, "").expect("sshd");

@@ -150,8 +150,7 @@ async fn password_authentication() {
         );
         return;
     }
-    if !SshdFixture::available() {
-        reach_test::skip("password_authentication", "/usr/sbin/sshd is missing");
+    if !SshdFixture::available_or_skip("password_authentication") {
         return;
     }
     let password = "correct horse, battery staple!";
@@ -286,11 +285,7 @@ async fn keepalives_detect_a_peer_that_stopped_answering() {
 #[tokio::test]
 async fn user_certificates_are_offered_with_their_keys() {
     let test = "user_certificates_are_offered_with_their_keys";
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -372,11 +367,7 @@ async fn user_certificates_are_offered_with_their_keys() {
 #[tokio::test]
 async fn host_certificates_from_a_trusted_authority_are_accepted() {
     let test = "host_certificates_from_a_trusted_authority_are_accepted";
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip(test) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -348,11 +348,7 @@ fn sshd_with_stand_in(
     env: &str,
 ) -> Option<(SshdFixture, tempfile::TempDir)> {
     use std::os::unix::fs::PermissionsExt;
-    if !SshdFixture::available() {
-        reach_test::skip(
-            test,
-            "/usr/sbin/sshd is missing (apt-get install openssh-server)",
-        );
+    if !SshdFixture::available_or_skip(test) {
         return None;
     }
     let bin = tempfile::Builder::new()
