@@ -22,7 +22,7 @@ mod proxy;
 mod sftp;
 mod tree;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -566,10 +566,10 @@ impl SshBackend {
             Some(alias) => (alias.clone(), 22),
             None => (hop.host.clone(), hop.port),
         };
-        let authorities: Vec<PublicKey> = std::iter::once(&hop.known_hosts)
-            .chain(&hop.global_known_hosts)
-            .filter_map(|file| std::fs::read_to_string(file).ok())
-            .flat_map(|text| known_hosts::authorities(&text, &key_host, key_port))
+        let known = KnownHosts::read(&hop.known_hosts, &hop.global_known_hosts);
+        let authorities: Vec<PublicKey> = known
+            .texts()
+            .flat_map(|(_, text)| known_hosts::authorities(text, &key_host, key_port))
             .filter_map(|(algorithm, key)| {
                 PublicKey::from_openssh(&format!("{algorithm} {key}")).ok()
             })
@@ -599,8 +599,7 @@ impl SshBackend {
             host: key_host,
             port: key_port,
             authorities,
-            path: hop.known_hosts.clone(),
-            global: hop.global_known_hosts.clone(),
+            known,
             forward_to: hop.forward_agent.clone(),
             accept_new: hop.accept_new,
             rejection: rejection.clone(),
@@ -710,14 +709,68 @@ fn parse_windows(stdout: &[u8]) -> Option<Platform> {
 struct HostKeyCheck {
     host: String,
     port: u16,
-    path: PathBuf,
-    global: Vec<PathBuf>,
+    /// The user's and the system's known_hosts files, read once for the handshake.
+    known: KnownHosts,
     /// The agent that agent channels from the server are joined to; `None` refuses them.
     forward_to: Option<PathBuf>,
     /// The `@cert-authority` keys trusted for this host.
     authorities: Vec<PublicKey>,
     accept_new: bool,
     rejection: Arc<Mutex<Option<Error>>>,
+}
+
+/// A hop's known_hosts files, read once per handshake: the user's, whose absence or read
+/// error matters, then the system's, where an unreadable file says nothing (as for `ssh`).
+#[derive(Debug)]
+struct KnownHosts {
+    user: PathBuf,
+    /// `Ok(None)` when the user's file does not exist.
+    user_text: std::io::Result<Option<String>>,
+    global: Vec<(PathBuf, String)>,
+}
+
+impl KnownHosts {
+    fn read(user: &Path, global: &[PathBuf]) -> KnownHosts {
+        let user_text = match std::fs::read_to_string(user) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        KnownHosts {
+            user: user.to_owned(),
+            user_text,
+            global: global
+                .iter()
+                .filter_map(|file| Some((file.clone(), std::fs::read_to_string(file).ok()?)))
+                .collect(),
+        }
+    }
+
+    /// Every file that was read, with its text, the user's first.
+    fn texts(&self) -> impl Iterator<Item = (&Path, &str)> {
+        let user = match &self.user_text {
+            Ok(Some(text)) => Some((self.user.as_path(), text.as_str())),
+            _ => None,
+        };
+        user.into_iter().chain(
+            self.global
+                .iter()
+                .map(|(file, text)| (file.as_path(), text.as_str())),
+        )
+    }
+
+    /// What each file says about `algorithm` `blob` for `host`:`port`.
+    fn verdicts(
+        &self,
+        host: &str,
+        port: u16,
+        algorithm: &str,
+        blob: &str,
+    ) -> Vec<(&Path, known_hosts::Verdict)> {
+        self.texts()
+            .map(|(file, text)| (file, known_hosts::check(text, host, port, algorithm, blob)))
+            .collect()
+    }
 }
 
 /// A key's algorithm name and base64 blob, as a known_hosts line writes them.
@@ -737,28 +790,17 @@ impl HostKeyCheck {
         let (algorithm, blob) = &openssh_fields(key)?;
         let fingerprint = key.fingerprint(HashAlg::Sha256);
         let name = known_hosts::host_entry_name(&self.host, self.port);
-        let path = self.path.display();
-        let mut user_file_missing = false;
-        // The user's file first, then the system's: a key known to any of them is known, a
-        // revoked one is refused whatever the others say, and a host whose entries all hold
-        // other keys has changed its key.
-        let mut verdicts = Vec::new();
-        for (index, file) in std::iter::once(&self.path).chain(&self.global).enumerate() {
-            match std::fs::read_to_string(file) {
-                Ok(text) => verdicts.push((
-                    file,
-                    known_hosts::check(&text, &self.host, self.port, algorithm, blob),
-                )),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    user_file_missing |= index == 0;
-                }
-                Err(e) if index == 0 => {
-                    return Err(Error::io(format!("read known_hosts file `{path}`"), e))
-                }
-                // An unreadable system file is one that says nothing, as for ssh.
-                Err(_) => {}
+        let path = self.known.user.display();
+        let user_file_missing = match &self.known.user_text {
+            Ok(text) => text.is_none(),
+            Err(e) => {
+                let e = std::io::Error::new(e.kind(), e.to_string());
+                return Err(Error::io(format!("read known_hosts file `{path}`"), e));
             }
-        }
+        };
+        // A key known to any file is known, a revoked one is refused whatever the others
+        // say, and a host whose entries all hold other keys has changed its key.
+        let verdicts = self.known.verdicts(&self.host, self.port, algorithm, blob);
         let reject = |why: String| Err(Error::new(ErrorKind::HostKeyRejected, why));
         if let Some((file, line)) = verdicts.iter().find_map(|(file, v)| match v {
             known_hosts::Verdict::Revoked(line) => Some((file, line)),
@@ -789,14 +831,14 @@ impl HostKeyCheck {
         }
         if self.accept_new {
             use std::io::Write;
-            if let Some(dir) = self.path.parent() {
+            if let Some(dir) = self.known.user.parent() {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| Error::io(format!("create `{}`", dir.display()), e))?;
             }
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&self.path)
+                .open(&self.known.user)
                 .map_err(|e| Error::io(format!("open `{path}`"), e))?;
             return file
                 .write_all(known_hosts::entry(&self.host, self.port, algorithm, blob).as_bytes())
@@ -864,13 +906,8 @@ impl HostKeyCheck {
     /// Refuses `key` if any known_hosts file marks it `@revoked`.
     fn verdict_revoked_only(&self, key: &PublicKey) -> Result<()> {
         let (algorithm, blob) = &openssh_fields(key)?;
-        for file in std::iter::once(&self.path).chain(&self.global) {
-            let Ok(text) = std::fs::read_to_string(file) else {
-                continue;
-            };
-            if let known_hosts::Verdict::Revoked(line) =
-                known_hosts::check(&text, &self.host, self.port, algorithm, blob)
-            {
+        for (file, verdict) in self.known.verdicts(&self.host, self.port, algorithm, blob) {
+            if let known_hosts::Verdict::Revoked(line) = verdict {
                 return Err(Error::new(
                     ErrorKind::HostKeyRejected,
                     format!(
