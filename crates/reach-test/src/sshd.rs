@@ -22,6 +22,9 @@ pub const TEST_USER: &str = "reachtest";
 pub struct SshdFixture {
     dir: tempfile::TempDir,
     child: Child,
+    /// sshd has been waited for: its pid is free for any process to take, so nothing may be
+    /// signalled by it any more.
+    reaped: bool,
     port: u16,
     user: String,
     home: String,
@@ -245,6 +248,7 @@ impl SshdFixture {
                     return Ok(SshdFixture {
                         dir,
                         child,
+                        reaped: false,
                         port,
                         user,
                         home,
@@ -364,6 +368,9 @@ impl SshdFixture {
     /// Stops (SIGSTOP) every process serving a connection, as a peer that vanished from
     /// the network would look: nothing answers, nothing closes. `kill` (and drop) ends them.
     pub fn freeze_connections(&self) {
+        if self.reaped {
+            return;
+        }
         for pid in descendants(self.child.id()) {
             if pid != self.child.id() {
                 let _ = Command::new("kill")
@@ -377,7 +384,15 @@ impl SshdFixture {
     /// Kills sshd and every process it started (each connection's processes call `setsid`,
     /// so a process-group kill would miss them) at once, as a crash of the host's sshd would:
     /// open connections drop.
+    ///
+    /// Only the first call signals anything. The pid of a reaped sshd can soon be another
+    /// process's (pids wrap at 32768 here): killing it again, as the drop after an explicit
+    /// `kill` did, would SIGKILL whatever had taken the pid, and its children, in any test
+    /// running beside this one.
     pub fn kill(&mut self) {
+        if self.reaped {
+            return;
+        }
         let mut victims = descendants(self.child.id());
         victims.push(self.child.id());
         for pid in victims {
@@ -387,6 +402,7 @@ impl SshdFixture {
                 .status();
         }
         let _ = self.child.wait();
+        self.reaped = true;
     }
 }
 
