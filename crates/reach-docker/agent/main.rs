@@ -208,8 +208,10 @@ fn main() {
                 }
             }
             FS_OP => {
-                let out = out.clone();
-                thread::spawn(move || fs_op(&out, id, &payload));
+                let worker = out.clone();
+                if let Err(err) = thread(move || fs_op(&worker, id, &payload)) {
+                    send(&out, FS_ERR, id, &error_payload(&err, 0));
+                }
             }
             _ => eprintln!("reach-agent: unknown frame kind {kind}"),
         }
@@ -317,7 +319,7 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
     // The agent keeps no end of the terminal's slave: its master sees EOF when the
     // command's side closes.
     drop(command);
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(child) => child,
         Err(err) => {
             send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
@@ -325,71 +327,107 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         }
     };
     let pid = child.id() as i32;
-    if let Some(m) = master {
-        use std::os::fd::AsRawFd;
-        let fd = m.as_raw_fd();
-        let Ok(writer) = m.try_clone() else {
-            // SAFETY: kill(2) on the child just started.
-            unsafe { kill(pid, 9) };
-            let _ = child.wait();
-            let err = io::Error::other("cannot duplicate the terminal");
-            send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
-            return;
-        };
-        let (tx, rx) = channel::<Option<Vec<u8>>>();
-        thread::spawn(move || {
-            let mut writer = writer;
-            // End of input on a terminal is not a close: keep the master open.
-            while let Ok(Some(data)) = rx.recv() {
-                if writer.write_all(&data).is_err() {
-                    break;
-                }
+    // A command needs up to four threads here (stdin, two pumps, the waiter). Without them
+    // (a pids limit reached) it is killed and its spawn fails; the agent carries on.
+    let threads = if let Some(m) = master {
+        start_terminal(out, table, id, child, m)
+    } else {
+        start_piped(out, table, id, child)
+    };
+    if let Err(err) = threads {
+        // SAFETY: kill(2) on the process group of the child just started.
+        unsafe { kill(-pid, 9) };
+        table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+    }
+}
+
+/// Starts a thread, or says why the system has none to give instead of panicking.
+fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().spawn(f)
+}
+
+/// Feeds stdin to `sink` from a channel; `None` ends the input. On a terminal, the end of
+/// input only closes this thread's copy of the master: the pump keeps the terminal open.
+fn feed(sink: impl Write + Send + 'static) -> io::Result<Sender<Option<Vec<u8>>>> {
+    let (tx, rx) = channel::<Option<Vec<u8>>>();
+    let mut sink = sink;
+    thread(move || {
+        while let Ok(Some(data)) = rx.recv() {
+            if sink.write_all(&data).is_err() {
+                // The command closed its stdin: drop what follows, as a pipe would.
+                while let Ok(Some(_)) = rx.recv() {}
+                break;
             }
-        });
+        }
+    })?;
+    Ok(tx)
+}
+
+/// Wires a command on a terminal: its master carries input and output. The child is
+/// reaped (and its process group killed by the caller) when a thread cannot start.
+fn start_terminal(out: &Out, table: &Table, id: u32, mut child: Child, m: std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let pid = child.id() as i32;
+    let fd = m.as_raw_fd();
+    let wired = m.try_clone().and_then(|writer| {
+        let stdin = feed(writer)?;
         table.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Running {
                 pid,
-                stdin: Some(tx),
+                stdin: Some(stdin),
                 pty: Some(fd),
             },
         );
-        send(out, STARTED, id, &(pid as u32).to_be_bytes());
-        let readers = [Some(pump(out.clone(), id, STDOUT, m)), None];
-        let out = out.clone();
-        let table = table.clone();
-        thread::spawn(move || wait(out, table, id, child, readers));
-        return;
-    }
-    let stdin = child.stdin.take().map(|mut pipe| {
-        let (tx, rx) = channel::<Option<Vec<u8>>>();
-        thread::spawn(move || {
-            while let Ok(Some(data)) = rx.recv() {
-                if pipe.write_all(&data).is_err() {
-                    // The command closed its stdin: drop what follows, as a pipe would.
-                    while let Ok(Some(_)) = rx.recv() {}
-                    break;
-                }
-            }
-        });
-        tx
+        Ok([Some(pump(out.clone(), id, STDOUT, m)?), None])
     });
-    table
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, Running { pid, stdin, pty: None });
-    send(out, STARTED, id, &(pid as u32).to_be_bytes());
-    let readers = [
-        child.stdout.take().map(|s| pump(out.clone(), id, STDOUT, s)),
-        child.stderr.take().map(|s| pump(out.clone(), id, STDERR, s)),
-    ];
-    let out = out.clone();
-    let table = table.clone();
-    thread::spawn(move || wait(out, table, id, child, readers));
+    finish_start(out, table, id, child_or_reap(&mut child, wired)?, child)
 }
 
-fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
+/// Wires a command on pipes: stdin (when piped), stdout and stderr.
+fn start_piped(out: &Out, table: &Table, id: u32, mut child: Child) -> io::Result<()> {
+    let pid = child.id() as i32;
+    let wired = (|| {
+        let stdin = child.stdin.take().map(|pipe| feed(pipe)).transpose()?;
+        table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Running { pid, stdin, pty: None });
+        let stdout = child.stdout.take().map(|s| pump(out.clone(), id, STDOUT, s)).transpose()?;
+        let stderr = child.stderr.take().map(|s| pump(out.clone(), id, STDERR, s)).transpose()?;
+        Ok([stdout, stderr])
+    })();
+    finish_start(out, table, id, child_or_reap(&mut child, wired)?, child)
+}
+
+/// Passes the wiring on, or kills and reaps the child when it failed.
+fn child_or_reap<T>(child: &mut Child, wired: io::Result<T>) -> io::Result<T> {
+    if wired.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    wired
+}
+
+/// Tells the client the command started, and waits for its end in a thread.
+fn finish_start(out: &Out, table: &Table, id: u32, readers: [Option<thread::JoinHandle<()>>; 2], child: Child) -> io::Result<()> {
+    let pid = child.id();
+    let (waiter_out, waiter_table) = (out.clone(), table.clone());
+    let (tx, rx) = channel::<()>();
+    // The waiter starts only once STARTED is out, so EXIT cannot overtake it.
+    thread(move || {
+        if rx.recv().is_ok() {
+            wait(waiter_out, waiter_table, id, child, readers);
+        }
+    })?;
+    send(out, STARTED, id, &pid.to_be_bytes());
+    let _ = tx.send(());
+    Ok(())
+}
+
+fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
+    thread(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stream.read(&mut buf) {

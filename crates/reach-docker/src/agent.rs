@@ -101,6 +101,9 @@ pub(crate) fn errno_kind(errno: i32) -> ErrorKind {
     }
 }
 
+/// How much of the agent's stderr is kept to explain its end.
+const SAID_KEPT: usize = 1024;
+
 type Slot = watch::Sender<Option<Result<ExitStatus>>>;
 
 /// What the reader routes to a running command.
@@ -211,7 +214,8 @@ type Output =
 
 impl AgentConn {
     /// Waits for the agent's hello on a started exec, then routes its frames in a task.
-    /// `on_lost` explains a lost connection (it checks whether the container still runs).
+    /// `on_lost` explains a lost connection (it checks whether the container still runs);
+    /// it is given the end of what the agent wrote to stderr.
     pub(crate) async fn start<F, Fut>(
         mut output: Output,
         input: Writer,
@@ -219,7 +223,7 @@ impl AgentConn {
         on_lost: F,
     ) -> std::result::Result<Arc<AgentConn>, String>
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(String) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = String> + Send,
     {
         let mut buf = BytesMut::new();
@@ -274,6 +278,8 @@ impl AgentConn {
         let reader = Arc::downgrade(&conn);
         tokio::spawn(async move {
             let mut ended = String::new();
+            // The end of the agent's diagnostics (a panic's message, say), for the reason.
+            let mut said = Vec::new();
             loop {
                 while let Some((kind, id, payload)) = next_frame(&mut buf) {
                     let Some(conn) = reader.upgrade() else { return };
@@ -285,6 +291,11 @@ impl AgentConn {
                 };
                 match next {
                     Some(Ok(LogOutput::StdOut { message })) => buf.extend_from_slice(&message),
+                    Some(Ok(LogOutput::StdErr { message })) => {
+                        said.extend_from_slice(&message);
+                        let excess = said.len().saturating_sub(SAID_KEPT);
+                        said.drain(..excess);
+                    }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         ended = e.to_string();
@@ -294,7 +305,9 @@ impl AgentConn {
                 }
             }
             let Some(conn) = reader.upgrade() else { return };
-            let mut why = on_lost().await;
+            let said = String::from_utf8_lossy(&said);
+            let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
+            let mut why = on_lost(said).await;
             if !ended.is_empty() {
                 why = format!("{why} ({ended})");
             }

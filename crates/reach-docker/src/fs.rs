@@ -1011,7 +1011,11 @@ impl FileSystem for DockerFs {
         if self.conn.agent().await.is_none() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "no remote SHA-256 without the reach agent",
+                format!(
+                    "no SHA-256 of `{abs}` in container `{}` without the reach agent ({})",
+                    self.name(),
+                    self.conn.agent_absence()
+                ),
             ));
         }
         let digest = self.op(Op::Sha256, &abs, &[], None).await?;

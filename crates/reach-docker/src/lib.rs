@@ -145,6 +145,48 @@ pub(crate) fn engine_error(address: &str, doing: &str, err: bollard::errors::Err
     Error::new(kind, format!("{doing}: {detail}")).with_source(err)
 }
 
+/// How many times a connection starts another agent after losing one. An agent lost again
+/// and again (killed by someone, out of memory) is not chased forever.
+const AGENT_RESTARTS: u32 = 3;
+
+/// A connection's agent: started on first use, and again when it is lost.
+#[derive(Debug, Default)]
+struct AgentSlot {
+    /// The last start: a running (or since lost) agent, or why none can run here.
+    current: Option<std::result::Result<Arc<agent::AgentConn>, String>>,
+    /// Agents started to replace a lost one.
+    restarts: u32,
+}
+
+/// What [`Conn::agent`] finds without starting anything.
+enum AgentNow {
+    Running(Arc<agent::AgentConn>),
+    /// None can run: it could not start, or it was lost too often.
+    Never,
+    /// Not started yet, or lost with restarts left.
+    Start,
+}
+
+impl AgentSlot {
+    fn now(&self) -> AgentNow {
+        match &self.current {
+            None => AgentNow::Start,
+            Some(Err(_)) => AgentNow::Never,
+            Some(Ok(agent)) if agent.lost().is_none() => AgentNow::Running(agent.clone()),
+            Some(Ok(_)) if self.restarts < AGENT_RESTARTS => AgentNow::Start,
+            Some(Ok(_)) => AgentNow::Never,
+        }
+    }
+
+    /// Why the last agent was lost, when it was.
+    fn lost(&self) -> Option<String> {
+        match &self.current {
+            Some(Ok(agent)) => agent.lost(),
+            _ => None,
+        }
+    }
+}
+
 /// What a connection knows about its container.
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -160,24 +202,51 @@ pub(crate) struct Conn {
     pub arch: String,
     pub os: String,
     pub use_agent: bool,
-    agent: OnceCell<std::result::Result<Arc<agent::AgentConn>, String>>,
+    agent: Mutex<AgentSlot>,
+    /// Held while an agent starts, so that callers who find none start one between them.
+    starting: tokio::sync::Mutex<()>,
+    /// Why an agent lost mid-connection could not be replaced.
+    agent_gone: Mutex<Option<String>>,
     shell: OnceCell<bool>,
 }
 
 impl Conn {
-    /// The agent, started on first use; `None` when it cannot run here (the reason is kept).
+    fn slot(&self) -> std::sync::MutexGuard<'_, AgentSlot> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The agent, started on first use and started again when it has been lost (a few
+    /// times per connection); `None` when it cannot run here (the reason is kept). What was
+    /// running on a lost agent has failed with the reason; what comes after runs on the
+    /// new one, instead of the rest of a long copy failing file by file.
     pub(crate) async fn agent(&self) -> Option<Arc<agent::AgentConn>> {
         if !self.use_agent {
             return None;
         }
-        let started = self
-            .agent
-            .get_or_init(|| async { process::start_agent(self).await })
-            .await;
-        match started {
-            Ok(agent) if agent.lost().is_none() => Some(agent.clone()),
-            _ => None,
+        match self.slot().now() {
+            AgentNow::Running(agent) => return Some(agent),
+            AgentNow::Never => return None,
+            AgentNow::Start => {}
         }
+        let _starting = self.starting.lock().await;
+        // Another caller may have started it while this one waited.
+        match self.slot().now() {
+            AgentNow::Running(agent) => return Some(agent),
+            AgentNow::Never => return None,
+            AgentNow::Start => {}
+        }
+        let lost = self.slot().lost();
+        let started = process::start_agent(self).await;
+        let mut slot = self.slot();
+        if let Some(why) = lost {
+            slot.restarts += 1;
+            if let Err(e) = &started {
+                *self.agent_gone.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(format!("{why}; starting the agent again failed: {e}"));
+            }
+        }
+        slot.current = Some(started.clone());
+        started.ok()
     }
 
     /// Why there is no agent, for messages.
@@ -185,18 +254,36 @@ impl Conn {
         if !self.use_agent {
             return "the agent is turned off".to_owned();
         }
-        match self.agent.get() {
+        if let Some(why) = self.agent_lost() {
+            return why;
+        }
+        let slot = self.slot();
+        match &slot.current {
             Some(Err(why)) => why.clone(),
             Some(Ok(agent)) => agent.lost().unwrap_or_default(),
             None => "the agent has not started".to_owned(),
         }
     }
 
-    /// A running agent that has since lost its connection: the container stopped, or the
-    /// engine went away.
+    /// Why this connection's agent is gone for good: it was lost (the container stopped,
+    /// the engine went away, the process was killed) and could not be started again, or
+    /// was lost more than [`AGENT_RESTARTS`] times.
     pub(crate) fn agent_lost(&self) -> Option<String> {
-        match self.agent.get() {
-            Some(Ok(agent)) => agent.lost(),
+        if let Some(why) = self
+            .agent_gone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(why);
+        }
+        let slot = self.slot();
+        match slot.now() {
+            AgentNow::Never => slot.lost().map(|why| {
+                let times = slot.restarts + 1;
+                let s = if times == 1 { "" } else { "s" };
+                format!("{why} (the agent was lost {times} time{s})")
+            }),
             _ => None,
         }
     }
@@ -212,6 +299,21 @@ impl Conn {
 
 /// Why a container's connection ended: the container is gone or stopped, or the engine is.
 pub(crate) async fn why_lost(docker: &Docker, id: &str, name: &str, address: &str) -> String {
+    container_gone(docker, id, name, address)
+        .await
+        .unwrap_or_else(|| {
+            format!("the connection to the Docker engine for container `{name}` was lost")
+        })
+}
+
+/// Why a container can no longer be used (stopped, removed, the engine unreachable);
+/// `None` while it runs.
+pub(crate) async fn container_gone(
+    docker: &Docker,
+    id: &str,
+    name: &str,
+    address: &str,
+) -> Option<String> {
     let inspected = docker
         .inspect_container(id, None::<InspectContainerOptions>)
         .await;
@@ -219,22 +321,23 @@ pub(crate) async fn why_lost(docker: &Docker, id: &str, name: &str, address: &st
         Ok(info) => {
             let state = info.state.as_ref();
             if state.and_then(|s| s.running) == Some(true) {
-                format!("the connection to the Docker engine for container `{name}` was lost")
-            } else {
-                let status = state
-                    .and_then(|s| s.status)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "stopped".to_owned());
-                format!("container `{name}` stopped ({status}) while the command ran")
+                return None;
             }
+            let status = state
+                .and_then(|s| s.status)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "stopped".to_owned());
+            Some(format!(
+                "container `{name}` stopped ({status}) while the command ran"
+            ))
         }
         Err(e) => {
             let e = engine_error(address, "inspecting the container", e);
-            if e.kind() == ErrorKind::NotFound {
+            Some(if e.kind() == ErrorKind::NotFound {
                 format!("container `{name}` was removed while the command ran")
             } else {
                 format!("the Docker engine at `{address}` is unreachable: {e}")
-            }
+            })
         }
     }
 }
@@ -347,7 +450,9 @@ impl DockerBackend {
             arch,
             os,
             use_agent,
-            agent: OnceCell::new(),
+            agent: Mutex::new(AgentSlot::default()),
+            starting: tokio::sync::Mutex::new(()),
+            agent_gone: Mutex::new(None),
             shell: OnceCell::new(),
         };
         if self.destination.user().is_some() && conn.os == "linux" {

@@ -62,8 +62,9 @@ pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentCon
         return Err("the engine started the agent detached".to_owned());
     };
     let lookup = Lookup::of(conn);
-    AgentConn::start(output, input, conn.name.clone(), move || async move {
-        lookup.why_lost().await
+    let exec = created.id;
+    AgentConn::start(output, input, conn.name.clone(), move |said| async move {
+        lookup.why_agent_lost(&exec, &said).await
     })
     .await
 }
@@ -129,6 +130,46 @@ impl Lookup {
 
     pub(crate) async fn why_lost(&self) -> String {
         crate::why_lost(&self.docker, &self.id, &self.name, &self.address).await
+    }
+
+    /// Why the agent's exec `exec` ended while in use: the container's end, or, while the
+    /// container runs, how the agent process ended and the last thing it wrote to stderr.
+    pub(crate) async fn why_agent_lost(&self, exec: &str, said: &str) -> String {
+        if let Some(why) =
+            crate::container_gone(&self.docker, &self.id, &self.name, &self.address).await
+        {
+            return why;
+        }
+        // The engine records the exec's end a moment after its stream closes.
+        let mut how = None;
+        for _ in 0..20 {
+            match self.docker.inspect_exec(exec).await {
+                Ok(info) if info.running != Some(true) => {
+                    how = Some(match info.exit_code {
+                        Some(code @ 129..=159) => {
+                            let signal = Signal::from_number(code as i32 - 128);
+                            format!("was killed by {signal}")
+                        }
+                        Some(code) => format!("exited with status {code}"),
+                        None => "ended".to_owned(),
+                    });
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(_) => break,
+            }
+        }
+        let mut why = match how {
+            Some(how) => format!("the reach agent in container `{}` {how}", self.name),
+            None => format!(
+                "the connection to the Docker engine for container `{}` was lost",
+                self.name
+            ),
+        };
+        if !said.is_empty() {
+            why = format!("{why} (it said: {said})");
+        }
+        why
     }
 }
 

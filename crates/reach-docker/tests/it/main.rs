@@ -2,6 +2,7 @@
 //! (`reach_test::docker`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agent_loss;
 mod conformance;
 mod lifecycle;
 mod noshell;
