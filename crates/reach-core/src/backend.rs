@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Destination, Error, ExecSpec, FileSystem, Process, Result};
+use crate::{
+    BoxRead, BoxWrite, Destination, Error, ErrorKind, ExecSpec, FileSystem, Process, Result,
+};
 
 /// What a target runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -27,6 +29,49 @@ impl fmt::Display for Platform {
         }
         Ok(())
     }
+}
+
+/// A TCP connection that a target opened for the caller ([`Backend::connect_tcp`]).
+///
+/// Bytes written to `writer` reach the peer; shutting `writer` down sends end-of-stream
+/// (the peer reads EOF and may still answer). `reader` ends when the peer closes its side;
+/// a connection lost on the way is a read error, never a silent end.
+pub struct TcpTunnel {
+    /// What the peer sends.
+    pub reader: BoxRead,
+    /// What goes to the peer.
+    pub writer: BoxWrite,
+}
+
+impl fmt::Debug for TcpTunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTunnel").finish_non_exhaustive()
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[::1]:5432`).
+pub fn tcp_address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The reach error for a TCP connection to `host:port` that the target `via` could not make.
+pub fn tcp_connect_error(host: &str, port: u16, via: &str, err: &std::io::Error) -> Error {
+    use std::io::ErrorKind as Io;
+    let address = tcp_address(host, port);
+    let (kind, hint) = match err.kind() {
+        Io::ConnectionRefused => (ErrorKind::Unreachable, " (is anything listening there?)"),
+        Io::PermissionDenied => (ErrorKind::PermissionDenied, ""),
+        Io::TimedOut => (ErrorKind::Timeout, ""),
+        _ => (ErrorKind::Unreachable, ""),
+    };
+    Error::new(
+        kind,
+        format!("{via} could not connect to {address}: {err}{hint}"),
+    )
 }
 
 /// One target: the local host, an SSH server, a container, ...
@@ -68,4 +113,22 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn platform(&self) -> Result<Platform>;
     /// Closes the connection; running processes are torn down.
     async fn close(&self) -> Result<()>;
+    /// Opens a TCP connection from the target to `host:port`, as `ssh -L` does: `host` is
+    /// resolved and connected on the target, so `127.0.0.1` is the target's own loopback (a
+    /// database that listens only there, a container's port that is not published).
+    ///
+    /// A port nobody listens on is [`ErrorKind::Unreachable`], a target that forbids it
+    /// [`ErrorKind::PermissionDenied`]; backends that cannot do it say
+    /// [`ErrorKind::Unsupported`] (the default).
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpTunnel> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "`{}` ({} backend) cannot open TCP connections (to {})",
+                self.destination(),
+                self.kind(),
+                tcp_address(host, port)
+            ),
+        ))
+    }
 }

@@ -34,7 +34,7 @@ mod exec;
 mod fs;
 pub mod glob;
 
-pub use backend::{Backend, Platform};
+pub use backend::{tcp_address, tcp_connect_error, Backend, Platform, TcpTunnel};
 pub use destination::{Destination, Location, DEFAULT_SCHEME};
 pub use error::{Error, ErrorKind, Result};
 pub use exec::{

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
@@ -143,10 +144,13 @@ fn error_payload(err: &io::Error, what: u8) -> Vec<u8> {
 }
 
 struct Running {
+    /// The command's pid; 0 for a TCP connection.
     pid: i32,
     stdin: Option<Sender<Option<Vec<u8>>>>,
     /// The terminal's master, for resizing.
     pty: Option<i32>,
+    /// A TCP connection's socket, to shut down on SIGNAL.
+    socket: Option<TcpStream>,
 }
 
 type Table = Arc<Mutex<HashMap<u32, Running>>>;
@@ -192,9 +196,13 @@ fn main() {
                 };
                 let table = table.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(running) = table.get(&id) {
-                    let target = if group == 1 { -running.pid } else { running.pid };
-                    // SAFETY: kill(2) with a pid we started and a signal number.
-                    unsafe { kill(target, i32::from(signo)) };
+                    if let Some(socket) = &running.socket {
+                        let _ = socket.shutdown(Shutdown::Both);
+                    } else if running.pid > 0 {
+                        let target = if group == 1 { -running.pid } else { running.pid };
+                        // SAFETY: kill(2) with a pid we started and a signal number.
+                        unsafe { kill(target, i32::from(signo)) };
+                    }
                 }
             }
             RESIZE => {
@@ -205,6 +213,12 @@ fn main() {
                 let table = table.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(fd) = table.get(&id).and_then(|r| r.pty) {
                     set_size(fd, rows as u16, cols as u16);
+                }
+            }
+            CONNECT => {
+                let (worker, rows) = (out.clone(), table.clone());
+                if let Err(err) = thread(move || connect(&worker, &rows, id, &payload)) {
+                    send(&out, SPAWN_FAILED, id, &error_payload(&err, 0));
                 }
             }
             FS_OP => {
@@ -218,7 +232,7 @@ fn main() {
     }
     // The connection is gone: end everything this agent started.
     let table = table.lock().unwrap_or_else(|p| p.into_inner());
-    for running in table.values() {
+    for running in table.values().filter(|r| r.pid > 0) {
         // SAFETY: kill(2) on the process groups this agent made.
         unsafe { kill(-running.pid, 9) };
     }
@@ -378,6 +392,7 @@ fn start_terminal(out: &Out, table: &Table, id: u32, mut child: Child, m: std::f
                 pid,
                 stdin: Some(stdin),
                 pty: Some(fd),
+                socket: None,
             },
         );
         Ok([Some(pump(out.clone(), id, STDOUT, m)?), None])
@@ -393,7 +408,7 @@ fn start_piped(out: &Out, table: &Table, id: u32, mut child: Child) -> io::Resul
         table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, Running { pid, stdin, pty: None });
+            .insert(id, Running { pid, stdin, pty: None, socket: None });
         let stdout = child.stdout.take().map(|s| pump(out.clone(), id, STDOUT, s)).transpose()?;
         let stderr = child.stderr.take().map(|s| pump(out.clone(), id, STDERR, s)).transpose()?;
         Ok([stdout, stderr])
@@ -424,6 +439,99 @@ fn finish_start(out: &Out, table: &Table, id: u32, readers: [Option<thread::Join
     send(out, STARTED, id, &pid.to_be_bytes());
     let _ = tx.send(());
     Ok(())
+}
+
+/// How long a TCP connection may take to be made.
+const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens a TCP connection for the client and carries it until both sides end: the peer's
+/// bytes as STDOUT, EXIT at its end of stream, the client's STDIN to it, STDIN_EOF as a
+/// shutdown of the writing side.
+fn connect(out: &Out, table: &Table, id: u32, payload: &[u8]) {
+    let mut fields = Fields(payload);
+    let (Some(host), Some(port)) = (fields.string(), fields.u32()) else {
+        let err = io::Error::new(io::ErrorKind::InvalidInput, "malformed connect request");
+        send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+        return;
+    };
+    let stream = dial(&host, port as u16).and_then(|stream| {
+        let _ = stream.set_nodelay(true);
+        Ok((stream.try_clone()?, stream.try_clone()?, stream))
+    });
+    let (reader, writer, socket) = match stream {
+        Ok(ends) => ends,
+        Err(err) => {
+            send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+            return;
+        }
+    };
+    let rows = table.clone();
+    let (tx, rx) = channel::<Option<Vec<u8>>>();
+    // The writing side: ends at STDIN_EOF with a shutdown, so the peer reads its end of
+    // stream; the connection is forgotten once both sides are done.
+    let feeder = thread(move || {
+        let mut writer = writer;
+        while let Ok(Some(data)) = rx.recv() {
+            if writer.write_all(&data).is_err() {
+                while let Ok(Some(_)) = rx.recv() {}
+                break;
+            }
+        }
+        let _ = writer.shutdown(Shutdown::Write);
+        rows.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    });
+    if let Err(err) = feeder {
+        send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+        return;
+    }
+    table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        id,
+        Running {
+            pid: 0,
+            stdin: Some(tx),
+            pty: None,
+            socket: Some(socket),
+        },
+    );
+    let close = || {
+        if let Some(running) = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+            if let Some(socket) = running.socket {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+        }
+    };
+    let reader = match pump(out.clone(), id, STDOUT, reader) {
+        Ok(reader) => reader,
+        Err(err) => {
+            close();
+            send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
+            return;
+        }
+    };
+    send(out, STARTED, id, &0u32.to_be_bytes());
+    let waiter = out.clone();
+    // EXIT (code 0) once every byte the peer sent is out: its end of stream.
+    let waited = thread(move || {
+        let _ = reader.join();
+        send(&waiter, EXIT, id, &[0, 0, 0, 0, 0, 0]);
+    });
+    if waited.is_err() {
+        // No thread to tell the end: cut the connection, and its end is unknown.
+        close();
+        send(out, EXIT, id, &[2, 0, 0, 0, 0, 0]);
+    }
+}
+
+/// Connects to the first address of `host` that answers.
+fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("`{host}` has no address"));
+    for address in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&address, CONNECT_LIMIT) {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
 }
 
 fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> io::Result<thread::JoinHandle<()>> {

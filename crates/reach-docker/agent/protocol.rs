@@ -16,6 +16,9 @@ pub const SIGNAL: u8 = 4;
 pub const FS_OP: u8 = 5;
 /// Client → agent: resize a command's terminal.
 pub const RESIZE: u8 = 6;
+/// Client → agent: open a TCP connection (host, port), carried like a command: STDIN to
+/// it, STDOUT from it, EXIT (code 0) at its end of stream, SIGNAL to shut it down.
+pub const CONNECT: u8 = 7;
 /// Agent → client: the command runs (its pid).
 pub const STARTED: u8 = 10;
 /// Agent → client: the command could not start (errno, message).

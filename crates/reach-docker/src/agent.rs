@@ -11,6 +11,7 @@
 //! | 4 SIGNAL | → agent | signal number `u8`, whole process group `u8` |
 //! | 5 FS_OP | → agent | op `u8`, path, op arguments |
 //! | 6 RESIZE | → agent | rows, cols (`u32`) |
+//! | 7 CONNECT | → agent | host, port `u32`: a TCP connection, then carried as a command (STDIN, STDOUT, EXIT at its end, SIGNAL shuts it) |
 //! | 10 STARTED / 11 SPAWN_FAILED | agent → | pid `u32` / what `u8` (0 command, 1 cwd), errno `i32`, message |
 //! | 12 STDOUT / 13 STDERR | agent → | bytes |
 //! | 14 EXIT | agent → | 0 code / 1 signal, value `i32`, core dumped `u8` (after all output) |
@@ -476,17 +477,6 @@ impl AgentConn {
         piped: bool,
         pty: Option<reach_core::PtySize>,
     ) -> Result<std::result::Result<Spawned, SpawnFailure>> {
-        let (started_tx, started_rx) = oneshot::channel();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (err_tx, err_rx) = mpsc::unbounded_channel();
-        let (exit_tx, exit_rx) = watch::channel(None);
-        let exit = Arc::new(exit_tx);
-        let id = self.register(Waiter::Process(Route {
-            started: Some(started_tx),
-            stdout: Some(out_tx),
-            stderr: Some(err_tx),
-            exit: exit.clone(),
-        }))?;
         let mut payload = Vec::new();
         payload.extend_from_slice(&(argv.len() as u32).to_be_bytes());
         for arg in argv {
@@ -504,7 +494,40 @@ impl AgentConn {
             payload.extend_from_slice(&u32::from(size.rows).to_be_bytes());
             payload.extend_from_slice(&u32::from(size.cols).to_be_bytes());
         }
-        if let Err(e) = self.send(SPAWN, id, &payload).await {
+        self.launch(SPAWN, &payload).await
+    }
+
+    /// Opens a TCP connection from the container to `host:port`, carried as a command
+    /// whose stdin goes to the peer and whose stdout comes from it.
+    pub(crate) async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<std::result::Result<Spawned, SpawnFailure>> {
+        let mut payload = Vec::new();
+        put_bytes(&mut payload, host.as_bytes());
+        payload.extend_from_slice(&u32::from(port).to_be_bytes());
+        self.launch(CONNECT, &payload).await
+    }
+
+    /// Sends a SPAWN or CONNECT request and waits for the agent to start it.
+    async fn launch(
+        &self,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<std::result::Result<Spawned, SpawnFailure>> {
+        let (started_tx, started_rx) = oneshot::channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (err_tx, err_rx) = mpsc::unbounded_channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let exit = Arc::new(exit_tx);
+        let id = self.register(Waiter::Process(Route {
+            started: Some(started_tx),
+            stdout: Some(out_tx),
+            stderr: Some(err_tx),
+            exit: exit.clone(),
+        }))?;
+        if let Err(e) = self.send(kind, id, payload).await {
             self.forget(id);
             return Err(e);
         }

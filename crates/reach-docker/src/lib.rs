@@ -28,6 +28,7 @@ mod attached;
 mod fs;
 mod lifecycle;
 mod process;
+mod tunnel;
 use reach_tar as tar;
 
 use std::sync::{Arc, Mutex};
@@ -558,6 +559,11 @@ impl Backend for DockerBackend {
             arch: uname_arch(&conn.arch).to_owned(),
             variant,
         })
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<reach_core::TcpTunnel> {
+        let conn = self.conn().await?;
+        tunnel::open(&conn, host, port).await
     }
 
     async fn close(&self) -> Result<()> {

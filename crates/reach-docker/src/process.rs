@@ -243,25 +243,7 @@ impl AgentProcess {
             .await?
             .map_err(|f| spawn_error(conn, &argv[0], spec.cwd.as_deref(), f))?;
         let id = spawned.id;
-        let stdin: Option<BoxWrite> = piped.then(|| {
-            let (tx, mut rx) = tokio::io::duplex(PIPE);
-            let feeder = agent.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; STDIN_CHUNK];
-                loop {
-                    match rx.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if feeder.stdin(id, Some(&buf[..n])).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = feeder.stdin(id, None).await;
-            });
-            Box::pin(tx) as BoxWrite
-        });
+        let stdin = piped.then(|| stdin_writer(agent.clone(), id));
         if let Some(limit) = spec.timeout {
             let mut finished = spawned.exit.clone();
             let slot = spawned.slot.clone();
@@ -301,6 +283,27 @@ impl AgentProcess {
             pty: pty.is_some(),
         })
     }
+}
+
+/// A writer whose bytes become STDIN frames for the agent's command (or connection) `id`;
+/// shutting it down or dropping it sends the end of input.
+pub(crate) fn stdin_writer(agent: Arc<AgentConn>, id: u32) -> BoxWrite {
+    let (tx, mut rx) = tokio::io::duplex(PIPE);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; STDIN_CHUNK];
+        loop {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if agent.stdin(id, Some(&buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = agent.stdin(id, None).await;
+    });
+    Box::pin(tx)
 }
 
 /// The outcome published in `exit`, once there is one.

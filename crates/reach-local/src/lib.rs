@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use reach_core::{Backend, Destination, Error, ExecSpec, FileSystem, Platform, Process, Result};
+use reach_core::{
+    tcp_connect_error, Backend, Destination, Error, ExecSpec, FileSystem, Platform, Process,
+    Result, TcpTunnel,
+};
 
 pub use fs::LocalFs;
 pub use process::LocalProcess;
@@ -135,7 +138,32 @@ impl Backend for LocalBackend {
     async fn close(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<TcpTunnel> {
+        let connect = tokio::net::TcpStream::connect((host, port));
+        let stream = match tokio::time::timeout(TCP_CONNECT_LIMIT, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(tcp_connect_error(host, port, "this host", &e)),
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {TCP_CONNECT_LIMIT:?}"),
+                );
+                return Err(tcp_connect_error(host, port, "this host", &e));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        Ok(TcpTunnel {
+            reader: Box::pin(reader),
+            writer: Box::pin(writer),
+        })
+    }
 }
+
+/// How long a TCP connection may take to be made: an address that drops the SYN would
+/// otherwise take the kernel's two minutes.
+const TCP_CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `ID VERSION_ID` from an os-release file (`debian 12`).
 fn os_release_variant(text: &str) -> Option<String> {

@@ -21,6 +21,7 @@ mod process;
 mod proxy;
 mod sftp;
 mod tree;
+mod tunnel;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -1075,6 +1076,25 @@ impl Backend for SshBackend {
                 ),
             )
         })
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<reach_core::TcpTunnel> {
+        let conn = self.conn().await?;
+        let limit = self.target.connect_timeout;
+        let addr = self.addr();
+        let opened = tunnel::open(&conn.handle, &addr, host, port);
+        tokio::time::timeout(limit, opened)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "`{}` did not connect to {} within {limit:?}",
+                        self.addr(),
+                        reach_core::tcp_address(host, port)
+                    ),
+                ))
+            })
     }
 
     async fn close(&self) -> Result<()> {

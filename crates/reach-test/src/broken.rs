@@ -59,6 +59,8 @@ pub enum Defect {
     ErrorKindsIo,
     /// The platform's architecture is wrong.
     WrongArch,
+    /// Ending a TCP connection's writing side never reaches the peer.
+    TunnelNoEof,
 }
 
 /// A backend that delegates to `inner` except for its [`Defect`].
@@ -144,6 +146,41 @@ impl Backend for BrokenBackend {
 
     async fn close(&self) -> Result<()> {
         self.inner.close().await
+    }
+
+    async fn connect_tcp(&self, host: &str, port: u16) -> Result<reach_core::TcpTunnel> {
+        let mut tunnel = self.inner.connect_tcp(host, port).await?;
+        if self.defect == Defect::TunnelNoEof {
+            tunnel.writer = Box::pin(NoShutdown(tunnel.writer));
+        }
+        Ok(tunnel)
+    }
+}
+
+/// A writer whose shutdown does nothing (the stream stays open).
+struct NoShutdown(BoxWrite);
+
+impl tokio::io::AsyncWrite for NoShutdown {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
     }
 }
 

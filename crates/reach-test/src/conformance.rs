@@ -6,8 +6,8 @@
 //! the defect it must catch; `reach-test`'s own tests run that whole matrix.
 //!
 //! Commands used here are POSIX `sh` and the busybox applets (`printf`, `cat`, `head`, `yes`,
-//! `stty`, `sleep`, `kill`, `touch`, `uname`), so the suite runs unchanged in a minimal
-//! container.
+//! `stty`, `sleep`, `kill`, `touch`, `uname`, and `busybox nc` as a TCP server), so the suite
+//! runs unchanged in a minimal container.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +84,7 @@ pub const CHECKS: &[(&str, Defect)] = &[
     ("fs_rename_truncate_remove", Defect::RenameKeepsSource),
     ("fs_errors", Defect::ErrorKindsIo),
     ("platform", Defect::WrongArch),
+    ("tcp_connect", Defect::TunnelNoEof),
 ];
 
 /// How long one check may take before it counts as hung.
@@ -113,6 +114,7 @@ pub async fn run(name: &str, cx: &Ctx) -> CheckResult {
             "fs_rename_truncate_remove" => fs_rename_truncate_remove(cx).await,
             "fs_errors" => fs_errors(cx).await,
             "platform" => platform(cx).await,
+            "tcp_connect" => tcp_connect(cx).await,
             other => Err(format!("no conformance check named `{other}`")),
         }
     };
@@ -149,7 +151,7 @@ macro_rules! conformance_suite {
             stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
             concurrent_sessions, pty_and_resize, fs_read_write, fs_names,
             fs_metadata_permissions, fs_symlinks, fs_glob, fs_directories, fs_rename_truncate_remove,
-            fs_errors, platform);
+            fs_errors, platform, tcp_connect);
     };
     (@each $fixture:expr; $($name:ident),* $(,)?) => {
         /// The checks this suite instance generated, compared against
@@ -1007,4 +1009,118 @@ async fn platform(cx: &Ctx) -> CheckResult {
         platform.arch
     );
     Ok(())
+}
+
+/// A port for a listener on the target, different on each call.
+fn some_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() as u16).wrapping_mul(7919);
+    20_000 + (seed.wrapping_add(NEXT.fetch_add(101, Ordering::Relaxed)) % 30_000)
+}
+
+/// Reads to the end, within 10 s.
+async fn read_for(reader: &mut reach_core::BoxRead, what: &str) -> Result<Vec<u8>, String> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut got))
+        .await
+        .map_err(|_| format!("{what}: nothing ended within 10 s (got {:?})", text(&got)))?
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(got)
+}
+
+async fn tcp_connect(cx: &Ctx) -> CheckResult {
+    let file = cx.path("tcp-received");
+    // A server on the target's loopback: greets, keeps what it is sent until the end of
+    // stream, then answers and closes.
+    let serve = |port: u16| {
+        format!(
+            "exec busybox nc -l -p {port} -e sh -c 'echo hello; cat > {}; echo bye'",
+            reach_core::shell_quote(&file)
+        )
+    };
+    let mut attempt = 0;
+    let (server, port, mut tunnel) = loop {
+        attempt += 1;
+        let port = some_port();
+        let server = start(cx, ExecSpec::shell(serve(port))).await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let opened = loop {
+            match cx.backend.connect_tcp("127.0.0.1", port).await {
+                Ok(tunnel) => break Some(tunnel),
+                Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
+                    // Not listening yet, or the port was taken and the server is gone.
+                    let gone = tokio::time::timeout(Duration::from_millis(100), server.wait());
+                    if gone.await.is_ok() {
+                        break None;
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "connect_tcp(127.0.0.1:{port}): {e} ({:?})",
+                        e.kind()
+                    ))
+                }
+            }
+        };
+        match opened {
+            Some(tunnel) => break (server, port, tunnel),
+            None if attempt < 5 => continue,
+            None => return Err("no port found for the test server in 5 tries".to_owned()),
+        }
+    };
+    let mut hello = [0u8; 6];
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tunnel.reader.read_exact(&mut hello),
+    )
+    .await
+    .map_err(|_| "the server's greeting did not come through".to_owned())?
+    .map_err(|e| format!("read the greeting: {e}"))?;
+    ensure!(&hello == b"hello\n", "greeting {:?}", text(&hello));
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    tunnel
+        .writer
+        .write_all(&sent)
+        .await
+        .map_err(|e| format!("write to the connection: {e}"))?;
+    tunnel
+        .writer
+        .shutdown()
+        .await
+        .map_err(|e| format!("end the stream: {e}"))?;
+    // The answer comes only after the server saw our end of stream: half-closed, not shut.
+    let rest = read_for(&mut tunnel.reader, "the answer after our end of stream").await?;
+    ensure!(
+        rest == b"bye\n",
+        "after our end of stream: {:?}",
+        text(&rest)
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .map_err(|_| "the server did not end".to_owned())?
+        .map_err(|e| format!("server: {e}"))?;
+    ensure!(status.success(), "server ended with {status:?}");
+    let fs = cx.fs().await?;
+    let landed = fs
+        .read(&file)
+        .await
+        .map_err(|e| format!("read {file}: {e}"))?;
+    ensure!(
+        landed == sent,
+        "the server received {} bytes of the {} sent",
+        landed.len(),
+        sent.len()
+    );
+    // Nothing listens there now.
+    match cx.backend.connect_tcp("127.0.0.1", port).await {
+        Err(e) if e.kind() == ErrorKind::Unreachable => Ok(()),
+        Err(e) => Err(format!(
+            "a closed port: {e} ({:?}), not Unreachable",
+            e.kind()
+        )),
+        Ok(_) => Err(format!(
+            "connected to 127.0.0.1:{port} after its server ended"
+        )),
+    }
 }
