@@ -58,6 +58,16 @@ pub enum Command {
     /// leaves a partial file where the old one was. Exits 0 when everything was copied,
     /// else with the code of the first failure (1 for a missing source, 255 transport).
     Cp(CpArgs),
+    /// Forward local TCP ports to addresses as a destination sees them, like `ssh -N -L`:
+    /// `[BIND:]PORT:HOST:HOSTPORT`, where HOST is resolved and connected on the destination
+    /// (`127.0.0.1` is its own loopback).
+    ///
+    /// Works on every backend: over SSH (the server's TCP forwarding), in a container
+    /// through reach's agent (its ports need not be published), and on `local`. Listens on
+    /// 127.0.0.1 unless BIND says otherwise (`0.0.0.0`, `[::1]`, `*`); PORT 0 picks a free
+    /// port, printed when listening. Runs until interrupted; a connection that cannot be
+    /// made is closed and reported, and the rest go on.
+    Forward(ForwardArgs),
     /// Run an SSH gateway: OpenSSH clients connect and each session runs on a backend (this
     /// host, or a Docker container per connection, per session or per user).
     ///
@@ -210,6 +220,15 @@ impl ExecArgs {
 pub struct ShellArgs {
     /// Where to open the shell.
     pub destination: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// Where the connections are made from.
+    pub destination: String,
+    /// `[BIND:]PORT:HOST:HOSTPORT`, one or more (`8080:127.0.0.1:80`, `5432:db:5432`).
+    #[arg(required = true, value_name = "[BIND:]PORT:HOST:HOSTPORT")]
+    pub forwards: Vec<String>,
 }
 
 #[derive(Debug, Args)]

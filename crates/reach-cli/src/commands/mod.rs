@@ -6,6 +6,7 @@ mod cp;
 mod exec;
 mod fanout;
 mod files;
+mod forward;
 mod info;
 mod serve;
 
@@ -29,7 +30,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     };
     // A copy hashes and encrypts on separate threads; everything else is I/O-bound.
     let threaded = match &cli.command {
-        Command::Cp(_) | Command::Serve(_) => true,
+        Command::Cp(_) | Command::Serve(_) | Command::Forward(_) => true,
         Command::Exec(args) => args.fans_out(),
         Command::Connections(args) => matches!(
             args.action,
@@ -88,6 +89,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Mv(args) => files::mv(args, json).await,
         Command::Chmod(args) => files::chmod(args, json).await,
         Command::Cp(args) => cp::cp(args, json).await,
+        Command::Forward(args) => forward::forward(args, json).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
     }

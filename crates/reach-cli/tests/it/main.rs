@@ -7,6 +7,7 @@ mod docker;
 mod exec;
 mod fanout;
 mod files;
+mod forward;
 mod serve;
 mod ssh;
 
