@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -175,13 +176,16 @@ impl Provider {
     }
 
     /// The backend for a new channel of connection `conn` (user `user`). `shared` is the
-    /// connection's container slot (connection mode), filled on first use.
+    /// connection's container slot (connection mode), filled on first use. `leased` is the
+    /// connection's hold on its user's container (persistent mode): taken once, however many
+    /// channels the connection opens, and given back by [`Provider::connection_ended`].
     pub async fn backend(
         &self,
         conn: &str,
         channel: u32,
         user: &str,
         shared: &tokio::sync::Mutex<Option<(Container, Arc<dyn Backend>)>>,
+        leased: &AtomicBool,
     ) -> Result<Place> {
         let docker = match &self.kind {
             Kind::Local(local) => {
@@ -227,7 +231,9 @@ impl Provider {
                 let found = {
                     let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
                     map.get_mut(user).map(|p| {
-                        p.leases += 1;
+                        if !leased.swap(true, Ordering::SeqCst) {
+                            p.leases += 1;
+                        }
                         p.generation += 1;
                         (p.backend.clone(), p.container.agent.clone())
                     })
@@ -250,6 +256,7 @@ impl Provider {
                 let (container, backend) =
                     self.make(docker, name, conn, user, "persistent").await?;
                 let agent = container.agent.clone();
+                leased.store(true, Ordering::SeqCst);
                 let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
                 map.insert(
                     user.to_owned(),
@@ -546,7 +553,8 @@ impl Provider {
         }
     }
 
-    /// The connection of `user` ended: in persistent mode, start the idle timer when it was
+    /// A connection of `user` that holds a lease on their container (see
+    /// [`Provider::backend`]) ended: in persistent mode, start the idle timer when it was
     /// their last.
     pub fn connection_ended(&self, user: &str) {
         let Kind::Docker(docker) = &self.kind else {

@@ -2,7 +2,7 @@
 //! state channels share, and the cleanup when a connection ends for any reason.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -90,6 +90,8 @@ pub(crate) struct Conn {
     permissions: Mutex<Permissions>,
     container: tokio::sync::Mutex<Option<(Container, Arc<dyn Backend>)>>,
     channel_containers: Mutex<Vec<Container>>,
+    /// Whether this connection holds a lease on its user's persistent container.
+    leased: AtomicBool,
 }
 
 impl Conn {
@@ -144,7 +146,13 @@ impl Conn {
         let place = self
             .shared
             .provider
-            .backend(&self.id, u32::from(channel), self.user(), &self.container)
+            .backend(
+                &self.id,
+                u32::from(channel),
+                self.user(),
+                &self.container,
+                &self.leased,
+            )
             .await?;
         if let Some(container) = &place.own {
             self.hold(container);
@@ -204,7 +212,13 @@ impl Conn {
                 .release(container, Some(backend), &self.id)
                 .await;
         }
-        if let Some(user) = self.user.get() {
+        // Only a connection that took a lease gives one back: one that opened no channel
+        // must not start the idle timer under another's running session.
+        if let Some(user) = self
+            .user
+            .get()
+            .filter(|_| self.leased.load(Ordering::SeqCst))
+        {
             self.shared.provider.connection_ended(user);
         }
     }
@@ -439,6 +453,7 @@ pub(crate) async fn serve_connection(
         permissions: Mutex::new(Permissions::ALL),
         container: tokio::sync::Mutex::new(None),
         channel_containers: Mutex::new(Vec::new()),
+        leased: AtomicBool::new(false),
     });
     let handler = Client { conn: conn.clone() };
     let outcome = match russh::server::run_stream(config, stream, handler).await {

@@ -1081,6 +1081,53 @@ fn docker_persistent_mode_keeps_a_users_container_until_idle() {
     );
 }
 
+/// A user's container is held by connections, however many channels each opens, and only
+/// by connections that used it.
+#[test]
+fn docker_persistent_mode_counts_connections_not_channels() {
+    let Some(config) = docker_config("persistent", "idle_timeout_secs = 2") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    // Two channels on one connection, then the connection ends: the container idles out.
+    let master = Master::open(&gw);
+    for _ in 0..2 {
+        let out = master.ssh(&gw, &["true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    master.close();
+    assert!(
+        eventually(Duration::from_secs(30), || gw.containers().is_empty()),
+        "a connection of two channels left its container held: {}",
+        gw.log_text()
+    );
+    // A connection that opens no channel ends while another's session runs: the running
+    // session keeps its container past the idle timeout.
+    let mut long = gw
+        .ssh(&["echo started; sleep 6; echo alive"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut started = [0u8; 8];
+    long.stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut started)
+        .unwrap();
+    assert_eq!(&started, b"started\n");
+    let bare = Master::open(&gw);
+    bare.close();
+    let out = long.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "alive\n".to_owned()),
+        "the session's container was taken away: {}",
+        gw.log_text()
+    );
+}
+
 #[test]
 fn docker_cleanup_after_a_killed_client_and_a_killed_gateway() {
     let Some(config) = docker_config("connection", "") else {
