@@ -43,6 +43,29 @@ pub struct TcpTunnel {
     pub writer: BoxWrite,
 }
 
+impl TcpTunnel {
+    /// Carries a connection between `reader`/`writer` (a client) and this tunnel both ways
+    /// until both directions have ended, passing each end of stream on (so a peer that
+    /// answers after the client finished sending still answers). Returns the bytes carried
+    /// to the peer and back; the first error ends both directions.
+    pub async fn splice<R, W>(mut self, mut reader: R, mut writer: W) -> std::io::Result<(u64, u64)>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt;
+        let up = async {
+            let n = tokio::io::copy(&mut reader, &mut self.writer).await?;
+            self.writer.shutdown().await.map(|()| n)
+        };
+        let down = async {
+            let n = tokio::io::copy(&mut self.reader, &mut writer).await?;
+            writer.shutdown().await.map(|()| n)
+        };
+        tokio::try_join!(up, down)
+    }
+}
+
 impl fmt::Debug for TcpTunnel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpTunnel").finish_non_exhaustive()

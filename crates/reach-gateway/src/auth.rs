@@ -19,6 +19,8 @@ pub struct Permissions {
     pub pty: bool,
     /// The client's agent may be forwarded.
     pub agent_forwarding: bool,
+    /// TCP connections may be forwarded (`ssh -L`).
+    pub port_forwarding: bool,
 }
 
 impl Permissions {
@@ -26,6 +28,7 @@ impl Permissions {
     pub const ALL: Permissions = Permissions {
         pty: true,
         agent_forwarding: true,
+        port_forwarding: true,
     };
 }
 
@@ -57,7 +60,7 @@ impl AuthorizedKey {
 /// Options the gateway honours. A line with any other option (`command=`, `permitopen=`,
 /// `principals=`, ...) is skipped: ignoring a restriction would let the key do more than
 /// its owner allowed.
-const NO_OPS: &[&str] = &["no-port-forwarding", "no-x11-forwarding", "no-user-rc"];
+const NO_OPS: &[&str] = &["no-x11-forwarding", "no-user-rc"];
 
 /// Parses an `authorized_keys` file's text. Returns the usable keys and, for each skipped
 /// line, why (for the log).
@@ -103,14 +106,17 @@ fn parse_line(line: &str) -> std::result::Result<AuthorizedKey, String> {
                 }
                 ("no-pty", None) => permissions.pty = false,
                 ("no-agent-forwarding", None) => permissions.agent_forwarding = false,
+                ("no-port-forwarding", None) => permissions.port_forwarding = false,
                 ("restrict", None) => {
                     permissions = Permissions {
                         pty: false,
                         agent_forwarding: false,
+                        port_forwarding: false,
                     }
                 }
                 ("pty", None) => permissions.pty = true,
                 ("agent-forwarding", None) => permissions.agent_forwarding = true,
+                ("port-forwarding", None) => permissions.port_forwarding = true,
                 (n, None) if NO_OPS.contains(&n) => {}
                 (n, _) => return Err(format!("option `{n}` is not supported by reach serve")),
             }
@@ -353,15 +359,20 @@ mod tests {
              from=\"10.0.0.*,!10.0.0.5\",no-pty ssh-ed25519 {KEY} restricted\n\
              command=\"/bin/true\" ssh-ed25519 {KEY} forced\n\
              restrict ssh-ed25519 {KEY}\n\
-             garbage\n"
+             garbage\n\
+             no-port-forwarding ssh-ed25519 {KEY}\n\
+             restrict,port-forwarding ssh-ed25519 {KEY}\n"
         );
         let (keys, skipped) = parse_authorized_keys(&text);
-        assert_eq!(keys.len(), 3);
+        assert_eq!(keys.len(), 5);
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(skipped[0].contains("command"), "{skipped:?}");
         assert_eq!(keys[0].permissions, Permissions::ALL);
         assert!(!keys[1].permissions.pty && keys[1].permissions.agent_forwarding);
         assert!(!keys[2].permissions.pty && !keys[2].permissions.agent_forwarding);
+        assert!(keys[1].permissions.port_forwarding && !keys[2].permissions.port_forwarding);
+        assert!(keys[3].permissions.pty && !keys[3].permissions.port_forwarding);
+        assert!(!keys[4].permissions.pty && keys[4].permissions.port_forwarding);
         let key = keys[1].key.clone();
         assert!(keys[1].admits(&key, Some("10.0.0.7".parse().unwrap())));
         assert!(!keys[1].admits(&key, Some("10.0.0.5".parse().unwrap())));

@@ -175,6 +175,15 @@ impl Provider {
         }
     }
 
+    /// Whether forwarded TCP connections have a place to be made from: this host, or the
+    /// connection's or user's container. A container per session has none.
+    pub fn forwarding_possible(&self) -> bool {
+        match &self.kind {
+            Kind::Local(_) => true,
+            Kind::Docker(docker) => docker.config.mode != ContainerMode::Session,
+        }
+    }
+
     /// The backend for a new channel of connection `conn` (user `user`). `shared` is the
     /// connection's container slot (connection mode), filled on first use. `leased` is the
     /// connection's hold on its user's container (persistent mode): taken once, however many

@@ -206,6 +206,11 @@ pub struct SessionConfig {
     /// Whether `ssh -A` may forward the client's agent into sessions (default true; the
     /// `no-agent-forwarding` key option still refuses it per key).
     pub agent_forwarding: bool,
+    /// Whether `ssh -L` may forward TCP connections, made from where sessions run: this host,
+    /// or the connection's (or the user's) container (default true, as sshd's
+    /// `AllowTcpForwarding`; the `no-port-forwarding` key option still refuses it per key).
+    /// A container per session has no place for them, so that mode refuses them.
+    pub tcp_forwarding: bool,
 }
 
 impl Default for SessionConfig {
@@ -213,6 +218,7 @@ impl Default for SessionConfig {
         SessionConfig {
             accept_env: vec!["LANG".to_owned(), "LC_*".to_owned()],
             agent_forwarding: true,
+            tcp_forwarding: true,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod backends;
 mod channel;
 pub mod config;
+mod forward;
 pub mod log;
 pub mod metrics;
 mod server;

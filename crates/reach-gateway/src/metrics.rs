@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 /// Authentication methods, as labelled in `reach_gateway_auth_failures_total`.
 pub const AUTH_METHODS: [&str; 4] = ["publickey", "password", "webhook", "rate_limit"];
 /// Backend operations, as labelled in the backend request counters.
-pub const BACKEND_OPS: [&str; 4] = ["exec", "shell", "sftp", "container"];
+pub const BACKEND_OPS: [&str; 5] = ["exec", "shell", "sftp", "container", "forward"];
 /// Container lifecycle phases, as labelled in `reach_gateway_container_seconds`.
 pub const PHASES: [&str; 3] = ["create", "start", "remove"];
 
@@ -30,8 +30,8 @@ pub struct Metrics {
     pub sessions_total: AtomicU64,
     /// Such channels running now.
     pub sessions_active: AtomicU64,
-    backend_requests: [AtomicU64; 4],
-    backend_failures: [AtomicU64; 4],
+    backend_requests: [AtomicU64; 5],
+    backend_failures: [AtomicU64; 5],
     container_seconds: Mutex<[(f64, u64); 3]>,
     /// Containers removed by the reaper at start.
     pub containers_reaped: AtomicU64,

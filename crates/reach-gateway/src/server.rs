@@ -130,6 +130,19 @@ impl Conn {
             && self.shared.provider.agent_possible()
     }
 
+    /// Why `ssh -L` is refused on this connection, if it is.
+    pub fn forwarding_refused(&self) -> Option<&'static str> {
+        if !self.shared.config.session.tcp_forwarding {
+            Some("TCP forwarding is off (session.tcp_forwarding)")
+        } else if !self.permissions().port_forwarding {
+            Some("the key's no-port-forwarding option")
+        } else if !self.shared.provider.forwarding_possible() {
+            Some("a container per session has no place for forwarded connections")
+        } else {
+            None
+        }
+    }
+
     fn user(&self) -> &str {
         self.user.get().map(String::as_str).unwrap_or("")
     }
@@ -407,6 +420,30 @@ impl russh::server::Handler for Client {
             channel,
             self.conn.clone(),
             session.handle(),
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> std::result::Result<(), Self::Error> {
+        // Answered once the connection is made (or not), without holding up the others.
+        tokio::spawn(crate::forward::direct_tcpip(
+            channel,
+            self.conn.clone(),
+            crate::forward::Request {
+                host: host_to_connect.to_owned(),
+                port: port_to_connect,
+                origin: format!("{originator_address}:{originator_port}"),
+            },
+            reply,
         ));
         Ok(())
     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use reach::{tcp_address, Backend, Destination, Error, ErrorKind};
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::ForwardArgs;
@@ -175,19 +174,13 @@ async fn serve(
 /// that answers after the client has finished sending still gets its answer through.
 async fn carry(backend: &dyn Backend, client: TcpStream, forward: &Forward) -> reach::Result<()> {
     let _ = client.set_nodelay(true);
-    let mut tunnel = backend
+    let tunnel = backend
         .connect_tcp(&forward.host, forward.host_port)
         .await?;
-    let (mut from_client, mut to_client) = client.into_split();
-    let up = async {
-        tokio::io::copy(&mut from_client, &mut tunnel.writer).await?;
-        tunnel.writer.shutdown().await
-    };
-    let down = async {
-        tokio::io::copy(&mut tunnel.reader, &mut to_client).await?;
-        to_client.shutdown().await
-    };
-    tokio::try_join!(up, down)
+    let (from_client, to_client) = client.into_split();
+    tunnel
+        .splice(from_client, to_client)
+        .await
         .map(drop)
         .map_err(|e| Error::io("carry the connection", e))
 }

@@ -75,7 +75,7 @@ impl Drop for Forwarder {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -133,7 +133,7 @@ impl HostServer {
 /// A server on the host's 127.0.0.1 that answers each connection, once it has read it to the
 /// end, with the SHA-256 of what it read (as `sha256sum` prints it): it answers only if the
 /// end of stream is passed on. Returns its port; it serves until the test process ends.
-fn host_sha_server() -> u16 {
+pub fn host_sha_server() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -154,23 +154,26 @@ fn host_sha_server() -> u16 {
 }
 
 /// The same server in a container: busybox `nc` running `sha256sum` per connection.
-fn container_sha_server(port: u16) -> Vec<String> {
+pub fn container_sha_server(port: u16) -> Vec<String> {
     ["nc", "-ll", "-p", &port.to_string(), "-e", "sha256sum"]
         .map(str::to_owned)
         .to_vec()
 }
 
 /// Sends `data` to 127.0.0.1:port, ends the stream, and returns the answer.
-fn send_then_read(port: u16, data: &[u8]) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(data).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
+pub fn send_then_read(port: u16, data: &[u8]) -> String {
+    try_send_then_read(port, data).unwrap()
+}
+
+/// [`send_then_read`], for a server that may not be there yet.
+pub fn try_send_then_read(port: u16, data: &[u8]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(data)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
 }
 
 impl Drop for HostServer {
@@ -180,7 +183,7 @@ impl Drop for HostServer {
     }
 }
 
-fn wait_listening(port: u16) {
+pub fn wait_listening(port: u16) {
     for _ in 0..100 {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;

@@ -798,6 +798,115 @@ fn agent_forwarding_reaches_the_session() {
     assert_eq!(text(&out.stdout), "[]\n");
 }
 
+/// `ssh -N -L SPEC` to the gateway, killed on drop.
+struct SshTunnel(Child);
+
+impl SshTunnel {
+    /// Opens the forward and waits until its local port `local` accepts connections.
+    fn open(gw: &Gateway, spec: &str, local: u16, command: &[&str]) -> SshTunnel {
+        let mut extra = vec!["-L", spec, "-o", "ExitOnForwardFailure=yes"];
+        if command.is_empty() {
+            extra.push("-N");
+        }
+        let child = gw
+            .ssh_with("client", "tester", &extra, command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::forward::wait_listening(local);
+        SshTunnel(child)
+    }
+}
+
+impl Drop for SshTunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Bytes through an `ssh -L` forward: both ways, with the end of stream passed on (the
+/// server answers only after it).
+fn through_forward(local: u16) -> (String, String) {
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let answer = crate::forward::try_send_then_read(local, &data).unwrap_or_default();
+    (
+        answer.split_whitespace().next().unwrap_or("").to_owned(),
+        sha_hex(&data),
+    )
+}
+
+#[test]
+fn ssh_dash_l_through_the_gateway_and_who_may_not() {
+    let gw = Gateway::start(LOCAL);
+    let server = crate::forward::host_sha_server();
+    let local = crate::forward::free_port();
+    let tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:{server}"), local, &[]);
+    let (got, want) = through_forward(local);
+    assert_eq!(got, want, "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("\"forward.closed\""),
+        "{}",
+        gw.log_text()
+    );
+    // (Waiting for ssh's port made a forward too.)
+    assert!(gw.metric("reach_gateway_backend_requests_total{op=\"forward\"}") >= 1.0);
+    assert_eq!(
+        gw.metric("reach_gateway_backend_failures_total{op=\"forward\"}"),
+        0.0
+    );
+    drop(tunnel);
+    // Nothing listens at the far end: the client's connection is closed, the log says why.
+    let dead = crate::forward::free_port();
+    let local = crate::forward::free_port();
+    let tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:{dead}"), local, &[]);
+    assert_eq!(
+        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
+        ""
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .log_text()
+            .contains(&format!("could not connect to 127.0.0.1:{dead}"))),
+        "{}",
+        gw.log_text()
+    );
+    drop(tunnel);
+    // A key with no-port-forwarding may log in but not forward.
+    let line = std::fs::read_to_string(gw.path("client.pub")).unwrap();
+    std::fs::write(
+        gw.path("authorized_keys"),
+        format!("no-port-forwarding {line}"),
+    )
+    .unwrap();
+    let local = crate::forward::free_port();
+    let tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:{server}"), local, &[]);
+    assert_eq!(
+        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
+        ""
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .log_text()
+            .contains("no-port-forwarding option")),
+        "{}",
+        gw.log_text()
+    );
+    drop(tunnel);
+    let out = run(gw.ssh(&["echo in"]), b"");
+    assert_eq!(text(&out.stdout), "in\n", "the key still logs in");
+}
+
 // ---- Docker backends ----
 
 fn docker_config(mode: &str, extra: &str) -> Option<String> {
@@ -1058,6 +1167,54 @@ fn assert_agent_dirs_gone(gw: &Gateway) {
             .unwrap_or(true)),
         "left: {left:?}"
     );
+}
+
+/// `ssh -L` into the connection's own container: a server the session started there, on the
+/// container's loopback, reached from this host. A container per session refuses it.
+#[test]
+fn docker_ssh_dash_l_reaches_the_connections_container() {
+    let Some(config) = docker_config("connection", "") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let local = crate::forward::free_port();
+    let server = crate::forward::container_sha_server(9000).join(" ");
+    let _tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:9000"), local, &[&server]);
+    // The session's server may not listen yet: the first tries can find nothing there.
+    let mut tries = 0;
+    let (got, want) = loop {
+        let (got, want) = through_forward(local);
+        tries += 1;
+        if got == want || tries == 50 {
+            break (got, want);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(got, want, "{}", gw.log_text());
+    assert_eq!(
+        gw.containers().len(),
+        1,
+        "the forward made a container of its own"
+    );
+
+    let Some(config) = docker_config("session", "") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let local = crate::forward::free_port();
+    let _tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:9000"), local, &[]);
+    assert_eq!(
+        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
+        ""
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .log_text()
+            .contains("a container per session has no place")),
+        "{}",
+        gw.log_text()
+    );
+    assert!(gw.containers().is_empty());
 }
 
 #[test]
