@@ -46,7 +46,10 @@ fn ensure_test_user() -> io::Result<String> {
                 .args(["--password", "*", TEST_USER])
                 .status();
             let line = String::from_utf8_lossy(&out.stdout).into_owned();
-            if let Some(home) = line.trim_end().split(':').nth(5) {
+            let fields: Vec<&str> = line.trim_end().split(':').collect();
+            if let [_, _, uid, gid, _, home, ..] = fields[..] {
+                let (uid, gid) = (uid.parse().unwrap_or(0), gid.parse().unwrap_or(0));
+                settled_home(home, uid, gid)?;
                 return Ok(home.to_owned());
             }
         }
@@ -72,6 +75,27 @@ fn ensure_test_user() -> io::Result<String> {
     Err(io::Error::other(format!(
         "could not create the user {TEST_USER}"
     )))
+}
+
+/// Waits for `home` to be the user's own directory. A `useradd --create-home` racing in
+/// another test process has the user in /etc/passwd before it has made the home and given
+/// it to them; a test that started then found it root's ("permission denied").
+fn settled_home(home: &str, uid: u32, gid: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::fs::metadata(home) {
+            Ok(meta) if meta.is_dir() && meta.uid() == uid => return Ok(()),
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // No useradd is finishing it: make it the user's.
+            _ => {
+                std::fs::create_dir_all(home)?;
+                return std::os::unix::fs::chown(home, Some(uid), Some(gid));
+            }
+        }
+    }
 }
 
 /// Writes a `known_hosts` file at `out` that trusts the host key in `public_key` (an
