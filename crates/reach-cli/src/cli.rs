@@ -226,8 +226,9 @@ pub struct ShellArgs {
 pub struct ForwardArgs {
     /// Where the connections are made from.
     pub destination: String,
-    /// `[BIND:]PORT:HOST:HOSTPORT`, one or more (`8080:127.0.0.1:80`, `5432:db:5432`).
-    #[arg(required = true, value_name = "[BIND:]PORT:HOST:HOSTPORT")]
+    /// `[BIND:]PORT:HOST:HOSTPORT`, one or more (`8080:127.0.0.1:80`, `5432:db:5432`);
+    /// none: the `LocalForward` lines of the SSH config for an SSH destination.
+    #[arg(value_name = "[BIND:]PORT:HOST:HOSTPORT")]
     pub forwards: Vec<String>,
 }
 

@@ -59,6 +59,9 @@ pub struct HostConfig {
     pub forward_agent: Option<String>,
     /// `accept-new` (or `no`/`off`) makes unknown host keys acceptable.
     pub strict_host_key_checking: Option<String>,
+    /// `LocalForward` lines, every one that applies, in order, each as one
+    /// `[BIND:]PORT:HOST:HOSTPORT` (what `reach forward` runs with no forwards given).
+    pub local_forwards: Vec<String>,
 }
 
 /// One parsed configuration: a list of `Host` blocks, includes already inlined.
@@ -473,8 +476,8 @@ impl SshConfig {
     }
 }
 
-/// Applies one block's options: the first value of each keyword wins, identity files add
-/// up (each once, as `ssh` keeps them).
+/// Applies one block's options: the first value of each keyword wins, identity files and
+/// local forwards add up (each once, as `ssh` keeps them).
 fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
     for (key, value, file, line) in &block.options {
         let bad = |what: &str| {
@@ -541,6 +544,17 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             }
             "connecttimeout" if out.connect_timeout.is_none() => {
                 out.connect_timeout = Some(seconds(value)?)
+            }
+            // Unlike most keywords, every LocalForward applies.
+            "localforward" => {
+                let words: Vec<&str> = value.split_whitespace().collect();
+                let [listen, to] = words[..] else {
+                    return Err(bad("`[BIND:]PORT HOST:HOSTPORT`"));
+                };
+                let spec = format!("{listen}:{to}");
+                if !out.local_forwards.contains(&spec) {
+                    out.local_forwards.push(spec);
+                }
             }
             "forwardagent" if out.forward_agent.is_none() => {
                 out.forward_agent = Some(value.clone())
@@ -616,6 +630,38 @@ mod tests {
         let old = config.resolve("web-old").unwrap();
         assert_eq!(old.user.as_deref(), Some("nobody"));
         assert_eq!(old.host_name, None);
+    }
+
+    #[test]
+    fn every_local_forward_that_applies_is_kept() {
+        let config = parse(
+            "Host db
+  LocalForward 5432 127.0.0.1:5432
+             Host *
+  LocalForward 0.0.0.0:8080 [::1]:80
+  LocalForward 5432 127.0.0.1:5432
+             Match final
+  User u
+",
+        );
+        assert_eq!(
+            config.resolve("db").unwrap().local_forwards,
+            ["5432:127.0.0.1:5432", "0.0.0.0:8080:[::1]:80"]
+        );
+        assert_eq!(
+            config.resolve("other").unwrap().local_forwards,
+            ["0.0.0.0:8080:[::1]:80", "5432:127.0.0.1:5432"]
+        );
+        let bad = SshConfig::parse(
+            "Host x
+  LocalForward 5432
+",
+            Path::new("c"),
+        )
+        .unwrap()
+        .resolve("x")
+        .unwrap_err();
+        assert!(bad.to_string().contains("line 2"), "{bad}");
     }
 
     #[test]

@@ -89,7 +89,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Mv(args) => files::mv(args, json).await,
         Command::Chmod(args) => files::chmod(args, json).await,
         Command::Cp(args) => cp::cp(args, json).await,
-        Command::Forward(args) => forward::forward(args, json).await,
+        Command::Forward(args) => forward::forward(args, json, &cli.conn).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
     }

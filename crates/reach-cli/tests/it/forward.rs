@@ -20,13 +20,14 @@ struct Forwarder {
 
 impl Forwarder {
     /// Starts `reach --json [flags] forward DEST SPECS...` and waits for every port to listen.
+    /// A spec in parentheses is not passed: it stands for one the SSH config gives.
     fn start(flags: &[&str], dest: &str, specs: &[&str]) -> Forwarder {
         let mut child = Command::new(env!("CARGO_BIN_EXE_reach"))
             .arg("--json")
             .args(flags)
             .arg("forward")
             .arg(dest)
-            .args(specs)
+            .args(specs.iter().filter(|s| !s.starts_with('(')))
             .env("REACH_NO_REUSE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -255,6 +256,49 @@ fn forward_reaches_a_server_on_the_hosts_loopback_locally_and_over_ssh() {
         sha_port,
         &data,
     );
+}
+
+/// `reach forward HOST` with no forwards runs the SSH config's `LocalForward` lines, as
+/// `ssh -N HOST` would; a destination with neither says what to give.
+#[test]
+fn forward_with_no_spec_uses_the_ssh_configs_local_forwards() {
+    let Some(sshd) = SshdFixture::start_or_skip("forward from LocalForward") else {
+        return;
+    };
+    let server = host_sha_server();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host fwd\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
+             UserKnownHostsFile {}\n  LocalForward 0 127.0.0.1:{server}\n",
+            sshd.port(),
+            sshd.user(),
+            sshd.client_key().display(),
+            sshd.known_hosts().display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let forwarder = Forwarder::start(&["-F", &config], "fwd", &["(from the config)"]);
+    let data = vec![7u8; 100_000];
+    let hex: String = Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let answer = send_then_read(forwarder.ports[0], &data);
+    assert_eq!(
+        answer.split_whitespace().next(),
+        Some(hex.as_str()),
+        "{answer:?}"
+    );
+    let (code, stderr) = forwarder.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let out = crate::reach(&["forward", "local"]).run();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("nothing to forward"), "{}", out.stderr);
 }
 
 #[test]
