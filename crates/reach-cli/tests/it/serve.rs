@@ -846,6 +846,22 @@ fn through_forward(local: u16) -> (String, String) {
     )
 }
 
+/// An `ssh -L` forward to 127.0.0.1:`port` that the gateway refuses: the client's
+/// connection is closed with nothing in it, and the gateway's log says `why`.
+fn refused_forward(gw: &Gateway, port: u16, why: &str) {
+    let local = crate::forward::free_port();
+    let _tunnel = SshTunnel::open(gw, &format!("{local}:127.0.0.1:{port}"), local, &[]);
+    assert_eq!(
+        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
+        ""
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || gw.log_text().contains(why)),
+        "no `{why}` in: {}",
+        gw.log_text()
+    );
+}
+
 #[test]
 fn ssh_dash_l_through_the_gateway_and_who_may_not() {
     let gw = Gateway::start(LOCAL);
@@ -868,20 +884,7 @@ fn ssh_dash_l_through_the_gateway_and_who_may_not() {
     drop(tunnel);
     // Nothing listens at the far end: the client's connection is closed, the log says why.
     let dead = crate::forward::free_port();
-    let local = crate::forward::free_port();
-    let tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:{dead}"), local, &[]);
-    assert_eq!(
-        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
-        ""
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || gw
-            .log_text()
-            .contains(&format!("could not connect to 127.0.0.1:{dead}"))),
-        "{}",
-        gw.log_text()
-    );
-    drop(tunnel);
+    refused_forward(&gw, dead, &format!("could not connect to 127.0.0.1:{dead}"));
     // A key with no-port-forwarding may log in but not forward.
     let line = std::fs::read_to_string(gw.path("client.pub")).unwrap();
     std::fs::write(
@@ -889,20 +892,7 @@ fn ssh_dash_l_through_the_gateway_and_who_may_not() {
         format!("no-port-forwarding {line}"),
     )
     .unwrap();
-    let local = crate::forward::free_port();
-    let tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:{server}"), local, &[]);
-    assert_eq!(
-        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
-        ""
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || gw
-            .log_text()
-            .contains("no-port-forwarding option")),
-        "{}",
-        gw.log_text()
-    );
-    drop(tunnel);
+    refused_forward(&gw, server, "no-port-forwarding option");
     let out = run(gw.ssh(&["echo in"]), b"");
     assert_eq!(text(&out.stdout), "in\n", "the key still logs in");
 }
@@ -1201,19 +1191,7 @@ fn docker_ssh_dash_l_reaches_the_connections_container() {
         return;
     };
     let gw = Gateway::start(&config);
-    let local = crate::forward::free_port();
-    let _tunnel = SshTunnel::open(&gw, &format!("{local}:127.0.0.1:9000"), local, &[]);
-    assert_eq!(
-        crate::forward::try_send_then_read(local, b"x").unwrap_or_default(),
-        ""
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || gw
-            .log_text()
-            .contains("a container per session has no place")),
-        "{}",
-        gw.log_text()
-    );
+    refused_forward(&gw, 9000, "a container per session has no place");
     assert!(gw.containers().is_empty());
 }
 
