@@ -340,17 +340,15 @@ fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
             return;
         }
     };
-    let pid = child.id() as i32;
     // A command needs up to four threads here (stdin, two pumps, the waiter). Without them
-    // (a pids limit reached) it is killed and its spawn fails; the agent carries on.
+    // (a pids limit reached) its process group is killed and its spawn fails; the agent
+    // carries on.
     let threads = if let Some(m) = master {
         start_terminal(out, table, id, child, m)
     } else {
         start_piped(out, table, id, child)
     };
     if let Err(err) = threads {
-        // SAFETY: kill(2) on the process group of the child just started.
-        unsafe { kill(-pid, 9) };
         table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
     }
@@ -416,13 +414,20 @@ fn start_piped(out: &Out, table: &Table, id: u32, mut child: Child) -> io::Resul
     finish_start(out, table, id, child_or_reap(&mut child, wired)?, child)
 }
 
-/// Passes the wiring on, or kills and reaps the child when it failed.
+/// Passes the wiring on, or kills the child's process group and reaps the child when it
+/// failed (in that order: once reaped, its pid may be anyone's).
 fn child_or_reap<T>(child: &mut Child, wired: io::Result<T>) -> io::Result<T> {
     if wired.is_err() {
-        let _ = child.kill();
+        kill_group(child.id());
         let _ = child.wait();
     }
     wired
+}
+
+/// SIGKILLs the process group `pid` leads (every command is its group's leader).
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) on the process group of a child this agent started and has not reaped.
+    unsafe { kill(-(pid as i32), 9) };
 }
 
 /// Tells the client the command started, and waits for its end in a thread.
@@ -431,11 +436,16 @@ fn finish_start(out: &Out, table: &Table, id: u32, readers: [Option<thread::Join
     let (waiter_out, waiter_table) = (out.clone(), table.clone());
     let (tx, rx) = channel::<()>();
     // The waiter starts only once STARTED is out, so EXIT cannot overtake it.
-    thread(move || {
+    let waiter = thread(move || {
         if rx.recv().is_ok() {
             wait(waiter_out, waiter_table, id, child, readers);
         }
-    })?;
+    });
+    if let Err(err) = waiter {
+        // The child went with the closure, unreaped: its pid is still its own.
+        kill_group(pid);
+        return Err(err);
+    }
     send(out, STARTED, id, &pid.to_be_bytes());
     let _ = tx.send(());
     Ok(())

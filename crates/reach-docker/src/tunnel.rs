@@ -68,6 +68,10 @@ impl AsyncRead for Incoming {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // No room: nothing read is not the end here.
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if self.ending.is_none() && !self.done {
             let before = buf.filled().len();
             ready!(Pin::new(&mut self.pipe).poll_read(cx, buf))?;
