@@ -316,11 +316,7 @@ impl FileSystem for SftpFs {
         let what = format!("read `{path}`");
         let chunk = u32::try_from(self.chunk).unwrap_or(32 * 1024);
         tokio::spawn(read_ahead(raw, handle, chunk, tx, addr, what));
-        Ok(Box::pin(ChunkReader {
-            rx,
-            current: Vec::new(),
-            pos: 0,
-        }))
+        Ok(Box::pin(ChunkReader::new(rx)))
     }
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
@@ -708,11 +704,22 @@ async fn read_ahead(
     let _ = raw.close(handle).await;
 }
 
-/// The reading end of [`read_ahead`]: errors arrive in order with the data.
-struct ChunkReader {
+/// The reading end of a task that sends chunks ([`read_ahead`], a TCP tunnel's channel):
+/// errors arrive in order with the data, and the sender's end is the end of the stream.
+pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     current: Vec<u8>,
     pos: usize,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(rx: mpsc::Receiver<std::io::Result<Vec<u8>>>) -> Self {
+        ChunkReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
 }
 
 impl AsyncRead for ChunkReader {

@@ -4,11 +4,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use reach_core::{tcp_address, Error, ErrorKind, Result, TcpTunnel};
 use russh::{ChannelMsg, ChannelOpenFailure};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::sftp::ChunkReader;
 
 type Handle = russh::client::Handle<crate::HostKeyCheck>;
 
@@ -44,7 +45,7 @@ pub(crate) async fn open(handle: &Handle, addr: &str, host: &str, port: u16) -> 
                 Some(ChannelMsg::Data { data }) => {
                     if let Some(queue) = &tx {
                         // A caller that dropped the reader but still writes: drop the bytes.
-                        let _ = queue.send(Ok(Bytes::copy_from_slice(&data))).await;
+                        let _ = queue.send(Ok(data.to_vec())).await;
                     }
                     continue;
                 }
@@ -68,8 +69,7 @@ pub(crate) async fn open(handle: &Handle, addr: &str, host: &str, port: u16) -> 
     });
     Ok(TcpTunnel {
         reader: Box::pin(Incoming {
-            rx,
-            chunk: Bytes::new(),
+            chunks: ChunkReader::new(rx),
             _guard: guard.clone(),
         }),
         writer: Box::pin(Outgoing {
@@ -120,8 +120,7 @@ fn refused(addr: &str, target: &str, e: russh::Error) -> Error {
 /// The peer's bytes, as the channel task hands them over; an error after them when the
 /// channel ended without the peer's end of stream.
 struct Incoming {
-    rx: mpsc::Receiver<std::io::Result<Bytes>>,
-    chunk: Bytes,
+    chunks: ChunkReader,
     _guard: Arc<CloseOnDrop>,
 }
 
@@ -131,17 +130,7 @@ impl AsyncRead for Incoming {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        while self.chunk.is_empty() {
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(Ok(chunk))) => self.chunk = chunk,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let n = self.chunk.len().min(buf.remaining());
-        buf.put_slice(&self.chunk.split_to(n));
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.chunks).poll_read(cx, buf)
     }
 }
 

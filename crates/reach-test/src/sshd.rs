@@ -357,6 +357,19 @@ impl SshdFixture {
         format!("ssh://{}@127.0.0.1:{}", self.user, self.port)
     }
 
+    /// The `ssh_config` lines of a `Host` block that reaches this server: address, port,
+    /// user, key and known_hosts, each indented and ending in a newline.
+    pub fn config_lines(&self) -> String {
+        format!(
+            "  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
+             UserKnownHostsFile {}\n",
+            self.port,
+            self.user,
+            self.client_key().display(),
+            self.known_hosts().display()
+        )
+    }
+
     /// The real OpenSSH client, set up to reach this server non-interactively; append the
     /// remote command.
     pub fn ssh_command(&self) -> Command {

@@ -271,12 +271,8 @@ fn forward_with_no_spec_uses_the_ssh_configs_local_forwards() {
     std::fs::write(
         &config,
         format!(
-            "Host fwd\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  \
-             UserKnownHostsFile {}\n  LocalForward 0 127.0.0.1:{server}\n",
-            sshd.port(),
-            sshd.user(),
-            sshd.client_key().display(),
-            sshd.known_hosts().display()
+            "Host fwd\n{}  LocalForward 0 127.0.0.1:{server}\n",
+            sshd.config_lines()
         ),
     )
     .unwrap();

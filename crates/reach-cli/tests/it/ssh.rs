@@ -498,13 +498,11 @@ fn a_proxy_command_carries_the_connection() {
     let config = write_config(
         &dir,
         &format!(
-            "Host reach-proxied\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  \
-             IdentityFile {key}\n  UserKnownHostsFile {known}\n  \
+            "Host reach-proxied\n{reach}  \
              ProxyCommand sh -c 'echo %h:%p > {mark}; exec ssh -F /dev/null -i {key} \
              -o UserKnownHostsFile={known} -o BatchMode=yes -p %p -W %h:%p %r@%h'\n\
              Host reach-broken-proxy\n  HostName 127.0.0.1\n  ProxyCommand false\n",
-            port = sshd.port(),
-            user = sshd.user(),
+            reach = sshd.config_lines(),
             mark = mark.display(),
         ),
     );
