@@ -1,6 +1,7 @@
 //! `true` on 50 and 500 distinct SSH targets: 32 Debian sshd servers, each listening on 16
 //! loopback addresses (sshd's limit; every target is a connection of its own), against
-//! `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`, all at the same parallelism.
+//! `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`, all at the same parallelism, each
+//! with its own default key exchange; parallel-ssh and Ansible once more with reach's.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,14 @@ use crate::{run_ok, time, Args, Section, Series};
 const PARALLEL: usize = 32;
 /// Lifted so that sshd never drops the waves of new connections.
 const SSHD_EXTRA: &str = "MaxStartups 2000:30:4000\nMaxSessions 100\n";
+/// `-r`: sshd serves each connection from a fork of itself instead of executing itself anew,
+/// which takes about a third off what the servers spend per connection. Every tool is served
+/// by the same servers; what is left is the machine's share that no client can remove.
+const SSHD_ARGS: &[&str] = &["-r"];
+/// The key exchange reach makes with Debian 12's sshd (OpenSSH 9.2), given to the OpenSSH
+/// clients in the same-exchange rows. Their default, sntrup761x25519-sha512@openssh.com, is
+/// post-quantum and costs the client far more CPU per connection.
+const REACH_KEX: &str = "KexAlgorithms=curve25519-sha256";
 
 /// One target, as each tool needs it.
 struct Host {
@@ -35,7 +44,10 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
         }
     }
     let servers = (0..32)
-        .map(|_| SshdFixture::start_on(16, SSHD_EXTRA).map_err(|e| format!("start sshd: {e}")))
+        .map(|_| {
+            SshdFixture::start_on_with_args(16, SSHD_EXTRA, SSHD_ARGS)
+                .map_err(|e| format!("start sshd: {e}"))
+        })
         .collect::<Result<Vec<_>, String>>()?;
     // One key and one known_hosts for all.
     let key = servers[0].client_key();
@@ -142,17 +154,26 @@ impl Setup {
         cmd
     }
 
-    fn pssh(&self) -> Command {
+    /// OpenSSH's flags, plus `-o` and each of `options`.
+    fn flags_with(&self, options: &[&str]) -> String {
+        let mut flags = self.ssh_flags.clone();
+        for option in options {
+            flags.extend(["-o".to_owned(), (*option).to_owned()]);
+        }
+        flags.join(" ")
+    }
+
+    fn pssh(&self, options: &[&str]) -> Command {
         let mut cmd = Command::new("parallel-ssh");
         cmd.args(["-p", &PARALLEL.to_string(), "-t", "60", "-h"])
             .arg(&self.pssh_hosts)
             .arg("-x")
-            .arg(self.ssh_flags.join(" "))
+            .arg(self.flags_with(options))
             .arg("true");
         cmd
     }
 
-    fn ansible(&self) -> Command {
+    fn ansible(&self, options: &[&str]) -> Command {
         let mut cmd = Command::new("ansible");
         cmd.args([
             "targets",
@@ -168,7 +189,7 @@ impl Setup {
         .arg("--private-key")
         .arg(&self.key)
         // Fresh connections, as the others make: no ControlPersist left from a round.
-        .env("ANSIBLE_SSH_ARGS", self.ssh_flags.join(" "))
+        .env("ANSIBLE_SSH_ARGS", self.flags_with(options))
         .env("ANSIBLE_HOST_KEY_CHECKING", "True")
         .env("ANSIBLE_NOCOLOR", "1")
         .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "0");
@@ -182,33 +203,51 @@ fn measure(
     count: usize,
     rounds: usize,
 ) -> Result<Section, String> {
-    let mut steps: Vec<(Series, Box<dyn Fn() -> Command>)> = vec![
+    // Each with the label its CPU figures go under.
+    type Step<'a> = (Series, &'static str, Box<dyn Fn() -> Command + 'a>);
+    let mut steps: Vec<Step> = vec![
         (
             Series::new("reach exec -H hosts -j 32 -- true"),
+            "reach",
             Box::new(|| setup.reach(reach_bin)),
         ),
         (
             Series::new("xargs -P 32 + ssh (one process per target)"),
+            "xargs",
             Box::new(|| setup.xargs()),
         ),
         (
             Series::new("parallel-ssh -p 32 true"),
-            Box::new(|| setup.pssh()),
+            "parallel-ssh",
+            Box::new(|| setup.pssh(&[])),
         ),
         (
             Series::new("ansible targets -m raw -a true -f 32"),
-            Box::new(|| setup.ansible()),
+            "ansible",
+            Box::new(|| setup.ansible(&[])),
+        ),
+        (
+            Series::new(
+                "parallel-ssh with reach's key exchange (-o KexAlgorithms=curve25519-sha256)",
+            ),
+            "parallel-ssh (curve25519)",
+            Box::new(|| setup.pssh(&[REACH_KEX])),
+        ),
+        (
+            Series::new("ansible with reach's key exchange (the same option in ANSIBLE_SSH_ARGS)"),
+            "ansible (curve25519)",
+            Box::new(|| setup.ansible(&[REACH_KEX])),
         ),
     ];
     // A first pass that must succeed everywhere: every tool reaches every target.
-    for (series, make) in &steps {
+    for (series, _, make) in &steps {
         run_ok(&mut make()).map_err(|e| format!("{}: {e}", series.name))?;
     }
     // CPU seconds per round: the tool's own (with the processes it waited for) and the whole
     // machine's (the sshd servers share it).
     let mut cpu = vec![(0.0f64, 0.0f64); steps.len()];
     for _ in 0..rounds {
-        for ((series, make), used) in steps.iter_mut().zip(cpu.iter_mut()) {
+        for ((series, _, make), used) in steps.iter_mut().zip(cpu.iter_mut()) {
             let before = CpuTicks::now();
             let (t, r) = time(|| run_ok(&mut make()));
             r.map_err(|e| format!("{}: {e}", series.name))?;
@@ -218,26 +257,30 @@ fn measure(
             series.samples.push(t);
         }
     }
-    let series: Vec<Series> = steps.into_iter().map(|(s, _)| s).collect();
+    let labels: Vec<&str> = steps.iter().map(|(_, label, _)| *label).collect();
+    let series: Vec<Series> = steps.into_iter().map(|(s, _, _)| s).collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let cpu_text: Vec<String> = series
         .iter()
         .zip(&cpu)
-        .map(|(s, (own, machine))| {
+        .zip(&labels)
+        .map(|((s, (own, machine)), label)| {
             let wall: f64 = s.samples.iter().map(|d| d.as_secs_f64()).sum::<f64>()
                 / s.samples.len().max(1) as f64;
             format!(
-                "{}: {own:.2} s of its own, machine busy {machine:.2} s ({:.0}% of {cores} cores)",
-                s.name.split(' ').next().unwrap_or(s.name),
+                "{label}: {own:.2} s of its own, machine busy {machine:.2} s ({:.0}% of {cores} cores)",
                 100.0 * machine / (wall * cores).max(f64::EPSILON)
             )
         })
         .collect();
     let text = format!(
         "`true` on {count} distinct targets (32 Debian sshd servers, each on 16 loopback \
-         addresses 127.0.0.x with `MaxStartups` raised, so every target is its own \
-         connection), {PARALLEL} at a time for every tool, fresh connections every round (no \
-         ControlMaster); {rounds} interleaved rounds after a first pass that must reach every \
+         addresses 127.0.0.x with `MaxStartups` raised and started with `-r`, so that every \
+         target is its own connection and no connection re-executes sshd), {PARALLEL} at a \
+         time for every tool, fresh connections every round (no ControlMaster), ed25519 keys; \
+         each tool's own default key exchange (reach: curve25519-sha256; OpenSSH 9.2: \
+         sntrup761x25519-sha512@openssh.com), and the last two rows give parallel-ssh and \
+         Ansible reach's. {rounds} interleaved rounds after a first pass that must reach every \
          target. Each figure is the whole run's wall time. CPU per round (from /proc): {}.",
         cpu_text.join("; ")
     );

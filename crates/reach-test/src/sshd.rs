@@ -205,6 +205,12 @@ impl SshdFixture {
     /// with one port, so that each address is a target of its own; `known_hosts` trusts the
     /// host key on all of them. At most 16: sshd's own limit on listening sockets.
     pub fn start_on(count: usize, extra: &str) -> io::Result<SshdFixture> {
+        Self::start_on_with_args(count, extra, &[])
+    }
+
+    /// [`SshdFixture::start_on`], with more sshd command-line `args` (such as `-r`, which
+    /// stops sshd re-executing itself for every connection).
+    pub fn start_on_with_args(count: usize, extra: &str, args: &[&str]) -> io::Result<SshdFixture> {
         let addresses: Vec<String> = (1..=count.clamp(1, 16))
             .map(|i| format!("127.0.0.{i}"))
             .collect();
@@ -261,6 +267,7 @@ impl SshdFixture {
             let mut child = Command::new(SSHD)
                 .arg("-D")
                 .arg("-e")
+                .args(args)
                 .arg("-f")
                 .arg(path("sshd_config"))
                 .stdin(Stdio::null())
