@@ -131,6 +131,15 @@ pub struct ConnArgs {
     /// SSH: the client configuration file (default ~/.ssh/config).
     #[arg(short = 'F', long = "ssh-config", value_name = "FILE", global = true)]
     pub ssh_config: Option<std::path::PathBuf>,
+    /// SSH: a client configuration option that wins over the config files, as with
+    /// `ssh -o` (`-o KexAlgorithms=+diffie-hellman-group14-sha1`); repeatable.
+    #[arg(
+        short = 'o',
+        long = "ssh-option",
+        value_name = "KEYWORD=VALUE",
+        global = true
+    )]
+    pub ssh_options: Vec<String>,
     /// SSH: the port, unless the destination names one.
     #[arg(short = 'p', long = "port", value_name = "PORT", global = true)]
     pub port: Option<u16>,

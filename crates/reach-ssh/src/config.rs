@@ -7,7 +7,8 @@
 //! `ProxyCommand`,
 //! `ServerAliveInterval`, `ServerAliveCountMax`, `ConnectTimeout`, `UserKnownHostsFile`,
 //! `GlobalKnownHostsFile`, `HostKeyAlias`, `IdentityAgent`, `CertificateFile`, `ForwardAgent`,
-//! `StrictHostKeyChecking`, and `Match` blocks with `all`, `host`, `originalhost`, `user`,
+//! `StrictHostKeyChecking`, `KexAlgorithms`, `HostKeyAlgorithms`, `Ciphers`, `MACs`, and
+//! `Match` blocks with `all`, `host`, `originalhost`, `user`,
 //! `localuser`, `exec`, `final` and `canonical` (`!` negates; every criterion on a line must
 //! hold). `Match host` sees the `HostName` set so far and `Match user` the remote user; a
 //! configuration with `Match final` (or `canonical`) is read a second time with those
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use reach_core::{Error, ErrorKind, Result};
 
+use crate::algorithms::{self, Kind};
 use crate::known_hosts::wildcard_match;
 
 /// What the configuration says about one host.
@@ -62,6 +64,14 @@ pub struct HostConfig {
     /// `LocalForward` lines, every one that applies, in order, each as one
     /// `[BIND:]PORT:HOST:HOSTPORT` (what `reach forward` runs with no forwards given).
     pub local_forwards: Vec<String>,
+    /// `KexAlgorithms`, as written (`+`, `-` and `^` lists change the defaults).
+    pub kex_algorithms: Option<String>,
+    /// `HostKeyAlgorithms`, as written.
+    pub host_key_algorithms: Option<String>,
+    /// `Ciphers`, as written.
+    pub ciphers: Option<String>,
+    /// `MACs`, as written.
+    pub macs: Option<String>,
 }
 
 /// One parsed configuration: a list of `Host` blocks, includes already inlined.
@@ -308,6 +318,39 @@ impl SshConfig {
         let mut config = SshConfig::default();
         config.read_text(text, origin, 0)?;
         Ok(config)
+    }
+
+    /// Puts command-line options (`ssh -o`: `Keyword=value` or `Keyword value`) before
+    /// everything the files say, so that they win; `Host`, `Match` and `Include` cannot be
+    /// given this way.
+    pub fn with_options(mut self, options: &[String]) -> Result<SshConfig> {
+        let mut block = Block {
+            patterns: None,
+            applies_to_all: true,
+            criteria: None,
+            options: Vec::new(),
+        };
+        for option in options {
+            let mut words = words(option);
+            let key = words.remove(0).to_ascii_lowercase();
+            if matches!(key.as_str(), "host" | "match" | "include") || words.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "`-o {option}` is not an SSH option: give `Keyword=value`, such as \
+                         `-o ConnectTimeout=5` (Host, Match and Include belong in a file)"
+                    ),
+                ));
+            }
+            block.options.push((
+                key,
+                words.join(" "),
+                PathBuf::from(format!("-o {option}")),
+                1,
+            ));
+        }
+        self.blocks.insert(0, block);
+        Ok(self)
     }
 
     /// The files this configuration was read from: the main file, then every included file
@@ -575,6 +618,19 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
             "userknownhostsfile" if out.user_known_hosts_file.is_none() => {
                 out.user_known_hosts_file = value.split_whitespace().next().map(expand_tilde)
             }
+            "kexalgorithms" if out.kex_algorithms.is_none() => {
+                out.kex_algorithms = Some(algorithm_list(Kind::Kex, value).map_err(|w| bad(&w))?)
+            }
+            "hostkeyalgorithms" if out.host_key_algorithms.is_none() => {
+                out.host_key_algorithms =
+                    Some(algorithm_list(Kind::HostKey, value).map_err(|w| bad(&w))?)
+            }
+            "ciphers" if out.ciphers.is_none() => {
+                out.ciphers = Some(algorithm_list(Kind::Cipher, value).map_err(|w| bad(&w))?)
+            }
+            "macs" if out.macs.is_none() => {
+                out.macs = Some(algorithm_list(Kind::Mac, value).map_err(|w| bad(&w))?)
+            }
             "stricthostkeychecking" if out.strict_host_key_checking.is_none() => {
                 out.strict_host_key_checking = Some(value.to_ascii_lowercase())
             }
@@ -582,6 +638,11 @@ fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An algorithm list as written, once it is known to leave something reach can use.
+fn algorithm_list(kind: Kind, value: &str) -> std::result::Result<String, String> {
+    algorithms::apply(kind, value).map(|_| value.to_owned())
 }
 
 /// `Host` matching: some positive pattern matches and no negated one does.

@@ -14,6 +14,7 @@
 //! [`Zeroizing`] buffers and never logged; private keys are zeroized when dropped.
 #![deny(missing_docs)]
 
+mod algorithms;
 mod auth;
 pub mod config;
 pub mod known_hosts;
@@ -36,6 +37,7 @@ use russh::client;
 use russh::keys::{HashAlg, PublicKey};
 use zeroize::Zeroizing;
 
+use algorithms::Algorithms;
 use config::SshConfig;
 
 pub use process::{signal_from_russh, signal_to_russh, SshProcess};
@@ -82,8 +84,11 @@ pub struct SshOptions {
     pub accept_new_host_key: bool,
     /// The client configuration (`-F`); else `~/.ssh/config` if it exists.
     pub config_file: Option<PathBuf>,
-    /// Read no client configuration at all.
+    /// Read no client configuration at all (options in `config_options` still apply).
     pub no_config: bool,
+    /// Configuration lines given on the command line (`ssh -o`, as `Keyword=value`), which
+    /// win over every file's.
+    pub config_options: Vec<String>,
     /// Port, unless the destination names one (`-p`).
     pub port: Option<u16>,
     /// User, unless the destination names one (`-l`).
@@ -114,6 +119,7 @@ impl Default for SshOptions {
             accept_new_host_key: false,
             config_file: None,
             no_config: false,
+            config_options: Vec::new(),
             port: None,
             user: None,
             proxy_jump: None,
@@ -148,6 +154,7 @@ impl std::fmt::Debug for SshOptions {
             .field("accept_new_host_key", &self.accept_new_host_key)
             .field("config_file", &self.config_file)
             .field("no_config", &self.no_config)
+            .field("config_options", &self.config_options)
             .field("port", &self.port)
             .field("user", &self.user)
             .field("proxy_jump", &self.proxy_jump)
@@ -186,6 +193,8 @@ struct Hop {
     keepalive_max: usize,
     /// The `ProxyCommand` that carries a first hop, tokens expanded.
     proxy_command: Option<String>,
+    /// What the handshake offers (`KexAlgorithms`, `HostKeyAlgorithms`, `Ciphers`, `MACs`).
+    algorithms: Algorithms,
 }
 
 impl Hop {
@@ -244,6 +253,18 @@ fn resolve_hop(
         .proxy_command
         .filter(|command| !command.is_empty())
         .map(|command| proxy::expand(&command, &host, port, &user, alias));
+    let algorithms = Algorithms::from_config(
+        host_config.kex_algorithms.as_deref(),
+        host_config.host_key_algorithms.as_deref(),
+        host_config.ciphers.as_deref(),
+        host_config.macs.as_deref(),
+    )
+    .map_err(|why| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("the SSH config's algorithms for `{alias}` are not {why}"),
+        )
+    })?;
     let hop = Hop {
         alias: alias.to_owned(),
         host,
@@ -284,45 +305,15 @@ fn resolve_hop(
             .unwrap_or(Duration::from_secs(15)),
         keepalive,
         keepalive_max: host_config.server_alive_count_max.unwrap_or(3) as usize,
+        algorithms,
     };
     Ok((hop, host_config.proxy_jump.unwrap_or_default()))
 }
 
 type Handle = client::Handle<HostKeyCheck>;
 
-/// Host certificate types asked for when an authority is trusted for the host.
-const HOST_CERTIFICATES: &[russh::keys::Algorithm] = &[
-    russh::keys::Algorithm::Ed25519,
-    russh::keys::Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP256,
-    },
-    russh::keys::Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP384,
-    },
-    russh::keys::Algorithm::Ecdsa {
-        curve: russh::keys::EcdsaCurve::NistP521,
-    },
-    russh::keys::Algorithm::Rsa {
-        hash: Some(russh::keys::HashAlg::Sha512),
-    },
-    russh::keys::Algorithm::Rsa {
-        hash: Some(russh::keys::HashAlg::Sha256),
-    },
-];
-
 /// Where `ssh` looks for host keys that the administrator manages for everyone.
 const GLOBAL_KNOWN_HOSTS: [&str; 2] = ["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
-
-/// Ciphers in order of preference: AES-GCM first, which runs on the CPU's AES instructions
-/// (ring) and is the fastest here; then OpenSSH's own default order.
-const CIPHERS: &[russh::cipher::Name] = &[
-    russh::cipher::AES_256_GCM,
-    russh::cipher::AES_128_GCM,
-    russh::cipher::CHACHA20_POLY1305,
-    russh::cipher::AES_256_CTR,
-    russh::cipher::AES_192_CTR,
-    russh::cipher::AES_128_CTR,
-];
 
 /// One authenticated connection and what is shared over it.
 struct Conn {
@@ -369,7 +360,8 @@ impl SshBackend {
             SshConfig::load(path)?
         } else {
             SshConfig::load_default()?
-        };
+        }
+        .with_options(&options.config_options)?;
         let (mut target, config_jumps) = resolve_hop(
             destination.host(),
             destination.user(),
@@ -575,22 +567,13 @@ impl SshBackend {
                 PublicKey::from_openssh(&format!("{algorithm} {key}")).ok()
             })
             .collect();
-        let certificates: &'static [russh::keys::Algorithm] = if authorities.is_empty() {
-            &[]
-        } else {
-            HOST_CERTIFICATES
-        };
         let config = Arc::new(client::Config {
             keepalive_interval: hop.keepalive,
             keepalive_max: hop.keepalive_max,
             nodelay: true,
             window_size: 16 * 1024 * 1024,
             maximum_packet_size: 65535,
-            preferred: russh::Preferred {
-                cipher: std::borrow::Cow::Borrowed(CIPHERS),
-                host_key_certificates: std::borrow::Cow::Borrowed(certificates),
-                ..Default::default()
-            },
+            preferred: hop.algorithms.preferred(!authorities.is_empty()),
             ..Default::default()
         });
         let rejection = Arc::new(Mutex::new(None));
@@ -610,9 +593,15 @@ impl SshBackend {
             Err(e) => {
                 let refused = rejection.lock().ok().and_then(|mut r| r.take());
                 return Err(refused.unwrap_or_else(|| {
+                    let advice = match &e {
+                        russh::Error::NoCommonAlgo { kind, theirs, .. } => {
+                            format!("; {}", algorithms::advice(kind, theirs))
+                        }
+                        _ => String::new(),
+                    };
                     Error::new(
                         ErrorKind::Protocol,
-                        format!("SSH handshake with `{}` failed: {e}", hop.addr()),
+                        format!("SSH handshake with `{}` failed: {e}{advice}", hop.addr()),
                     )
                 }));
             }

@@ -92,7 +92,8 @@ fn configured_forwards(destination: &Destination, conn: &ConnArgs) -> reach::Res
     let config = match &conn.ssh_config {
         Some(path) => reach::ssh::config::SshConfig::load(path)?,
         None => reach::ssh::config::SshConfig::load_default()?,
-    };
+    }
+    .with_options(&conn.ssh_options)?;
     let user = destination.user().or(conn.login.as_deref());
     Ok(config.resolve_as(destination.host(), user)?.local_forwards)
 }

@@ -305,6 +305,9 @@ pub struct ConnWire {
     known_hosts: Option<PathBuf>,
     accept_new_host_key: bool,
     ssh_config: Option<PathBuf>,
+    /// `-o` options.
+    #[serde(default)]
+    ssh_options: Vec<String>,
     port: Option<u16>,
     login: Option<String>,
     jump: Option<Vec<String>>,
@@ -337,6 +340,7 @@ impl ConnWire {
             known_hosts: conn.known_hosts.as_deref().map(absolute),
             accept_new_host_key: conn.accept_new_host_key,
             ssh_config: conn.ssh_config.as_deref().map(absolute),
+            ssh_options: conn.ssh_options.clone(),
             port: conn.port,
             login: conn.login.clone(),
             jump: conn
@@ -367,6 +371,7 @@ impl ConnWire {
         ssh.known_hosts = self.known_hosts.clone();
         ssh.accept_new_host_key = self.accept_new_host_key;
         ssh.config_file = self.ssh_config.clone();
+        ssh.config_options = self.ssh_options.clone();
         ssh.port = self.port;
         ssh.user = self.login.clone();
         ssh.proxy_jump = self.jump.clone();
@@ -401,6 +406,7 @@ impl ConnWire {
             "accept_new_host_key": self.accept_new_host_key,
             "ssh_config": config,
             "ssh_config_files": config.as_deref().map(config_stamps),
+            "ssh_options": self.ssh_options,
             "port": self.port,
             "login": self.login,
             "jump": self.jump,
@@ -572,6 +578,7 @@ mod tests {
             known_hosts: None,
             accept_new_host_key: false,
             ssh_config: Some(dir.path().join("config")),
+            ssh_options: Vec::new(),
             port: None,
             login: None,
             jump: None,
@@ -597,6 +604,15 @@ mod tests {
         );
         std::fs::write(&key_file, "a replaced key").expect("write");
         assert_ne!(with_key, conn(Some(&key_file)).key("ssh://h"));
+        let with_option = ConnWire {
+            ssh_options: vec!["Ciphers=aes128-ctr".into()],
+            ..conn(None)
+        };
+        assert_ne!(
+            conn(None).key("ssh://h"),
+            with_option.key("ssh://h"),
+            "an -o option, another connection"
+        );
 
         // What an included file says counts too, and so does a new file an Include finds.
         let extra = dir.path().join("conf.d");
