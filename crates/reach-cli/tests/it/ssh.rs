@@ -716,3 +716,62 @@ fn the_agent_is_forwarded_only_when_asked() {
     let out = list(&[]);
     assert_eq!(out.code, 2, "no agent without -A: {:?}", out.stdout_text());
 }
+
+/// A server that only has an old cipher: refused (255) with the option to give, then reached
+/// with `-o`, before or after the subcommand; a misspelt `-o` is a usage error (2).
+#[test]
+fn ssh_option_allows_an_old_servers_cipher() {
+    if !SshdFixture::available_or_skip("ssh_option_allows_an_old_servers_cipher") {
+        return;
+    }
+    let sshd = SshdFixture::start_with("Ciphers aes128-cbc\n").unwrap();
+    let dest = sshd.destination();
+    let refused = run(&sshd, &["exec", &dest, "--", "echo ok"]);
+    assert_eq!(refused.code, 255, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("`Ciphers=+aes128-cbc`"),
+        "{}",
+        refused.stderr
+    );
+    let after = run(
+        &sshd,
+        &["exec", "-o", "Ciphers=+aes128-cbc", &dest, "--", "echo ok"],
+    );
+    assert_eq!(
+        (after.code, after.stdout.as_slice()),
+        (0, &b"ok\n"[..]),
+        "{}",
+        after.stderr
+    );
+    let key = sshd.client_key().display().to_string();
+    let known = sshd.known_hosts().display().to_string();
+    let before = reach(&[
+        "--ssh-option",
+        "Ciphers +aes128-cbc",
+        "exec",
+        "-i",
+        &key,
+        "--known-hosts",
+        &known,
+        &dest,
+        "--",
+        "echo ok",
+    ])
+    .run();
+    assert_eq!(
+        (before.code, before.stdout.as_slice()),
+        (0, &b"ok\n"[..]),
+        "{}",
+        before.stderr
+    );
+    let typo = run(
+        &sshd,
+        &["exec", "-o", "Ciphers=+aes128-cbd", &dest, "--", "true"],
+    );
+    assert_eq!(typo.code, 2, "{}", typo.stderr);
+    assert!(
+        typo.stderr.contains("`aes128-cbd` is not one"),
+        "{}",
+        typo.stderr
+    );
+}
