@@ -337,20 +337,6 @@ impl Algorithms {
     }
 }
 
-impl Default for Algorithms {
-    fn default() -> Self {
-        // The defaults are all known names, so none of this can fail; an empty list would
-        // only make the handshake fail with the reason.
-        Algorithms::from_config(None, None, None, None).unwrap_or(Algorithms {
-            kex: Vec::new(),
-            host_keys: Vec::new(),
-            host_certificates: Vec::new(),
-            ciphers: Vec::new(),
-            macs: Vec::new(),
-        })
-    }
-}
-
 /// Advice for a handshake that found no algorithm in common: which keyword to change, and
 /// with which of the server's names that reach implements.
 pub(crate) fn advice(kind: &russh::AlgorithmKind, theirs: &[String]) -> String {
@@ -434,7 +420,7 @@ mod tests {
 
     #[test]
     fn host_keys_drop_sha1_rsa_unless_asked_and_certificates_follow_the_list() {
-        let default = Algorithms::default();
+        let default = Algorithms::from_config(None, None, None, None).unwrap();
         assert!(!default.host_keys.contains(&Algorithm::Rsa { hash: None }));
         assert_eq!(default.host_certificates, HOST_CERTIFICATES);
         let old = Algorithms::from_config(None, Some("+ssh-rsa"), None, None).unwrap();
