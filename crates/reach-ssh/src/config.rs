@@ -524,12 +524,14 @@ impl SshConfig {
 fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
     for (key, value, file, line) in &block.options {
         let bad = |what: &str| {
+            // A command-line option is named as given; a file's line by file and number.
+            let place = match file.to_str() {
+                Some(option) if option.starts_with("-o ") => format!("`{option}`"),
+                _ => format!("SSH config `{}` line {line}", file.display()),
+            };
             Error::new(
                 ErrorKind::InvalidInput,
-                format!(
-                    "SSH config `{}` line {line}: `{value}` is not {what}",
-                    file.display()
-                ),
+                format!("{place}: `{value}` is not {what}"),
             )
         };
         let seconds = |v: &str| {

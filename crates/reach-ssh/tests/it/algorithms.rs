@@ -130,7 +130,10 @@ async fn a_sha1_rsa_host_key_needs_host_key_algorithms() {
 fn a_bad_option_is_named_before_connecting() {
     let destination = Destination::parse("ssh://nobody@127.0.0.1:9").unwrap();
     for (option, expected) in [
-        ("Ciphers=aes128-gmc", "`aes128-gmc` is not one"),
+        (
+            "Ciphers=aes128-gmc",
+            "`-o Ciphers=aes128-gmc`: `aes128-gmc` is not a list of ciphers: `aes128-gmc` is not one",
+        ),
         ("KexAlgorithms=-*", "leaves a key exchange algorithm"),
         ("Host=other", "`-o Host=other` is not an SSH option"),
         ("ConnectTimeout", "is not an SSH option"),
