@@ -1,9 +1,6 @@
-//! Local files through `tokio::fs`.
+//! Local files: `tokio::fs`, with streaming writes through [`LocalWriter`].
 
-use std::future::Future;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -11,7 +8,8 @@ use reach_core::{
     BoxRead, BoxWrite, DirEntry, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
     WriteOptions,
 };
-use tokio::io::AsyncWrite;
+
+use crate::write::LocalWriter;
 
 /// This machine's files.
 #[derive(Debug, Clone, Default)]
@@ -81,17 +79,10 @@ impl FileSystem for LocalFs {
         let file = open
             .open(path)
             .await
-            .map_err(|e| err("open for writing", path, e))?;
-        if !options.sync {
-            return Ok(Box::pin(file));
-        }
-        let handle = file
-            .try_clone()
-            .await
             .map_err(|e| err("open for writing", path, e))?
             .into_std()
             .await;
-        Ok(Box::pin(SyncOnShutdown::new(file, handle)))
+        Ok(Box::pin(LocalWriter::new(file, options.sync)))
     }
 
     async fn metadata(&self, path: &str) -> Result<Metadata> {
@@ -279,84 +270,5 @@ fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
             return Ok(hasher.finalize().into());
         }
         hasher.update(&buf[..n]);
-    }
-}
-
-/// Bytes written between two background `fdatasync`s of a synced file.
-const FLUSH_EVERY: u64 = 32 << 20;
-
-/// A file written with [`WriteOptions::sync`]: `shutdown` flushes, then `fsync`s. While it
-/// is written, every [`FLUSH_EVERY`] bytes a background `fdatasync` (at most one at a time)
-/// starts the disk on what is there, so that the final `fsync` does not wait for the whole
-/// file to reach the disk after the last byte arrived.
-struct SyncOnShutdown {
-    file: tokio::fs::File,
-    /// A second handle on the same file, for the blocking `fsync`s.
-    handle: Option<std::sync::Arc<std::fs::File>>,
-    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    /// Bytes written since the last background flush started.
-    unflushed: u64,
-    /// The background flush in flight; its result does not matter, the final `fsync`'s does.
-    flushing: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl SyncOnShutdown {
-    fn new(file: tokio::fs::File, handle: std::fs::File) -> Self {
-        SyncOnShutdown {
-            file,
-            handle: Some(std::sync::Arc::new(handle)),
-            syncing: None,
-            unflushed: 0,
-            flushing: None,
-        }
-    }
-
-    /// Starts a background flush once enough was written and the last one is done.
-    fn flush_behind(&mut self, written: usize) {
-        self.unflushed += written as u64;
-        if self.unflushed < FLUSH_EVERY || self.flushing.as_ref().is_some_and(|f| !f.is_finished())
-        {
-            return;
-        }
-        if let Some(handle) = &self.handle {
-            let handle = handle.clone();
-            self.unflushed = 0;
-            self.flushing = Some(tokio::task::spawn_blocking(move || {
-                let _ = handle.sync_data();
-            }));
-        }
-    }
-}
-
-impl AsyncWrite for SyncOnShutdown {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let n = ready!(Pin::new(&mut self.file).poll_write(cx, buf))?;
-        self.flush_behind(n);
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.syncing.is_none() {
-            ready!(Pin::new(&mut self.file).poll_shutdown(cx))?;
-            let Some(handle) = self.handle.take() else {
-                return Poll::Ready(Ok(()));
-            };
-            self.syncing = Some(tokio::task::spawn_blocking(move || handle.sync_all()));
-            self.flushing = None;
-        }
-        let Some(syncing) = self.syncing.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let done = ready!(Pin::new(syncing).poll(cx)).map_err(std::io::Error::other)?;
-        self.syncing = None;
-        Poll::Ready(done)
     }
 }

@@ -15,6 +15,7 @@
 mod fs;
 mod process;
 mod pty;
+mod write;
 
 use std::sync::Arc;
 use std::time::Instant;
