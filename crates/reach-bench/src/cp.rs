@@ -71,6 +71,44 @@ fn rows(
     rows
 }
 
+/// What a user of scp does for the check reach cp makes: the copy, then the SHA-256 of the
+/// file on the server and here (the two at once), which must match.
+fn scp_then_hashes(
+    flags: &[String],
+    from: &str,
+    to: &str,
+    local: &Path,
+    remote: &str,
+) -> Result<(), String> {
+    use std::process::Stdio;
+    run_ok(Command::new("scp").args(flags).arg(from).arg(to))?;
+    let theirs = Command::new("ssh")
+        .args(flags)
+        .arg("127.0.0.1")
+        .arg(format!("openssl dgst -sha256 -r {remote}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ssh: {e}"))?;
+    let ours = Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .arg(local)
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    let theirs = theirs.wait_with_output().map_err(|e| format!("ssh: {e}"))?;
+    let hex = |out: &[u8]| String::from_utf8_lossy(out.get(..64).unwrap_or_default()).into_owned();
+    if !ours.status.success() || !theirs.status.success() || hex(&ours.stdout).len() != 64 {
+        return Err(format!(
+            "hashing failed: {} / {}",
+            ours.status, theirs.status
+        ));
+    }
+    if hex(&ours.stdout) != hex(&theirs.stdout) {
+        return Err("the two SHA-256 differ".into());
+    }
+    Ok(())
+}
+
 fn reach_cp(reach_bin: &Path, sshd: &SshdFixture) -> Command {
     let mut cmd = Command::new(reach_bin);
     cmd.arg("cp")
@@ -183,6 +221,7 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
     make_source(&source, size)?;
     let remote = PathBuf::from(format!("{remote_dir}/copy"));
     let remote_s = remote.display().to_string();
+    let (source_s, back_s) = (source.display().to_string(), back.display().to_string());
     let flags = openssh_flags(sshd);
     let rsh = format!("ssh {}", flags.join(" "));
     let scp_target = format!("127.0.0.1:{remote_s}");
@@ -204,6 +243,12 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
                         .arg(&scp_target),
                 )
             }),
+            check: Box::new(remote_ok),
+        },
+        Copy {
+            name: "upload: OpenSSH scp, then SHA-256 here and on the server",
+            prepare: Box::new(clear_remote),
+            run: Box::new(|| scp_then_hashes(&flags, &source_s, &scp_target, &source, &remote_s)),
             check: Box::new(remote_ok),
         },
         Copy {
@@ -243,6 +288,12 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
             name: "download: OpenSSH scp",
             prepare: Box::new(clear_back),
             run: Box::new(|| run_ok(Command::new("scp").args(&flags).arg(&scp_target).arg(&back))),
+            check: Box::new(back_ok),
+        },
+        Copy {
+            name: "download: OpenSSH scp, then SHA-256 here and on the server",
+            prepare: Box::new(clear_back),
+            run: Box::new(|| scp_then_hashes(&flags, &scp_target, &back_s, &back, &remote_s)),
             check: Box::new(back_ok),
         },
         Copy {
@@ -293,11 +344,14 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
              feeds it to `openssl dgst` where there is no Python; \
              downloads: `openssl dgst` of the source), and the two must match; then fsync \
              and rename. Two SHA-256 passes over every byte, on the same two cores as \
-             everything else; scp and rsync do none of the hashing or syncing.",
+             everything else; scp and rsync do none of the hashing or syncing. The rows \
+             `scp, then SHA-256 here and on the server` add what a user of scp does for the \
+             same check: once the copy is done, `openssl dgst` of the file on the server \
+             (over a new ssh connection) and here, the two at once, compared (no fsync).",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to scp (median)"],
-        rows: rows(&copies, &times, size as f64 / 1e6, "MB", 4),
+        rows: rows(&copies, &times, size as f64 / 1e6, "MB", 5),
     })
 }
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use reach::{Backend, ExecSpec, FileSystem, WriteOptions};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Benchmarks reach and writes docs/BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -286,17 +286,34 @@ pub async fn upload(fs: &Arc<dyn FileSystem>, local: &Path, remote: &str) -> Res
     writer.shutdown().await.map_err(|e| e.to_string())
 }
 
+/// Reads `remote` into the local file `local` through reach's own local file system, as a
+/// program built on the library would.
 pub async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> Result<(), String> {
     let mut reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
-    let file = tokio::fs::File::create(local)
+    let here = reach::connect("local")
+        .await
+        .map_err(|e| e.to_string())?
+        .fs()
         .await
         .map_err(|e| e.to_string())?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    tokio::io::copy(&mut reader, &mut writer)
+    let path = local.to_str().ok_or("a local path that is not UTF-8")?;
+    let mut writer = here
+        .open_write(path, WriteOptions::default())
         .await
         .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        writer
+            .write_all(&buf[..n])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     // No fsync of the local copy: scp and sftp do not either.
-    writer.flush().await.map_err(|e| e.to_string())
+    writer.shutdown().await.map_err(|e| e.to_string())
 }
 
 pub fn same_size(a: &Path, b: &Path) -> Result<(), String> {

@@ -326,8 +326,10 @@ fn throughput(
             "One {} MiB file of incompressible bytes to and from the loopback sshd's disk, \
              {} rounds, the tools interleaved within each round; cipher {CIPHER} for all \
              (reach prefers it; OpenSSH is given `Ciphers={CIPHER}`). Debian 12's `scp` \
-             speaks SFTP. Every copy is checked for size, and reach's last download is \
-             compared byte for byte with the source.",
+             speaks SFTP. reach's rows use the library alone: the SSH backend's \
+             `FileSystem`, and for the download's local file the local backend's \
+             `open_write` (no fsync, as scp and sftp do none). Every copy is checked for \
+             size, and reach's last download is compared byte for byte with the source.",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to scp (median)"],
