@@ -5,7 +5,7 @@
 //! large page cache folios, and on the virtual machines reach is measured on, filling them
 //! was at times several times dearer than filling small ones: 1 GiB written 256 KiB at a
 //! time took 1.3 to 2.7 s of kernel time where 32 KiB at a time took 0.5 to 0.7 s and
-//! 64 KiB 0.5 to 1.3 s. At other times all three cost 0.25 to 0.35 s, 64 KiB calls 0.05 s
+//! 64 KiB 0.5 to 1.3 s. At other times all three cost 0.25 to 0.4 s, 64 KiB calls 0.05 s
 //! more than 256 KiB ones.
 
 use std::future::Future;
