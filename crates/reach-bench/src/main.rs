@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use reach::{Backend, ExecSpec, FileSystem, WriteOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 
 /// Benchmarks reach and writes docs/BENCHMARKS.md.
 #[derive(Debug, Parser)]
@@ -289,7 +289,8 @@ pub async fn upload(fs: &Arc<dyn FileSystem>, local: &Path, remote: &str) -> Res
 /// Reads `remote` into the local file `local` through reach's own local file system, as a
 /// program built on the library would.
 pub async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> Result<(), String> {
-    let mut reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
+    let reader = fs.open_read(remote).await.map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(256 << 10, reader);
     let here = reach::connect("local")
         .await
         .map_err(|e| e.to_string())?
@@ -301,17 +302,9 @@ pub async fn download(fs: &Arc<dyn FileSystem>, remote: &str, local: &Path) -> R
         .open_write(path, WriteOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 256 << 10];
-    loop {
-        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            break;
-        }
-        writer
-            .write_all(&buf[..n])
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    tokio::io::copy_buf(&mut reader, &mut writer)
+        .await
+        .map_err(|e| e.to_string())?;
     // No fsync of the local copy: scp and sftp do not either.
     writer.shutdown().await.map_err(|e| e.to_string())
 }
