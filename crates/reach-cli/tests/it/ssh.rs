@@ -15,9 +15,15 @@ fn sshd(test: &str) -> Option<SshdFixture> {
 /// `reach SUBCOMMAND ARGS...` with the fixture's key and known_hosts as flags right after
 /// the subcommand.
 fn run(sshd: &SshdFixture, args: &[&str]) -> Outcome {
+    run_after(sshd, &[], args)
+}
+
+/// Like [`run`], with global flags before the subcommand.
+fn run_after(sshd: &SshdFixture, globals: &[&str], args: &[&str]) -> Outcome {
     let key = sshd.client_key().display().to_string();
     let known = sshd.known_hosts().display().to_string();
-    let mut all: Vec<&str> = vec![args[0], "-i", &key, "--known-hosts", &known];
+    let mut all: Vec<&str> = globals.to_vec();
+    all.extend([args[0], "-i", &key, "--known-hosts", &known]);
     all.extend(&args[1..]);
     reach(&all).run()
 }
@@ -743,21 +749,11 @@ fn ssh_option_allows_an_old_servers_cipher() {
         "{}",
         after.stderr
     );
-    let key = sshd.client_key().display().to_string();
-    let known = sshd.known_hosts().display().to_string();
-    let before = reach(&[
-        "--ssh-option",
-        "Ciphers +aes128-cbc",
-        "exec",
-        "-i",
-        &key,
-        "--known-hosts",
-        &known,
-        &dest,
-        "--",
-        "echo ok",
-    ])
-    .run();
+    let before = run_after(
+        &sshd,
+        &["--ssh-option", "Ciphers +aes128-cbc"],
+        &["exec", &dest, "--", "echo ok"],
+    );
     assert_eq!(
         (before.code, before.stdout.as_slice()),
         (0, &b"ok\n"[..]),
