@@ -89,7 +89,27 @@ struct Block {
     applies_to_all: bool,
     /// A `Match` block's criteria, all of which must hold.
     criteria: Option<Vec<Criterion>>,
-    options: Vec<(String, String, PathBuf, usize)>,
+    options: Vec<(String, String, Origin)>,
+}
+
+/// Where an option was given, to name it in an error.
+#[derive(Debug, Clone)]
+enum Origin {
+    /// A file's line (counted from 1).
+    File { path: PathBuf, line: usize },
+    /// `-o` on the command line, as given.
+    CommandLine(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { path, line } => {
+                write!(f, "SSH config `{}` line {line}", path.display())
+            }
+            Origin::CommandLine(option) => write!(f, "`-o {option}`"),
+        }
+    }
 }
 
 /// One condition of a `Match` line, possibly negated with `!`.
@@ -342,12 +362,9 @@ impl SshConfig {
                     ),
                 ));
             }
-            block.options.push((
-                key,
-                words.join(" "),
-                PathBuf::from(format!("-o {option}")),
-                1,
-            ));
+            block
+                .options
+                .push((key, words.join(" "), Origin::CommandLine(option.clone())));
         }
         self.blocks.insert(0, block);
         Ok(self)
@@ -443,9 +460,14 @@ impl SshConfig {
                 _ => {
                     let value = words.join(" ");
                     if let Some(block) = self.blocks.last_mut() {
-                        block
-                            .options
-                            .push((key, value, origin.to_path_buf(), number + 1));
+                        block.options.push((
+                            key,
+                            value,
+                            Origin::File {
+                                path: origin.to_path_buf(),
+                                line: number + 1,
+                            },
+                        ));
                     }
                 }
             }
@@ -522,16 +544,11 @@ impl SshConfig {
 /// Applies one block's options: the first value of each keyword wins, identity files and
 /// local forwards add up (each once, as `ssh` keeps them).
 fn apply(out: &mut HostConfig, block: &Block, host: &str) -> Result<()> {
-    for (key, value, file, line) in &block.options {
+    for (key, value, origin) in &block.options {
         let bad = |what: &str| {
-            // A command-line option is named as given; a file's line by file and number.
-            let place = match file.to_str() {
-                Some(option) if option.starts_with("-o ") => format!("`{option}`"),
-                _ => format!("SSH config `{}` line {line}", file.display()),
-            };
             Error::new(
                 ErrorKind::InvalidInput,
-                format!("{place}: `{value}` is not {what}"),
+                format!("{origin}: `{value}` is not {what}"),
             )
         };
         let seconds = |v: &str| {
