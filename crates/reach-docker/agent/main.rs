@@ -20,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
 mod protocol;
@@ -155,6 +155,44 @@ struct Running {
 
 type Table = Arc<Mutex<HashMap<u32, Running>>>;
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One output stream's flow control: what is sent and not yet acknowledged.
+#[derive(Default)]
+struct Window {
+    /// Bytes in flight, and whether the client's reader is gone.
+    state: Mutex<(u64, bool)>,
+    freed: Condvar,
+}
+
+impl Window {
+    /// Waits until `n` more bytes may be sent. `false`: the client's reader is gone, and the
+    /// bytes are to be dropped.
+    fn take(&self, n: usize) -> bool {
+        let mut state = lock(&self.state);
+        while state.0 >= u64::from(WINDOW) && !state.1 {
+            state = self.freed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.0 += n as u64;
+        !state.1
+    }
+
+    fn ack(&self, count: u32, gone: bool) {
+        let mut state = lock(&self.state);
+        state.0 = state.0.saturating_sub(u64::from(count));
+        state.1 |= gone;
+        self.freed.notify_all();
+    }
+}
+
+/// The window of every output stream being pumped, by command id and stream.
+fn windows() -> &'static Mutex<HashMap<(u32, u8), Arc<Window>>> {
+    static WINDOWS: OnceLock<Mutex<HashMap<(u32, u8), Arc<Window>>>> = OnceLock::new();
+    WINDOWS.get_or_init(Default::default)
+}
+
 fn main() {
     let out: Out = Arc::new(Mutex::new(io::stdout()));
     let table: Table = Arc::new(Mutex::new(HashMap::new()));
@@ -184,9 +222,26 @@ fn main() {
         match kind {
             SPAWN => spawn(&out, &table, id, &payload),
             STDIN | STDIN_EOF => {
-                let table = table.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(sender) = table.get(&id).and_then(|r| r.stdin.as_ref()) {
-                    let _ = sender.send((kind == STDIN).then_some(payload));
+                let len = payload.len() as u32;
+                let delivered = lock(&table)
+                    .get(&id)
+                    .and_then(|r| r.stdin.as_ref())
+                    .is_some_and(|sender| sender.send((kind == STDIN).then_some(payload)).is_ok());
+                // Input for a command that is gone is dropped, and still counted as taken:
+                // the client's window must not shrink for it.
+                if !delivered && kind == STDIN {
+                    send(&out, TAKEN, id, &len.to_be_bytes());
+                }
+            }
+            ACK => {
+                let mut fields = Fields(&payload);
+                let (Some(stream), Some(count), Some(gone)) = (fields.u8(), fields.u32(), fields.u8())
+                else {
+                    continue;
+                };
+                let window = lock(windows()).get(&(id, stream)).cloned();
+                if let Some(window) = window {
+                    window.ack(count, gone == 1);
                 }
             }
             SIGNAL => {
@@ -361,19 +416,25 @@ fn thread(f: impl FnOnce() + Send + 'static) -> io::Result<thread::JoinHandle<()
 
 /// Feeds stdin to `sink` from a channel; `None` ends the input. On a terminal, the end of
 /// input only closes this thread's copy of the master: the pump keeps the terminal open.
-fn feed(sink: impl Write + Send + 'static) -> io::Result<Sender<Option<Vec<u8>>>> {
+fn feed(out: &Out, id: u32, sink: impl Write + Send + 'static) -> io::Result<Sender<Option<Vec<u8>>>> {
     let (tx, rx) = channel::<Option<Vec<u8>>>();
+    let out = out.clone();
     let mut sink = sink;
-    thread(move || {
-        while let Ok(Some(data)) = rx.recv() {
-            if sink.write_all(&data).is_err() {
-                // The command closed its stdin: drop what follows, as a pipe would.
-                while let Ok(Some(_)) = rx.recv() {}
-                break;
-            }
-        }
-    })?;
+    thread(move || forward(&out, id, &rx, &mut sink))?;
     Ok(tx)
+}
+
+/// Writes what arrives on `rx` to `sink` until the end of input, telling the client what was
+/// taken (its window for this stdin). Once `sink` refuses (the command closed its stdin),
+/// what follows is dropped, as a pipe would, and still told as taken.
+fn forward(out: &Out, id: u32, rx: &std::sync::mpsc::Receiver<Option<Vec<u8>>>, sink: &mut impl Write) {
+    let mut open = true;
+    while let Ok(Some(data)) = rx.recv() {
+        if open && sink.write_all(&data).is_err() {
+            open = false;
+        }
+        send(out, TAKEN, id, &(data.len() as u32).to_be_bytes());
+    }
 }
 
 /// Wires a command on a terminal: its master carries input and output. The child is
@@ -383,7 +444,7 @@ fn start_terminal(out: &Out, table: &Table, id: u32, mut child: Child, m: std::f
     let pid = child.id() as i32;
     let fd = m.as_raw_fd();
     let wired = m.try_clone().and_then(|writer| {
-        let stdin = feed(writer)?;
+        let stdin = feed(out, id, writer)?;
         table.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             Running {
@@ -402,7 +463,7 @@ fn start_terminal(out: &Out, table: &Table, id: u32, mut child: Child, m: std::f
 fn start_piped(out: &Out, table: &Table, id: u32, mut child: Child) -> io::Result<()> {
     let pid = child.id() as i32;
     let wired = (|| {
-        let stdin = child.stdin.take().map(|pipe| feed(pipe)).transpose()?;
+        let stdin = child.stdin.take().map(|pipe| feed(out, id, pipe)).transpose()?;
         table
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -479,14 +540,10 @@ fn connect(out: &Out, table: &Table, id: u32, payload: &[u8]) {
     let (tx, rx) = channel::<Option<Vec<u8>>>();
     // The writing side: ends at STDIN_EOF with a shutdown, so the peer reads its end of
     // stream; the connection is forgotten once both sides are done.
+    let feeder_out = out.clone();
     let feeder = thread(move || {
         let mut writer = writer;
-        while let Ok(Some(data)) = rx.recv() {
-            if writer.write_all(&data).is_err() {
-                while let Ok(Some(_)) = rx.recv() {}
-                break;
-            }
-        }
+        forward(&feeder_out, id, &rx, &mut writer);
         let _ = writer.shutdown(Shutdown::Write);
         rows.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     });
@@ -544,19 +601,31 @@ fn dial(host: &str, port: u16) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// Sends what `stream` yields as `kind` frames, within the stream's [`WINDOW`].
 fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
-    thread(move || {
+    let window = Arc::new(Window::default());
+    lock(windows()).insert((id, kind), window.clone());
+    let started = thread(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match stream.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => send(&out, kind, id, &buf[..n]),
+                Ok(n) => {
+                    if window.take(n) {
+                        send(&out, kind, id, &buf[..n]);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // EIO: a terminal whose other side is closed.
                 Err(_) => break,
             }
         }
-    })
+        lock(windows()).remove(&(id, kind));
+    });
+    if started.is_err() {
+        lock(windows()).remove(&(id, kind));
+    }
+    started
 }
 
 /// Sends the exit status once every byte of output is sent.

@@ -19,6 +19,10 @@ pub const RESIZE: u8 = 6;
 /// Client → agent: open a TCP connection (host, port), carried like a command: STDIN to
 /// it, STDOUT from it, EXIT (code 0) at its end of stream, SIGNAL to shut it down.
 pub const CONNECT: u8 = 7;
+/// Client → agent: the client has read `count` bytes of a command's output: stream
+/// ([`STDOUT`] or [`STDERR`]) `u8`, count `u32`, and `u8` 1 when the client's reader is
+/// gone (the agent then drops that stream's output instead of sending it).
+pub const ACK: u8 = 8;
 /// Agent → client: the command runs (its pid).
 pub const STARTED: u8 = 10;
 /// Agent → client: the command could not start (errno, message).
@@ -33,6 +37,14 @@ pub const EXIT: u8 = 14;
 pub const FS_OK: u8 = 15;
 /// Agent → client: a file operation's errno and message.
 pub const FS_ERR: u8 = 16;
+/// Agent → client: the command (or connection) took `count` (`u32`) bytes of its stdin, or
+/// they were dropped because nothing takes them any more.
+pub const TAKEN: u8 = 17;
+
+/// Flow control: the bytes of one stream that may be on their way, sent and not yet
+/// acknowledged (by [`ACK`] for output, [`TAKEN`] for stdin). A reader that stops reading
+/// stops its command once this much waits for it, and nothing else on the connection.
+pub const WINDOW: u32 = 2 * 1024 * 1024;
 
 /// File operation: rename `path` to a second path.
 pub const OP_RENAME: u8 = 1;

@@ -12,10 +12,19 @@
 //! | 5 FS_OP | → agent | op `u8`, path, op arguments |
 //! | 6 RESIZE | → agent | rows, cols (`u32`) |
 //! | 7 CONNECT | → agent | host, port `u32`: a TCP connection, then carried as a command (STDIN, STDOUT, EXIT at its end, SIGNAL shuts it) |
+//! | 8 ACK | → agent | stream (12 or 13) `u8`, bytes read `u32`, reader gone `u8` |
 //! | 10 STARTED / 11 SPAWN_FAILED | agent → | pid `u32` / what `u8` (0 command, 1 cwd), errno `i32`, message |
 //! | 12 STDOUT / 13 STDERR | agent → | bytes |
 //! | 14 EXIT | agent → | 0 code / 1 signal, value `i32`, core dumped `u8` (after all output) |
 //! | 15 FS_OK / 16 FS_ERR | agent → | op result / what, errno, message |
+//! | 17 TAKEN | agent → | stdin bytes the command took (or that were dropped) `u32` |
+//!
+//! Flow control: each output stream and each stdin has a window of `WINDOW` bytes (see
+//! `agent/protocol.rs`). The agent sends a stream's output only while less than that is
+//! unacknowledged, and [`PipeReader`] acknowledges what its reader has read; the stdin
+//! writer sends only while less than that is not yet taken. So a reader that stops reading
+//! stops its command, holds at most a window in memory, and stalls nothing else on the
+//! connection: the task that routes frames never waits for a reader.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -29,7 +38,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reach_core::{Error, ErrorKind, ExitStatus, Result, Signal};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 /// The agent executable, built by `build.rs` for the target this crate is compiled for
 /// (empty when it could not be built).
@@ -132,6 +141,11 @@ pub(crate) struct AgentConn {
     home: String,
     owner: (u32, u32),
     container: String,
+    /// Frames that acknowledge output, queued by readers (which cannot wait) for a task
+    /// that writes them.
+    acks: mpsc::UnboundedSender<Vec<u8>>,
+    /// What each command's stdin may still send: permits are bytes, returned by `TAKEN`.
+    credits: Mutex<HashMap<u32, Arc<Semaphore>>>,
     /// Dropped with the connection: ends the reader task, which closes the exec, and the
     /// agent, seeing its stdin end, kills what it started.
     _closer: oneshot::Sender<()>,
@@ -266,6 +280,7 @@ impl AgentConn {
         let home = fields.string().unwrap_or_default();
         let owner = (fields.u32().unwrap_or(0), fields.u32().unwrap_or(0));
         let (closer, mut closed) = oneshot::channel::<()>();
+        let (acks, mut queued_acks) = mpsc::unbounded_channel::<Vec<u8>>();
         let conn = Arc::new(AgentConn {
             writer: tokio::sync::Mutex::new(input),
             waiters: Mutex::new(Some(HashMap::new())),
@@ -274,7 +289,18 @@ impl AgentConn {
             home,
             owner,
             container,
+            acks,
+            credits: Mutex::new(HashMap::new()),
             _closer: closer,
+        });
+        let acker = Arc::downgrade(&conn);
+        tokio::spawn(async move {
+            while let Some(ack) = queued_acks.recv().await {
+                let Some(conn) = acker.upgrade() else { return };
+                if conn.write_frame(&ack).await.is_err() {
+                    return;
+                }
+            }
         });
         let reader = Arc::downgrade(&conn);
         tokio::spawn(async move {
@@ -397,6 +423,13 @@ impl AgentConn {
                 drop(route.stderr);
                 publish(&route.exit, status);
             }
+            TAKEN => {
+                let count = Fields(payload).u32().unwrap_or(0);
+                let credit = lock(&self.credits).get(&id).cloned();
+                if let Some(credit) = credit {
+                    credit.add_permits(count as usize);
+                }
+            }
             FS_OK | FS_ERR => {
                 if let Some(Waiter::Op(tx)) = waiters.remove(&id) {
                     let _ = tx.send(if kind == FS_OK {
@@ -412,6 +445,10 @@ impl AgentConn {
 
     fn fail_all(&self, why: String) {
         *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        // Writers waiting for room in a stdin window give up.
+        for (_, credit) in lock(&self.credits).drain() {
+            credit.close();
+        }
         let waiters = self
             .waiters
             .lock()
@@ -450,10 +487,13 @@ impl AgentConn {
     }
 
     pub(crate) async fn send(&self, kind: u8, id: u32, payload: &[u8]) -> Result<()> {
-        let bytes = frame(kind, id, payload);
+        self.write_frame(&frame(kind, id, payload)).await
+    }
+
+    async fn write_frame(&self, bytes: &[u8]) -> Result<()> {
         let mut writer = self.writer.lock().await;
         let sent = async {
-            writer.write_all(&bytes).await?;
+            writer.write_all(bytes).await?;
             writer.flush().await
         }
         .await;
@@ -535,8 +575,8 @@ impl AgentConn {
             Ok(Ok(pid)) => Ok(Ok(Spawned {
                 id,
                 pid,
-                stdout: PipeReader::new(out_rx),
-                stderr: PipeReader::new(err_rx),
+                stdout: PipeReader::acked(out_rx, self.acker(id, STDOUT)),
+                stderr: PipeReader::acked(err_rx, self.acker(id, STDERR)),
                 exit: exit_rx,
                 slot: exit,
             })),
@@ -545,11 +585,44 @@ impl AgentConn {
         }
     }
 
-    /// Sends stdin bytes (`None`: end of input) to a command.
-    pub(crate) async fn stdin(&self, id: u32, data: Option<&[u8]>) -> Result<()> {
-        match data {
-            Some(data) => self.send(STDIN, id, data).await,
-            None => self.send(STDIN_EOF, id, &[]).await,
+    /// The stdin window of command `id`, for [`AgentConn::stdin`]; [`AgentConn::end_stdin`]
+    /// gives it up.
+    pub(crate) fn stdin_window(&self, id: u32) -> Arc<Semaphore> {
+        let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        if self.lost().is_some() {
+            credit.close();
+        } else {
+            lock(&self.credits).insert(id, credit.clone());
+        }
+        credit
+    }
+
+    /// Sends stdin bytes to a command once its window has room for them.
+    pub(crate) async fn stdin(&self, id: u32, window: &Semaphore, data: &[u8]) -> Result<()> {
+        // At most a window at once, so that a large write cannot wait forever.
+        for piece in data.chunks(WINDOW as usize) {
+            window
+                .acquire_many(piece.len() as u32)
+                .await
+                .map_err(|_| self.dropped(&self.lost().unwrap_or_default()))?
+                .forget();
+            self.send(STDIN, id, piece).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends a command's stdin, and forgets its window.
+    pub(crate) async fn end_stdin(&self, id: u32) -> Result<()> {
+        lock(&self.credits).remove(&id);
+        self.send(STDIN_EOF, id, &[]).await
+    }
+
+    fn acker(&self, id: u32, stream: u8) -> Acker {
+        Acker {
+            acks: self.acks.clone(),
+            id,
+            stream,
+            unacked: 0,
         }
     }
 
@@ -611,17 +684,80 @@ fn next_frame(buf: &mut BytesMut) -> Option<(u8, u32, Bytes)> {
     Some((kind, id, buf.split_to(len).freeze()))
 }
 
-/// An output stream fed by the reader task.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Acknowledges what a reader of an agent's output stream has read, so that the agent sends
+/// more (see the module's flow control).
+#[derive(Debug)]
+pub(crate) struct Acker {
+    acks: mpsc::UnboundedSender<Vec<u8>>,
+    id: u32,
+    stream: u8,
+    unacked: u32,
+}
+
+impl Acker {
+    /// Acknowledge once a quarter of the window is read: few frames, and the agent never
+    /// waits while the reader has caught up.
+    const EVERY: u32 = WINDOW / 4;
+
+    fn read(&mut self, n: usize) {
+        self.unacked += n as u32;
+        if self.unacked >= Self::EVERY {
+            self.flush(false);
+        }
+    }
+
+    fn flush(&mut self, gone: bool) {
+        let mut payload = vec![self.stream];
+        payload.extend_from_slice(&self.unacked.to_be_bytes());
+        payload.push(u8::from(gone));
+        // The connection being gone is no error here: nothing waits for these bytes then.
+        let _ = self.acks.send(frame(ACK, self.id, &payload));
+        self.unacked = 0;
+    }
+}
+
+impl Drop for Acker {
+    fn drop(&mut self) {
+        self.flush(true);
+    }
+}
+
+/// An output stream fed by a reader task: an agent's (with its [`Acker`]), or an engine
+/// exec's (bounded: the task waits for room).
 #[derive(Debug)]
 pub(crate) struct PipeReader {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: Source,
     chunk: Bytes,
 }
 
+#[derive(Debug)]
+enum Source {
+    Agent(mpsc::UnboundedReceiver<Bytes>, Acker),
+    Engine(mpsc::Receiver<Bytes>),
+}
+
+/// How many pieces of an engine exec's output may wait for their reader (the engine sends
+/// pieces of up to 32 KiB): after that the task routing the exec's output waits, the engine
+/// stops reading the command's pipes, and the command waits.
+pub(crate) const ENGINE_PIECES: usize = 64;
+
 impl PipeReader {
-    pub(crate) fn new(rx: mpsc::UnboundedReceiver<Bytes>) -> Self {
+    /// A stream whose sender waits for room in a bounded channel.
+    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
         PipeReader {
-            rx,
+            rx: Source::Engine(rx),
+            chunk: Bytes::new(),
+        }
+    }
+
+    /// An agent's stream: bounded by the agent's window, which `acker` reopens.
+    fn acked(rx: mpsc::UnboundedReceiver<Bytes>, acker: Acker) -> Self {
+        PipeReader {
+            rx: Source::Agent(rx, acker),
             chunk: Bytes::new(),
         }
     }
@@ -634,7 +770,11 @@ impl AsyncRead for PipeReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         while self.chunk.is_empty() {
-            match self.rx.poll_recv(cx) {
+            let next = match &mut self.rx {
+                Source::Agent(rx, _) => rx.poll_recv(cx),
+                Source::Engine(rx) => rx.poll_recv(cx),
+            };
+            match next {
                 Poll::Ready(Some(chunk)) => self.chunk = chunk,
                 Poll::Ready(None) => return Poll::Ready(Ok(())),
                 Poll::Pending => return Poll::Pending,
@@ -642,6 +782,9 @@ impl AsyncRead for PipeReader {
         }
         let n = self.chunk.len().min(buf.remaining());
         buf.put_slice(&self.chunk.split_to(n));
+        if let Source::Agent(_, acker) = &mut self.rx {
+            acker.read(n);
+        }
         Poll::Ready(Ok(()))
     }
 }

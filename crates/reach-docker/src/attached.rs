@@ -72,8 +72,8 @@ impl MainProcess {
         }
         let mut output = attached.output;
         let mut input = attached.input;
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (err_tx, err_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
+        let (err_tx, err_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
         let (exit_tx, exit_rx) = watch::channel(None);
         let pump_docker = docker.clone();
         let pump_id = id.to_owned();
@@ -89,7 +89,7 @@ impl MainProcess {
                         break;
                     }
                 };
-                let _ = tx.send(message);
+                let _ = tx.send(message).await;
             }
             // All output is in the pipes before the status is published.
             drop(out_tx);

@@ -289,19 +289,20 @@ impl AgentProcess {
 /// shutting it down or dropping it sends the end of input.
 pub(crate) fn stdin_writer(agent: Arc<AgentConn>, id: u32) -> BoxWrite {
     let (tx, mut rx) = tokio::io::duplex(PIPE);
+    let window = agent.stdin_window(id);
     tokio::spawn(async move {
         let mut buf = vec![0u8; STDIN_CHUNK];
         loop {
             match rx.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if agent.stdin(id, Some(&buf[..n])).await.is_err() {
+                    if agent.stdin(id, &window, &buf[..n]).await.is_err() {
                         return;
                     }
                 }
             }
         }
-        let _ = agent.stdin(id, None).await;
+        let _ = agent.end_stdin(id).await;
     });
     Box::pin(tx)
 }
@@ -462,8 +463,8 @@ impl EngineProcess {
             // and that is no error.
             let _ = resize(&conn.docker, &exec_id, p.size).await;
         }
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (err_tx, err_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
+        let (err_tx, err_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit_tx = Arc::new(exit_tx);
         let pump_exit = exit_tx.clone();
@@ -490,9 +491,9 @@ impl EngineProcess {
                     continue;
                 }
                 if let Some(h) = held.take() {
-                    let _ = out_tx.send(h);
+                    let _ = out_tx.send(h).await;
                 }
-                let _ = tx.send(message);
+                let _ = tx.send(message).await;
             }
             let inspected = pump_conn.docker.inspect_exec(&pump_exec).await;
             let outcome = match inspected {
@@ -503,7 +504,7 @@ impl EngineProcess {
                         }
                         (Some(code), text) => {
                             if let Some(text) = text {
-                                let _ = out_tx.send(text);
+                                let _ = out_tx.send(text).await;
                             }
                             if container_running(&pump_conn).await {
                                 Ok(ExitStatus::Code(code as i32))
