@@ -59,6 +59,10 @@ pub enum Defect {
     ErrorKindsIo,
     /// The platform's architecture is wrong.
     WrongArch,
+    /// stdout is read ahead into memory as fast as the command writes, however much.
+    UnboundedOutput,
+    /// stdin takes every write at once and holds it in memory until the command reads it.
+    UnboundedInput,
     /// Ending a TCP connection's writing side never reaches the peer.
     TunnelNoEof,
 }
@@ -225,6 +229,30 @@ fn without_last_byte(mut inner: BoxRead) -> BoxRead {
     Box::pin(rx)
 }
 
+/// Reads `inner` ahead into an unbounded queue as fast as it yields, and hands the bytes on
+/// through a small pipe: [`Defect::UnboundedOutput`] and [`Defect::UnboundedInput`].
+fn read_ahead(mut inner: BoxRead) -> BoxRead {
+    let (queue, mut queued) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = inner.read(&mut buf).await {
+            if n == 0 || queue.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        while let Some(chunk) = queued.recv().await {
+            if tx.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.shutdown().await;
+    });
+    Box::pin(rx)
+}
+
 #[async_trait]
 impl Process for BrokenProcess {
     fn streams(&self) -> Option<&reach_core::Streams> {
@@ -233,6 +261,16 @@ impl Process for BrokenProcess {
 
     fn take_stdin(&self) -> Option<BoxWrite> {
         let mut real = self.inner.take_stdin()?;
+        if self.defect == Defect::UnboundedInput {
+            let (tx, rx) = tokio::io::duplex(64 * 1024);
+            let mut queued = read_ahead(Box::pin(rx));
+            tokio::spawn(async move {
+                if tokio::io::copy(&mut queued, &mut real).await.is_ok() {
+                    let _ = real.shutdown().await;
+                }
+            });
+            return Some(Box::pin(tx));
+        }
         if self.defect != Defect::NoStdinEof {
             return Some(real);
         }
@@ -254,6 +292,7 @@ impl Process for BrokenProcess {
         let stdout = self.inner.take_stdout()?;
         match self.defect {
             Defect::DropLastByte => Some(without_last_byte(stdout)),
+            Defect::UnboundedOutput => Some(read_ahead(stdout)),
             Defect::MergeStderr => match self.inner.take_stderr() {
                 Some(stderr) => Some(Box::pin(stdout.chain(stderr))),
                 None => Some(stdout),

@@ -69,6 +69,8 @@ pub const CHECKS: &[(&str, Defect)] = &[
     ("stdout_stderr_apart", Defect::MergeStderr),
     ("binary_both_ways", Defect::DropLastByte),
     ("large_output", Defect::DropLastByte),
+    ("output_flow_control", Defect::UnboundedOutput),
+    ("input_flow_control", Defect::UnboundedInput),
     ("stdin_streamed_with_eof", Defect::NoStdinEof),
     ("env_vars", Defect::IgnoreEnv),
     ("working_dir", Defect::IgnoreCwd),
@@ -99,6 +101,8 @@ pub async fn run(name: &str, cx: &Ctx) -> CheckResult {
             "stdout_stderr_apart" => stdout_stderr_apart(cx).await,
             "binary_both_ways" => binary_both_ways(cx).await,
             "large_output" => large_output(cx).await,
+            "output_flow_control" => output_flow_control(cx).await,
+            "input_flow_control" => input_flow_control(cx).await,
             "stdin_streamed_with_eof" => stdin_streamed_with_eof(cx).await,
             "env_vars" => env_vars(cx).await,
             "working_dir" => working_dir(cx).await,
@@ -148,7 +152,7 @@ macro_rules! conformance_suite {
     ($fixture:expr) => {
         $crate::conformance_suite!(@each $fixture;
             exit_codes, death_by_signal, stdout_stderr_apart, binary_both_ways, large_output,
-            stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
+            output_flow_control, input_flow_control, stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
             concurrent_sessions, pty_and_resize, fs_read_write, fs_names,
             fs_metadata_permissions, fs_symlinks, fs_glob, fs_directories, fs_rename_truncate_remove,
             fs_errors, platform, tcp_connect);
@@ -346,6 +350,81 @@ async fn large_output(cx: &Ctx) -> CheckResult {
     let status = process.wait().await.map_err(|e| format!("wait: {e}"))?;
     ensure!(seen == TOTAL, "received {seen} of {TOTAL} bytes");
     ensure!(status.success(), "status {status:?}");
+    Ok(())
+}
+
+/// More bytes than every buffer between a command and its reader holds together (pipes,
+/// channel windows, socket buffers), so that a backend which buffers without limit shows.
+const FLOOD: usize = 64 * 1024 * 1024;
+
+/// A command whose stdout nobody reads must wait, not have its output piled up in the
+/// caller's memory; once read, every byte arrives. The command says on stderr when it has
+/// written everything: that can come only once stdout has been read (on SSH, one channel
+/// carries both, and stderr waits behind stdout).
+async fn output_flow_control(cx: &Ctx) -> CheckResult {
+    let line = format!("head -c {FLOOD} /dev/zero && echo written >&2");
+    let process = start(cx, ExecSpec::shell(line)).await?;
+    let mut stdout = process.take_stdout().ok_or("no stdout")?;
+    let mut stderr = process.take_stderr().ok_or("no stderr")?;
+    let mut said = Vec::new();
+    let early = tokio::time::timeout(Duration::from_secs(3), stderr.read_to_end(&mut said)).await;
+    ensure!(
+        early.is_err(),
+        "the command wrote all {FLOOD} bytes while nobody read its stdout (it said {:?}): they \
+         were buffered without limit",
+        text(&said)
+    );
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut seen = 0usize;
+    loop {
+        let n = stdout
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read after {seen} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        ensure!(
+            buf[..n].iter().all(|b| *b == 0),
+            "a non-zero byte near {seen}"
+        );
+        seen += n;
+    }
+    stderr
+        .read_to_end(&mut said)
+        .await
+        .map_err(|e| format!("stderr: {e}"))?;
+    let status = process.wait().await.map_err(|e| format!("wait: {e}"))?;
+    ensure!(seen == FLOOD, "received {seen} of {FLOOD} bytes");
+    ensure!(status.success(), "status {status:?}");
+    ensure!(said == b"written\n", "stderr {:?}", text(&said));
+    Ok(())
+}
+
+/// Writing to the stdin of a command that does not read it must wait once the buffers on
+/// the way are full, not take everything into memory.
+async fn input_flow_control(cx: &Ctx) -> CheckResult {
+    let process = start(cx, ExecSpec::shell("exec sleep 8").stdin(StdinMode::Piped)).await?;
+    let mut stdin = process.take_stdin().ok_or("no stdin")?;
+    let flood = vec![b'x'; FLOOD];
+    let wrote = tokio::time::timeout(Duration::from_secs(3), stdin.write_all(&flood)).await;
+    ensure!(
+        wrote.is_err(),
+        "stdin took all {FLOOD} bytes (result {wrote:?}) for a command that reads none: they \
+         were buffered without limit"
+    );
+    drop(stdin);
+    // A backend that cannot send signals (the Docker engine alone) waits for the end of the
+    // sleep instead.
+    match process.signal(Signal::KILL).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Unsupported => {}
+        Err(e) => return Err(format!("kill: {e}")),
+    }
+    tokio::time::timeout(Duration::from_secs(20), process.wait())
+        .await
+        .map_err(|_| "the command did not end within 20 s".to_owned())?
+        .map_err(|e| format!("wait: {e}"))?;
     Ok(())
 }
 

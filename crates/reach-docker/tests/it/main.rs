@@ -28,7 +28,7 @@ pub fn backend_for(destination: &str, options: DockerOptions) -> Arc<dyn Backend
     Arc::new(DockerBackend::new(destination, options).expect("backend"))
 }
 
-fn no_agent() -> DockerOptions {
+pub fn no_agent() -> DockerOptions {
     let mut options = DockerOptions::default();
     options.agent = false;
     options
