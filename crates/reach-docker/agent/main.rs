@@ -19,7 +19,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 
@@ -425,15 +425,22 @@ fn feed(out: &Out, id: u32, sink: impl Write + Send + 'static) -> io::Result<Sen
 }
 
 /// Writes what arrives on `rx` to `sink` until the end of input, telling the client what was
-/// taken (its window for this stdin). Once `sink` refuses (the command closed its stdin),
-/// what follows is dropped, as a pipe would, and still told as taken.
-fn forward(out: &Out, id: u32, rx: &std::sync::mpsc::Receiver<Option<Vec<u8>>>, sink: &mut impl Write) {
+/// taken (its window for this stdin) at each quarter window: the client waits only with a
+/// whole window unreported, so that is soon enough, and costs few frames. Once `sink`
+/// refuses (the command closed its stdin), what follows is dropped, as a pipe would, and
+/// still told as taken.
+fn forward(out: &Out, id: u32, rx: &Receiver<Option<Vec<u8>>>, sink: &mut impl Write) {
     let mut open = true;
+    let mut taken = 0u32;
     while let Ok(Some(data)) = rx.recv() {
         if open && sink.write_all(&data).is_err() {
             open = false;
         }
-        send(out, TAKEN, id, &(data.len() as u32).to_be_bytes());
+        taken += data.len() as u32;
+        if taken >= WINDOW / 4 {
+            send(out, TAKEN, id, &taken.to_be_bytes());
+            taken = 0;
+        }
     }
 }
 
