@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -186,15 +185,16 @@ impl Provider {
 
     /// The backend for a new channel of connection `conn` (user `user`). `shared` is the
     /// connection's container slot (connection mode), filled on first use. `leased` is the
-    /// connection's hold on its user's container (persistent mode): taken once, however many
-    /// channels the connection opens, and given back by [`Provider::connection_ended`].
+    /// connection's hold on its user's container (persistent mode), by container id: taken
+    /// once per container, however many channels the connection opens (a container that was
+    /// replaced is taken anew), and given back by [`Provider::connection_ended`].
     pub async fn backend(
         &self,
         conn: &str,
         channel: u32,
         user: &str,
         shared: &tokio::sync::Mutex<Option<(Container, Arc<dyn Backend>)>>,
-        leased: &AtomicBool,
+        leased: &Mutex<Option<String>>,
     ) -> Result<Place> {
         let docker = match &self.kind {
             Kind::Local(local) => {
@@ -240,8 +240,10 @@ impl Provider {
                 let found = {
                     let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
                     map.get_mut(user).map(|p| {
-                        if !leased.swap(true, Ordering::SeqCst) {
+                        let mut held = leased.lock().unwrap_or_else(|p| p.into_inner());
+                        if held.as_deref() != Some(p.container.id.as_str()) {
                             p.leases += 1;
+                            *held = Some(p.container.id.clone());
                         }
                         p.generation += 1;
                         (p.backend.clone(), p.container.agent.clone())
@@ -265,7 +267,7 @@ impl Provider {
                 let (container, backend) =
                     self.make(docker, name, conn, user, "persistent").await?;
                 let agent = container.agent.clone();
-                leased.store(true, Ordering::SeqCst);
+                *leased.lock().unwrap_or_else(|p| p.into_inner()) = Some(container.id.clone());
                 let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
                 map.insert(
                     user.to_owned(),
@@ -562,10 +564,10 @@ impl Provider {
         }
     }
 
-    /// A connection of `user` that holds a lease on their container (see
+    /// A connection of `user` that holds a lease on their container `id` (see
     /// [`Provider::backend`]) ended: in persistent mode, start the idle timer when it was
-    /// their last.
-    pub fn connection_ended(&self, user: &str) {
+    /// the container's last. A lease on a container since replaced counts for nothing.
+    pub fn connection_ended(&self, user: &str, id: &str) {
         let Kind::Docker(docker) = &self.kind else {
             return;
         };
@@ -574,7 +576,7 @@ impl Provider {
         }
         let generation = {
             let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(p) = map.get_mut(user) else {
+            let Some(p) = map.get_mut(user).filter(|p| p.container.id == id) else {
                 return;
             };
             p.leases = p.leases.saturating_sub(1);

@@ -2,7 +2,7 @@
 //! state channels share, and the cleanup when a connection ends for any reason.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -90,8 +90,8 @@ pub(crate) struct Conn {
     permissions: Mutex<Permissions>,
     container: tokio::sync::Mutex<Option<(Container, Arc<dyn Backend>)>>,
     channel_containers: Mutex<Vec<Container>>,
-    /// Whether this connection holds a lease on its user's persistent container.
-    leased: AtomicBool,
+    /// The persistent container of its user this connection holds a lease on, if any.
+    leased: Mutex<Option<String>>,
 }
 
 impl Conn {
@@ -227,12 +227,9 @@ impl Conn {
         }
         // Only a connection that took a lease gives one back: one that opened no channel
         // must not start the idle timer under another's running session.
-        if let Some(user) = self
-            .user
-            .get()
-            .filter(|_| self.leased.load(Ordering::SeqCst))
-        {
-            self.shared.provider.connection_ended(user);
+        let leased = self.leased.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(user), Some(id)) = (self.user.get(), leased) {
+            self.shared.provider.connection_ended(user, &id);
         }
     }
 
@@ -490,7 +487,7 @@ pub(crate) async fn serve_connection(
         permissions: Mutex::new(Permissions::ALL),
         container: tokio::sync::Mutex::new(None),
         channel_containers: Mutex::new(Vec::new()),
-        leased: AtomicBool::new(false),
+        leased: Mutex::new(None),
     });
     let handler = Client { conn: conn.clone() };
     let outcome = match russh::server::run_stream(config, stream, handler).await {

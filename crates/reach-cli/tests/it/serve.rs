@@ -945,7 +945,12 @@ struct Master {
 
 impl Master {
     fn open(gw: &Gateway) -> Master {
-        let socket = gw.path("ctl.sock");
+        Master::named(gw, "ctl.sock")
+    }
+
+    /// A master connection whose control socket is `name` in the gateway's directory.
+    fn named(gw: &Gateway, name: &str) -> Master {
+        let socket = gw.path(name);
         let cmd = gw.ssh_with(
             "client",
             "tester",
@@ -1260,6 +1265,49 @@ fn docker_persistent_mode_counts_connections_not_channels() {
         (Some(0), "alive\n".to_owned()),
         "the session's container was taken away: {}",
         gw.log_text()
+    );
+}
+
+/// A user's container that was removed by hand is replaced, and every connection of the
+/// user still holding the lost one holds the replacement once it uses it: one of them
+/// leaving does not idle it out from under the other.
+#[test]
+fn docker_persistent_mode_a_replaced_container_keeps_its_holders() {
+    let Some(config) = docker_config("persistent", "idle_timeout_secs = 2") else {
+        return;
+    };
+    let gw = Gateway::start(&config);
+    let (a, b) = (Master::named(&gw, "a.sock"), Master::named(&gw, "b.sock"));
+    for master in [&a, &b] {
+        let out = master.ssh(&gw, &["true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let lost = gw.containers();
+    assert_eq!(lost.len(), 1);
+    let removed = Command::new("docker")
+        .args(["rm", "-f", &lost[0]])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{}", text(&removed.stderr));
+    // Both connections use the replacement; then one of them leaves.
+    let out = a.ssh(&gw, &["echo kept > /tmp/mark"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = b.ssh(&gw, &["cat /tmp/mark"]);
+    assert_eq!(text(&out.stdout), "kept\n", "{}", text(&out.stderr));
+    b.close();
+    // Past the idle timeout, the other still has it.
+    std::thread::sleep(Duration::from_secs(5));
+    let out = a.ssh(&gw, &["cat /tmp/mark"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(0), "kept\n".to_owned()),
+        "the replacement container idled out under a connection that holds it: {}",
+        gw.log_text()
+    );
+    a.close();
+    assert!(
+        eventually(Duration::from_secs(30), || gw.containers().is_empty()),
+        "not removed once both connections left"
     );
 }
 
