@@ -87,18 +87,37 @@ fn open_pty(rows: u16, cols: u16) -> io::Result<(std::fs::File, String)> {
     }
 }
 
-type Out = Arc<Mutex<io::Stdout>>;
+/// The agent's stdout, unbuffered: every frame goes out in one write (`io::Stdout` is
+/// line-buffered, which split each frame into a write of its header and one of its
+/// payload, and the engine passed each on as a piece of its own).
+type Out = Arc<Mutex<std::fs::File>>;
 
-fn send(out: &Out, kind: u8, id: u32, payload: &[u8]) {
+fn stdout_file() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 1 stays open for the agent's whole life, and nothing else writes to it:
+    // every frame goes through `send` or `send_framed`.
+    unsafe { std::fs::File::from_raw_fd(1) }
+}
+
+fn header(kind: u8, id: u32, len: usize) -> [u8; 9] {
     let mut head = [0u8; 9];
     head[0] = kind;
     head[1..5].copy_from_slice(&id.to_be_bytes());
-    head[5..9].copy_from_slice(&(payload.len() as u32).to_be_bytes());
-    let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+    head[5..9].copy_from_slice(&(len as u32).to_be_bytes());
+    head
+}
+
+fn send(out: &Out, kind: u8, id: u32, payload: &[u8]) {
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&header(kind, id, payload.len()));
+    frame.extend_from_slice(payload);
+    send_framed(out, &frame);
+}
+
+/// Writes a whole frame, header included.
+fn send_framed(out: &Out, frame: &[u8]) {
     // A write error means the client is gone; stdin's end will tear everything down.
-    let _ = out.write_all(&head);
-    let _ = out.write_all(payload);
-    let _ = out.flush();
+    let _ = lock(out).write_all(frame);
 }
 
 /// Reads length-prefixed fields out of a payload.
@@ -194,7 +213,7 @@ fn windows() -> &'static Mutex<HashMap<(u32, u8), Arc<Window>>> {
 }
 
 fn main() {
-    let out: Out = Arc::new(Mutex::new(io::stdout()));
+    let out: Out = Arc::new(Mutex::new(stdout_file()));
     let table: Table = Arc::new(Mutex::new(HashMap::new()));
     let mut hello = Vec::new();
     put_bytes(&mut hello, VERSION.as_bytes());
@@ -613,13 +632,15 @@ fn pump(out: Out, id: u32, kind: u8, mut stream: impl Read + Send + 'static) -> 
     let window = Arc::new(Window::default());
     lock(windows()).insert((id, kind), window.clone());
     let started = thread(move || {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Read after room for the header, so that a frame is one write with no copy.
+        let mut buf = vec![0u8; 9 + 64 * 1024];
         loop {
-            match stream.read(&mut buf) {
+            match stream.read(&mut buf[9..]) {
                 Ok(0) => break,
                 Ok(n) => {
                     if window.take(n) {
-                        send(&out, kind, id, &buf[..n]);
+                        buf[..9].copy_from_slice(&header(kind, id, n));
+                        send_framed(&out, &buf[..9 + n]);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
