@@ -331,26 +331,39 @@ async fn large_output(cx: &Ctx) -> CheckResult {
     )
     .await?;
     let mut stdout = process.take_stdout().ok_or("no stdout")?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut seen = 0usize;
-    loop {
-        let n = stdout
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read after {seen} bytes: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        for (i, byte) in buf[..n].iter().enumerate() {
+    let seen = read_checked(&mut stdout, |seen, piece| {
+        for (i, byte) in piece.iter().enumerate() {
             let at = seen + i;
             ensure!(*byte == LINE[at % LINE.len()], "byte {at} is {byte:#x}");
         }
-        seen += n;
-    }
+        Ok(())
+    })
+    .await?;
     let status = process.wait().await.map_err(|e| format!("wait: {e}"))?;
     ensure!(seen == TOTAL, "received {seen} of {TOTAL} bytes");
     ensure!(status.success(), "status {status:?}");
     Ok(())
+}
+
+/// Reads `stream` to its end, handing `check` each piece with the count of bytes before it;
+/// gives the count of all.
+async fn read_checked(
+    stream: &mut reach_core::BoxRead,
+    mut check: impl FnMut(usize, &[u8]) -> CheckResult,
+) -> Result<usize, String> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut seen = 0usize;
+    loop {
+        let n = stream
+            .read(&mut buf)
+            .await
+            .map_err(|e| format!("read after {seen} bytes: {e}"))?;
+        if n == 0 {
+            return Ok(seen);
+        }
+        check(seen, &buf[..n])?;
+        seen += n;
+    }
 }
 
 /// More bytes than every buffer between a command and its reader holds together (pipes,
@@ -374,22 +387,11 @@ async fn output_flow_control(cx: &Ctx) -> CheckResult {
          were buffered without limit",
         text(&said)
     );
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut seen = 0usize;
-    loop {
-        let n = stdout
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("read after {seen} bytes: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        ensure!(
-            buf[..n].iter().all(|b| *b == 0),
-            "a non-zero byte near {seen}"
-        );
-        seen += n;
-    }
+    let seen = read_checked(&mut stdout, |seen, piece| {
+        ensure!(piece.iter().all(|b| *b == 0), "a non-zero byte near {seen}");
+        Ok(())
+    })
+    .await?;
     stderr
         .read_to_end(&mut said)
         .await
