@@ -589,10 +589,13 @@ impl AgentConn {
     /// gives it up.
     pub(crate) fn stdin_window(&self, id: u32) -> Arc<Semaphore> {
         let credit = Arc::new(Semaphore::new(WINDOW as usize));
+        // Under the lock that `fail_all` drains with, so that a window made while the
+        // connection is being lost is closed by one or the other.
+        let mut credits = lock(&self.credits);
         if self.lost().is_some() {
             credit.close();
         } else {
-            lock(&self.credits).insert(id, credit.clone());
+            credits.insert(id, credit.clone());
         }
         credit
     }
@@ -623,6 +626,7 @@ impl AgentConn {
             id,
             stream,
             unacked: 0,
+            ended: false,
         }
     }
 
@@ -696,6 +700,8 @@ pub(crate) struct Acker {
     id: u32,
     stream: u8,
     unacked: u32,
+    /// The stream reached its end: the agent's pump is gone, and nothing needs telling.
+    ended: bool,
 }
 
 impl Acker {
@@ -722,7 +728,9 @@ impl Acker {
 
 impl Drop for Acker {
     fn drop(&mut self) {
-        self.flush(true);
+        if !self.ended {
+            self.flush(true);
+        }
     }
 }
 
@@ -741,7 +749,7 @@ enum Source {
 }
 
 /// How many pieces of an engine exec's output may wait for their reader (the engine sends
-/// pieces of up to 32 KiB): after that the task routing the exec's output waits, the engine
+/// what each read of the command's pipe gave, typically up to 32 KiB): after that the task routing the exec's output waits, the engine
 /// stops reading the command's pipes, and the command waits.
 pub(crate) const ENGINE_PIECES: usize = 64;
 
@@ -771,7 +779,11 @@ impl AsyncRead for PipeReader {
     ) -> Poll<std::io::Result<()>> {
         while self.chunk.is_empty() {
             let next = match &mut self.rx {
-                Source::Agent(rx, _) => rx.poll_recv(cx),
+                Source::Agent(rx, acker) => {
+                    let next = rx.poll_recv(cx);
+                    acker.ended |= matches!(next, Poll::Ready(None));
+                    next
+                }
                 Source::Engine(rx) => rx.poll_recv(cx),
             };
             match next {
