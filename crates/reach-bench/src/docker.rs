@@ -1,11 +1,13 @@
 //! Docker scenarios, each against the docker CLI on the same container in the same run.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use reach::docker::{DockerBackend, DockerOptions};
-use reach::{Backend, Destination, ExecSpec, ProcessExt};
+use reach::{Backend, Destination, ExecSpec, ProcessExt, StdinMode};
 use reach_test::docker::ContainerFixture;
+use tokio::io::AsyncWriteExt;
 
 use crate::{
     download, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload, Args,
@@ -24,6 +26,7 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     Ok(vec![
         exec_latency(args, &container, &backend, &rt, reach_bin)?,
         throughput(args, &container, &backend, &rt)?,
+        exec_streams(args, &container, &backend, &rt, reach_bin)?,
     ])
 }
 
@@ -193,6 +196,210 @@ fn throughput(
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to docker cp (median)"],
+        rows,
+    })
+}
+
+/// What the output scenarios run in the container: `mib` MiB of zeros in 1 MiB writes.
+fn dd_argv(mib: u64) -> Vec<String> {
+    ["dd", "if=/dev/zero", "bs=1048576", &format!("count={mib}")]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// Runs `cmd` with its stdout counted (stderr dropped) and `feed` bytes of zeros on its
+/// stdin; the count of stdout bytes, or why the command failed.
+fn counted(cmd: &mut Command, feed: Option<u64>) -> Result<(u64, Vec<u8>), String> {
+    let mut child = cmd
+        .stdin(if feed.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    let writer = child.stdin.take().zip(feed).map(|(mut stdin, bytes)| {
+        std::thread::spawn(move || {
+            let zeros = vec![0u8; 1 << 20];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(zeros.len() as u64) as usize;
+                stdin.write_all(&zeros[..n])?;
+                left -= n as u64;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+    });
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stdout.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < 64 {
+            head.extend_from_slice(&buf[..n.min(64)]);
+        }
+        total += n as u64;
+    }
+    if let Some(writer) = writer {
+        writer
+            .join()
+            .map_err(|_| "the stdin writer panicked".to_owned())?
+            .map_err(|e| format!("writing stdin: {e}"))?;
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("{cmd:?}: {status}"));
+    }
+    Ok((total, head))
+}
+
+fn expect_count(what: &str, got: u64, want: u64) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: {got} bytes, expected {want}"))
+    }
+}
+
+/// `wc -c`'s answer must be `want`.
+fn expect_wc(what: &str, said: &[u8], want: u64) -> Result<(), String> {
+    let text = String::from_utf8_lossy(said);
+    if text.trim() == want.to_string() {
+        Ok(())
+    } else {
+        Err(format!("{what}: `wc -c` said {text:?}, expected {want}"))
+    }
+}
+
+/// Output through the library: stdout read to its end and counted.
+async fn library_output(backend: &dyn Backend, argv: Vec<String>) -> Result<u64, String> {
+    let process = backend
+        .exec(ExecSpec::argv(argv))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stdout = process.take_stdout().ok_or("no stdout")?;
+    let total = tokio::io::copy(&mut stdout, &mut tokio::io::sink())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = process.wait().await.map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("dd in the container: {status}"));
+    }
+    Ok(total)
+}
+
+/// Input through the library: `bytes` of zeros into `wc -c`, and its answer.
+async fn library_input(backend: &dyn Backend, bytes: u64) -> Result<Vec<u8>, String> {
+    let process = backend
+        .exec(ExecSpec::argv(["wc", "-c"]).stdin(StdinMode::Piped))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut stdin = process.take_stdin().ok_or("no stdin")?;
+    let zeros = vec![0u8; 1 << 20];
+    let feed = async {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            stdin.write_all(&zeros[..n]).await?;
+            left -= n as u64;
+        }
+        stdin.shutdown().await
+    };
+    let (fed, out) = tokio::join!(feed, process.output());
+    fed.map_err(|e| format!("writing stdin: {e}"))?;
+    let out = out.map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("wc in the container: {}", out.status));
+    }
+    Ok(out.stdout)
+}
+
+fn exec_streams(
+    args: &Args,
+    container: &ContainerFixture,
+    backend: &DockerBackend,
+    rt: &tokio::runtime::Runtime,
+    reach_bin: &Path,
+) -> Result<Section, String> {
+    let mib = args.size_mib;
+    let size = mib << 20;
+    let name = container.name().to_owned();
+    let dest = container.destination(None);
+    let agent = crate::WarmAgent::new(reach_bin)?;
+    let dd = dd_argv(mib);
+    let steps: Vec<(&'static str, Step)> = vec![
+        (
+            "output: `docker exec NAME dd …`",
+            Box::new(|| {
+                let (got, _) =
+                    counted(Command::new("docker").args(["exec", &name]).args(&dd), None)?;
+                expect_count("docker exec dd", got, size)
+            }),
+        ),
+        (
+            "output: reach library, stdout read",
+            Box::new(|| {
+                let got = rt.block_on(library_output(backend, dd.clone()))?;
+                expect_count("library dd", got, size)
+            }),
+        ),
+        (
+            "output: `reach exec docker://NAME -- dd …` (warm agent)",
+            Box::new(|| {
+                let (got, _) = counted(agent.reach().args(["exec", &dest, "--"]).args(&dd), None)?;
+                expect_count("reach exec dd", got, size)
+            }),
+        ),
+        (
+            "input: `docker exec -i NAME wc -c`",
+            Box::new(|| {
+                let (_, said) = counted(
+                    Command::new("docker").args(["exec", "-i", &name, "wc", "-c"]),
+                    Some(size),
+                )?;
+                expect_wc("docker exec -i", &said, size)
+            }),
+        ),
+        (
+            "input: reach library, stdin written",
+            Box::new(|| {
+                let said = rt.block_on(library_input(backend, size))?;
+                expect_wc("library stdin", &said, size)
+            }),
+        ),
+        (
+            "input: `reach exec docker://NAME -- wc -c` (warm agent)",
+            Box::new(|| {
+                let (_, said) = counted(
+                    agent.reach().args(["exec", &dest, "--", "wc", "-c"]),
+                    Some(size),
+                )?;
+                expect_wc("reach exec stdin", &said, size)
+            }),
+        ),
+    ];
+    // Once each first: the agents start, and a failure shows before any timing.
+    for (_, step) in &steps {
+        step()?;
+    }
+    let rows = throughput_rounds(&steps, args.transfers, size, 3)?;
+    Ok(Section {
+        title: format!("docker exec streams ({mib} MiB)"),
+        text: format!(
+            "{mib} MiB through a command's stdout (`dd if=/dev/zero bs=1048576`) and into its \
+             stdin (`wc -c`, whose count is checked) in a busybox container on the local \
+             engine, {} rounds, interleaved. The docker CLI streams through one engine exec; \
+             reach through its in-container agent, under flow control (a 2 MiB window per \
+             stream), and the CLI also through the connection agent (warm).",
+            args.transfers
+        ),
+        columns: ["median", "best", "ratio to the docker CLI (median)"],
         rows,
     })
 }
