@@ -792,10 +792,26 @@ impl AsyncRead for PipeReader {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        let n = self.chunk.len().min(buf.remaining());
-        buf.put_slice(&self.chunk.split_to(n));
+        let mut read = 0;
+        // What has already arrived, as far as `buf` has room: fewer, larger reads.
+        loop {
+            let n = self.chunk.len().min(buf.remaining());
+            buf.put_slice(&self.chunk.split_to(n));
+            read += n;
+            if buf.remaining() == 0 || !self.chunk.is_empty() {
+                break;
+            }
+            let next = match &mut self.rx {
+                Source::Agent(rx, _) => rx.try_recv().ok(),
+                Source::Engine(rx) => rx.try_recv().ok(),
+            };
+            match next {
+                Some(chunk) => self.chunk = chunk,
+                None => break,
+            }
+        }
         if let Source::Agent(_, acker) = &mut self.rx {
-            acker.read(n);
+            acker.read(read);
         }
         Poll::Ready(Ok(()))
     }

@@ -265,7 +265,8 @@ async fn wait_forwarding_signals(
 
 /// Copies a process stream to ours, flushing each chunk so output is never held back.
 async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // Large: each write to tokio's stdout is a trip to a blocking thread.
+    let mut buf = vec![0u8; 256 * 1024];
     loop {
         match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
