@@ -10,13 +10,18 @@ use reach_test::PeerFixture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub async fn fixture() -> Option<PeerFixture<ContainerFixture>> {
-    if !reach_test::docker::available_or_skip("reach-docker conformance") {
+    fixture_with("reach-docker conformance", DockerOptions::default())
+}
+
+/// A busybox container and a backend for it with `options`; `None` (said why) without an
+/// engine.
+fn fixture_with(test: &str, options: DockerOptions) -> Option<PeerFixture<ContainerFixture>> {
+    if !reach_test::docker::available_or_skip(test) {
         return None;
     }
     let container = ContainerFixture::busybox().expect("busybox container");
     let destination = Destination::parse(&container.destination(None)).expect("destination");
-    let backend =
-        Arc::new(DockerBackend::new(destination, DockerOptions::default()).expect("backend"));
+    let backend = Arc::new(DockerBackend::new(destination, options).expect("backend"));
     Some(PeerFixture {
         backend,
         scratch: container.scratch(None).expect("scratch dir"),
@@ -41,16 +46,11 @@ fn every_check_is_generated() {
 /// each go through one exec's own connection to the engine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flow_control_without_the_agent() {
-    if !reach_test::docker::available_or_skip("reach-docker flow control without the agent") {
+    let Some(fixture) = fixture_with(
+        "reach-docker flow control without the agent",
+        crate::no_agent(),
+    ) else {
         return;
-    }
-    let container = ContainerFixture::busybox().expect("busybox container");
-    let backend = crate::backend_for(&container.destination(None), crate::no_agent());
-    let fixture = PeerFixture {
-        backend,
-        scratch: container.scratch(None).expect("scratch dir"),
-        denied: "/denied".to_owned(),
-        peer: container,
     };
     for check in ["output_flow_control", "input_flow_control"] {
         reach_test::conformance::assert_check(check, &fixture).await;
