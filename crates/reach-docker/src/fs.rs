@@ -1,6 +1,7 @@
-//! Files in a container through the archive API: `HEAD` for stat, `GET` (a tar stream) to
-//! read, `PUT` (a tar stream) to write. Neither needs anything in the image. What the archive
-//! API cannot do goes through the agent, or else a shell.
+//! Files in a container: reads and writes through the agent when it runs (`agent_io.rs`),
+//! else through the archive API: `GET` (a tar stream) to read, `PUT` (a tar stream) to write;
+//! `HEAD` for stat either way. The archive API needs nothing in the image. What it cannot do
+//! goes through the agent, or else a shell.
 //!
 //! The engine reads and extracts archives with its own (root) rights: files are written
 //! owned by the destination's user, but the engine does not check that user's permissions.

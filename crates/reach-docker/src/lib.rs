@@ -13,9 +13,12 @@
 //!   sized before the command starts. When the agent cannot be installed (a read-only root
 //!   file system, another architecture, [`DockerOptions::agent`] off), commands run as
 //!   engine execs.
-//! - **Files** go through the archive API (a streamed tar each way; stat from its `HEAD`),
-//!   which needs nothing in the image. Renames, permissions, truncation, removal and listings
-//!   go through the agent, or else a shell in the container; with neither they are
+//! - **Files** are read and written by the agent, as the destination's user (chunked
+//!   requests, several in flight). Without it they go through the archive API (a streamed tar
+//!   each way), which needs nothing in the image; but the engine then writes as root, and
+//!   holds the container's lock while a read streams, so an exec into that container waits
+//!   for the read. Stat is the archive `HEAD`. Renames, permissions, truncation, removal and
+//!   listings go through the agent, or else a shell in the container; with neither they are
 //!   [`ErrorKind::Unsupported`].
 //! - **Lifecycle** for the gateway: [`Containers`] creates, starts, stops, removes, lists and
 //!   reaps containers by label, and runs a container with its main process attached as a

@@ -502,3 +502,44 @@ async fn the_agent_is_installed_once_and_commands_outlive_no_connection() {
     assert!(out.success());
     assert_eq!(sh(&c, "ls /.reach | wc -l").trim(), "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_read_does_not_lock_the_container() {
+    if !engine("a read beside a new connection") {
+        return;
+    }
+    let c = ContainerFixture::busybox().unwrap();
+    // Far more than the buffers on the way hold, so that the stalled read below is still
+    // streaming while the second connection starts.
+    sh(&c, "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null");
+    let reader = backend_for(&c.destination(None), DockerOptions::default());
+    let mut file = reader
+        .fs()
+        .await
+        .unwrap()
+        .open_read("/tmp/big")
+        .await
+        .unwrap();
+    let mut first = vec![1u8; 1 << 20];
+    file.read_exact(&mut first).await.unwrap();
+
+    // The engine holds a container's lock for as long as an archive read streams (what
+    // `docker cp` out uses), and every exec into that container waits for it. A new
+    // connection starts its agent with an exec; it must not wait for a reader that dawdles.
+    let other = backend_for(&c.destination(None), DockerOptions::default());
+    let ran = tokio::time::timeout(Duration::from_secs(30), async {
+        other.exec(ExecSpec::argv(["true"])).await?.wait().await
+    })
+    .await
+    .expect("a command on a second connection waited 30 s behind a read in progress");
+    assert!(ran.unwrap().success());
+
+    // The held read then goes on to the end.
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(first.len() + rest.len(), 64 << 20);
+    assert!(
+        first.iter().chain(&rest).all(|&b| b == 0),
+        "the bytes differ"
+    );
+}
