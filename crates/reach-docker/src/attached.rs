@@ -11,14 +11,10 @@ use futures_util::StreamExt;
 use reach_core::{
     BoxRead, BoxWrite, Error, ErrorKind, ExitStatus, Process, PtySize, Result, Signal, Streams,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::agent::{publish, PipeReader};
 use crate::engine_error;
-
-/// Bytes buffered between a caller's stdin writes and the container.
-const PIPE: usize = 256 * 1024;
 
 /// The main process of a container started by [`crate::Containers::run`].
 pub(crate) struct MainProcess {
@@ -71,7 +67,7 @@ impl MainProcess {
             let _ = resize(docker, address, id, size).await;
         }
         let mut output = attached.output;
-        let mut input = attached.input;
+        let input = attached.input;
         let (out_tx, out_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
         let (err_tx, err_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -104,22 +100,11 @@ impl MainProcess {
             publish(&exit_tx, outcome);
         });
         let stdin: Option<BoxWrite> = if stdin {
-            let (tx, mut rx) = tokio::io::duplex(PIPE);
-            let mut ended = exit_rx.clone();
-            tokio::spawn(async move {
-                let copied = tokio::io::copy(&mut rx, &mut input).await.is_ok();
-                if pty.is_none() {
-                    if copied {
-                        let _ = input.shutdown().await;
-                    }
-                    return;
-                }
-                // Under a terminal, closing the attached stdin makes the engine close the
-                // container's terminal, and what the command writes next may be lost; a
-                // terminal's input never ends, so it stays open until the command does.
-                let _ = ended.wait_for(Option::is_some).await;
-            });
-            Some(Box::pin(tx))
+            Some(crate::process::attached_stdin(
+                input,
+                pty.is_some(),
+                exit_rx.clone(),
+            ))
         } else {
             drop(input);
             None

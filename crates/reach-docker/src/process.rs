@@ -31,6 +31,30 @@ fn argv(command: &CommandLine) -> Vec<String> {
     }
 }
 
+/// The caller's end of an attached engine stream's stdin (an exec's, or a container's main
+/// process's): what it writes is copied in, and closing it closes the engine's stdin, but not
+/// under a terminal. There the engine ends the output at once when the attached stdin
+/// closes, and what the command writes next is lost; a terminal's input never ends (^D ends
+/// what the command reads), so it stays open until the command has ended (`ended`).
+pub(crate) fn attached_stdin(
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pty: bool,
+    mut ended: watch::Receiver<Option<Result<ExitStatus>>>,
+) -> BoxWrite {
+    let (tx, mut rx) = tokio::io::duplex(PIPE);
+    tokio::spawn(async move {
+        let copied = tokio::io::copy(&mut rx, &mut input).await.is_ok();
+        if !pty {
+            if copied {
+                let _ = input.shutdown().await;
+            }
+            return;
+        }
+        let _ = ended.wait_for(Option::is_some).await;
+    });
+    Box::pin(tx)
+}
+
 /// Installs the agent if the container lacks this version of it, and starts it.
 pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentConn>, String> {
     let path = agent::install_path();
@@ -448,11 +472,7 @@ impl EngineProcess {
             )
             .await
             .map_err(|e| engine_error(&conn.address, &doing("starting an exec"), e))?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started
-        else {
+        let StartExecResults::Attached { mut output, input } = started else {
             return Err(Error::new(
                 ErrorKind::Protocol,
                 "the engine started the exec detached",
@@ -531,13 +551,7 @@ impl EngineProcess {
             publish(&pump_exit, outcome);
         });
         let stdin: Option<BoxWrite> = if piped {
-            let (tx, mut rx) = tokio::io::duplex(PIPE);
-            tokio::spawn(async move {
-                if tokio::io::copy(&mut rx, &mut input).await.is_ok() {
-                    let _ = input.shutdown().await;
-                }
-            });
-            Some(Box::pin(tx))
+            Some(attached_stdin(input, pty, exit_rx.clone()))
         } else {
             drop(input);
             None

@@ -38,6 +38,8 @@ pub enum Defect {
     MaxSessions,
     /// Resizing the terminal does nothing (but says it worked).
     IgnoreResize,
+    /// Closing stdin closes the terminal too: the command's output ends there.
+    HangUpWithStdin,
     /// File writes lose their last byte.
     TruncateWrites,
     /// File reads lose their last byte (the file's own hash, computed by the wrapped
@@ -130,6 +132,7 @@ impl Backend for BrokenBackend {
             defect: self.defect,
             live: self.live.clone(),
             held_stdin: std::sync::Mutex::new(Vec::new()),
+            stdin_closed: Arc::new(tokio::sync::watch::channel(false).0),
         }))
     }
 
@@ -195,6 +198,8 @@ struct BrokenProcess {
     live: Arc<AtomicUsize>,
     /// Real stdin streams kept open for [`Defect::NoStdinEof`].
     held_stdin: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// Set once the caller closed stdin, for [`Defect::HangUpWithStdin`].
+    stdin_closed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Drop for BrokenProcess {
@@ -223,6 +228,37 @@ fn without_last_byte(mut inner: BoxRead) -> BoxRead {
                 return;
             }
             pending = last.first().copied();
+        }
+        let _ = tx.shutdown().await;
+    });
+    Box::pin(rx)
+}
+
+/// A reader that yields what `inner` does until `closed` turns true, then ends.
+fn until_closed(mut inner: BoxRead, mut closed: tokio::sync::watch::Receiver<bool>) -> BoxRead {
+    let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let hung_up = async {
+            while !*closed.borrow_and_update() {
+                if closed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::pin!(hung_up);
+        loop {
+            tokio::select! {
+                () = &mut hung_up => break,
+                read = inner.read(&mut buf) => match read {
+                    Ok(n) if n > 0 => {
+                        if tx.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ => break,
+                },
+            }
         }
         let _ = tx.shutdown().await;
     });
@@ -271,6 +307,17 @@ impl Process for BrokenProcess {
             });
             return Some(Box::pin(tx));
         }
+        if self.defect == Defect::HangUpWithStdin {
+            let (tx, mut rx) = tokio::io::duplex(64 * 1024);
+            let closed = self.stdin_closed.clone();
+            tokio::spawn(async move {
+                if tokio::io::copy(&mut rx, &mut real).await.is_ok() {
+                    let _ = real.shutdown().await;
+                }
+                closed.send_replace(true);
+            });
+            return Some(Box::pin(tx));
+        }
         if self.defect != Defect::NoStdinEof {
             return Some(real);
         }
@@ -293,6 +340,7 @@ impl Process for BrokenProcess {
         match self.defect {
             Defect::DropLastByte => Some(without_last_byte(stdout)),
             Defect::UnboundedOutput => Some(read_ahead(stdout)),
+            Defect::HangUpWithStdin => Some(until_closed(stdout, self.stdin_closed.subscribe())),
             Defect::MergeStderr => match self.inner.take_stderr() {
                 Some(stderr) => Some(Box::pin(stdout.chain(stderr))),
                 None => Some(stdout),

@@ -77,6 +77,7 @@ pub const CHECKS: &[(&str, Defect)] = &[
     ("timeout_kills_tree", Defect::NoTimeout),
     ("concurrent_sessions", Defect::MaxSessions),
     ("pty_and_resize", Defect::IgnoreResize),
+    ("pty_stdin_close", Defect::HangUpWithStdin),
     ("fs_read_write", Defect::TruncateWrites),
     ("fs_names", Defect::LossyNames),
     ("fs_metadata_permissions", Defect::IgnoreChmod),
@@ -109,6 +110,7 @@ pub async fn run(name: &str, cx: &Ctx) -> CheckResult {
             "timeout_kills_tree" => timeout_kills_tree(cx).await,
             "concurrent_sessions" => concurrent_sessions(cx).await,
             "pty_and_resize" => pty_and_resize(cx).await,
+            "pty_stdin_close" => pty_stdin_close(cx).await,
             "fs_read_write" => fs_read_write(cx).await,
             "fs_names" => fs_names(cx).await,
             "fs_metadata_permissions" => fs_metadata_permissions(cx).await,
@@ -153,7 +155,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@each $fixture;
             exit_codes, death_by_signal, stdout_stderr_apart, binary_both_ways, large_output,
             output_flow_control, input_flow_control, stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
-            concurrent_sessions, pty_and_resize, fs_read_write, fs_names,
+            concurrent_sessions, pty_and_resize, pty_stdin_close, fs_read_write, fs_names,
             fs_metadata_permissions, fs_symlinks, fs_glob, fs_directories, fs_rename_truncate_remove,
             fs_errors, platform, tcp_connect);
     };
@@ -592,6 +594,38 @@ async fn pty_and_resize(cx: &Ctx) -> CheckResult {
         Err(e) if e.kind() == ErrorKind::InvalidInput => {}
         other => return Err(format!("resize without a PTY gave {other:?}")),
     }
+    Ok(())
+}
+
+/// Under a terminal, input ends with the terminal's end-of-file character (^D), as a user
+/// types it; closing stdin only says nothing more will be typed, and must not hang the
+/// terminal up: what the command writes after it still arrives, and so does its status.
+async fn pty_stdin_close(cx: &Ctx) -> CheckResult {
+    // The markers are computed, so the terminal's echo of the input cannot show them.
+    let spec = ExecSpec::shell("cat; echo after-$((1+1)); sleep 1; echo later-$((2+1))")
+        .pty("xterm", PtySize { rows: 24, cols: 80 })
+        .stdin(StdinMode::Piped);
+    let process = start(cx, spec).await?;
+    let mut stdin = process.take_stdin().ok_or("no stdin")?;
+    let mut stdout = process.take_stdout().ok_or("no stdout")?;
+    stdin
+        .write_all(b"typed\n\x04")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    stdin
+        .shutdown()
+        .await
+        .map_err(|e| format!("closing stdin: {e}"))?;
+    drop(stdin);
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, b"after-2").await?;
+    read_until(&mut stdout, &mut seen, b"later-3").await?;
+    let status = process.wait().await.map_err(|e| format!("wait: {e}"))?;
+    ensure!(
+        status == ExitStatus::Code(0),
+        "status {status:?} after stdin closed; the terminal showed {:?}",
+        text(&seen)
+    );
     Ok(())
 }
 

@@ -57,6 +57,18 @@ async fn flow_control_without_the_agent() {
     }
 }
 
+/// A terminal through the engine alone (no agent) is not hung up when stdin closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pty_stdin_close_without_the_agent() {
+    let Some(fixture) = fixture_with(
+        "reach-docker terminal stdin without the agent",
+        crate::no_agent(),
+    ) else {
+        return;
+    };
+    reach_test::conformance::assert_check("pty_stdin_close", &fixture).await;
+}
+
 /// One agent carries every command and file operation of a connection: a command whose
 /// output nobody reads stops, and the rest goes on beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
