@@ -574,7 +574,11 @@ fn docker_file(args: &Args, reach_bin: &Path) -> Result<Section, String> {
              through its agent in the container (started by each `reach` process with one \
              engine exec), hashing, verifying against the agent's SHA-256 (of the part \
              once written, copying in; of the source while it streams, copying out), \
-             fsyncing and renaming.",
+             fsyncing and renaming. While an archive read streams, the engine holds the \
+             container's lock and every exec into that container waits for \
+             it; reach reads through its agent to avoid that, and the agent's output crosses \
+             containerd-shim and dockerd, which costs the engine more per byte than an archive \
+             read.",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to docker cp (median)"],

@@ -192,7 +192,11 @@ fn throughput(
              streams a tar through the engine's archive API; reach reads and writes through \
              its agent in the container (chunked requests, several in flight). \
              Every copy is checked for size, and reach's last read is compared byte for byte \
-             with the source.",
+             with the source. While an archive read streams, the engine holds the container's \
+             lock and every exec into that container waits for \
+             it; reach reads through its agent to avoid that, and the agent's output crosses \
+             containerd-shim and dockerd, which costs the engine more per byte than an archive \
+             read.",
             args.size_mib, args.transfers
         ),
         columns: ["median", "best", "ratio to docker cp (median)"],
