@@ -8,7 +8,9 @@
 //! replaces the destination atomically as [`FileSystem::rename`] promises. A write opened
 //! with [`FileSystem::open_write_hashed`] also tells a hashing command on the same
 //! connection (`tree.rs`) how far the file is complete, every [`REPORT_EVERY`] bytes of
-//! acknowledged writes, so the server hashes what landed while the rest arrives.
+//! acknowledged writes, so the server hashes what landed while the rest arrives; a large
+//! synced write tells a flushing command the same way ([`FLUSH_AHEAD_FROM`]), so that the
+//! disk is busy while the rest arrives instead of only at the final fsync.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -321,7 +323,18 @@ impl FileSystem for SftpFs {
 
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
         let handle = self.open_handle(path, &options).await?;
-        Ok(Box::pin(self.writer(handle, path, &options)))
+        let mut writer = self.writer(handle, path, &options);
+        let large = options.len.is_some_and(|len| len >= FLUSH_AHEAD_FROM);
+        if let (true, true, Some(exec)) = (writer.fsync, large, &self.exec) {
+            if let Some(tx) = crate::tree::follow_flush(exec, &self.addr, &remote(path)).await {
+                writer.report = Some(Report {
+                    tx,
+                    acked: 0,
+                    sent: 0,
+                });
+            }
+        }
+        Ok(Box::pin(writer))
     }
 
     async fn open_write_hashed(
@@ -749,8 +762,13 @@ impl AsyncRead for ChunkReader {
 type Ack = JoinHandle<std::result::Result<(), SftpError>>;
 type Closing = Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
 
-/// Bytes between two reports of how far a file hashed as it is written is complete.
+/// Bytes between two reports of how far a file hashed (or flushed) as it is written is
+/// complete.
 const REPORT_EVERY: u64 = 32 << 20;
+
+/// A synced write of a declared length from this size on is flushed on the server while it
+/// is written ([`crate::tree::follow_flush`]); below it the final fsync is short anyway.
+const FLUSH_AHEAD_FROM: u64 = 2 * REPORT_EVERY;
 
 /// How far a written file is complete (every request up to there acknowledged), and what
 /// the server's hasher was last told.
@@ -789,7 +807,8 @@ struct ChunkWriter {
     offset: u64,
     /// Requests in flight, oldest first, with their lengths.
     acks: VecDeque<(u64, Ack)>,
-    /// Where the server is told how far the file is complete, for hashing as it is written.
+    /// Where the server is told how far the file is complete, for hashing (or flushing) as
+    /// it is written.
     report: Option<Report>,
     fsync: bool,
     closing: Option<Closing>,

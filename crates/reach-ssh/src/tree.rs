@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::sftp::RemoteExec;
 
-/// Starts `line` through the user's shell on the connection.
+/// Starts `line` through the user's shell on the connection, once a session is free.
 async fn start(
     exec: &RemoteExec,
     addr: &str,
@@ -26,6 +26,17 @@ async fn start(
             format!("the connection to `{addr}` was closed"),
         )
     })?;
+    start_with(exec, addr, line, stdin, permit).await
+}
+
+/// [`start`] with a session already held.
+async fn start_with(
+    exec: &RemoteExec,
+    addr: &str,
+    line: String,
+    stdin: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Box<dyn Process>> {
     let refused = || {
         Error::new(
             ErrorKind::Unsupported,
@@ -191,6 +202,44 @@ pub(crate) async fn follow_sha256(
             .map_err(|e| Error::new(ErrorKind::Io, format!("the hashing task failed: {e}")))?
     });
     Ok((tx, digest))
+}
+
+/// Starts flushing `path` to disk on the server while it is written, so that the writer's
+/// final fsync finds little left to do (for 1 GiB on this kind of machine, about 0.5 s that
+/// the copy otherwise spends waiting): each offset sent runs `sync -d` on the file
+/// (coreutils and busybox), beside the SFTP server's writes. Only a head start: `None`,
+/// and nothing started, when no session is free right now or the server refuses one; a
+/// server without `sync -d` ignores the offsets; the final fsync is what makes the file
+/// durable either way.
+pub(crate) async fn follow_flush(
+    exec: &RemoteExec,
+    addr: &str,
+    path: &str,
+) -> Option<tokio::sync::mpsc::UnboundedSender<u64>> {
+    let permit = exec.sessions.clone().try_acquire_owned().ok()?;
+    let line = format!(
+        "f={}; while read -r end; do sync -d -- \"$f\" 2>/dev/null || :; done",
+        shell_quote(path)
+    );
+    let process = start_with(exec, addr, line, true, permit).await.ok()?;
+    let mut stdin = process.take_stdin()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    tokio::spawn(async move {
+        while let Some(end) = rx.recv().await {
+            if stdin
+                .write_all(format!("{end}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        let _ = stdin.shutdown().await;
+        drop(stdin);
+        // Held until it ends: a process dropped unwaited is killed.
+        let _ = process.wait().await;
+    });
+    Some(tx)
 }
 
 /// Whether the server has what the fast paths need (GNU tar, find, sha256sum).

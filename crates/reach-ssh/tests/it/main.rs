@@ -452,6 +452,62 @@ async fn a_file_is_hashed_on_the_server_by_dd_and_openssl_where_python_cannot() 
     hashed_as_written(&sshd).await;
 }
 
+/// A synced write of a declared length from 64 MiB on is flushed on the server while it is
+/// written (`sync -d` each time another 32 MiB has landed), so that the final fsync finds
+/// little left to do; a small one is not; and the flushing ends with the write.
+#[tokio::test]
+async fn a_large_synced_write_is_flushed_while_it_is_written() {
+    let test = "a_large_synced_write_is_flushed_while_it_is_written";
+    // A `sync` that notes each `sync -d -- FILE` beside FILE, then syncs.
+    let script = "#!/bin/sh\n[ \"$1\" = -d ] && echo \"$*\" >> \"$(dirname \"$3\")/flushes\"\n\
+                  exec /bin/sync \"$@\"\n";
+    let Some((sshd, _bin)) = sshd_with_stand_in(test, "sync", script, "") else {
+        return;
+    };
+    let ssh = backend(&sshd, options(&sshd));
+    let fs = ssh.fs().await.unwrap();
+    let dir = sshd.user_dir("flushed").unwrap();
+    for (name, len) in [("small", 1u64 << 20), ("large", 96 << 20)] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+        let path = format!("{dir}/{name}");
+        let options = reach_core::WriteOptions {
+            sync: true,
+            len: Some(len),
+            ..reach_core::WriteOptions::default()
+        };
+        let mut writer = fs.open_write(&path, options).await.unwrap();
+        writer.write_all(&data).await.unwrap();
+        writer.shutdown().await.unwrap();
+        assert!(
+            std::fs::read(&path).unwrap() == data,
+            "{name}: the bytes differ"
+        );
+    }
+    let large = format!("{dir}/large");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let flushes = std::fs::read_to_string(format!("{dir}/flushes")).unwrap_or_default();
+        let lines: Vec<&str> = flushes.lines().collect();
+        // The flushing command on the server names the file; it must be gone.
+        let flushing = Command::new("pgrep")
+            .args(["-f", "--", &large])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        let expected = format!("-d -- {large}");
+        if lines.len() >= 2 && lines.iter().all(|l| *l == expected) && !flushing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after 10 s: flushes {lines:?} (two or more of `{expected}` wanted, none of the \
+             small file), and the flushing command still running: {flushing}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// An `ssh-agent` listening on `socket`, killed when dropped.
 #[derive(Debug)]
 pub struct SshAgent(std::process::Child);
