@@ -42,31 +42,23 @@ fn every_check_is_generated() {
     assert_eq!(GENERATED_CHECKS, all.as_slice());
 }
 
-/// The engine path (no agent) holds to the flow-control checks too: its output and input
-/// each go through one exec's own connection to the engine.
+/// The engine path (no agent) holds to the checks where it differs most from the agent:
+/// flow control (its output and input each go through one exec's own connection to the
+/// engine), and a terminal that is not hung up when stdin closes (the engine ends an
+/// attached exec's output when its stdin closes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flow_control_without_the_agent() {
-    let Some(fixture) = fixture_with(
-        "reach-docker flow control without the agent",
-        crate::no_agent(),
-    ) else {
+async fn streams_without_the_agent() {
+    let Some(fixture) = fixture_with("reach-docker streams without the agent", crate::no_agent())
+    else {
         return;
     };
-    for check in ["output_flow_control", "input_flow_control"] {
+    for check in [
+        "output_flow_control",
+        "input_flow_control",
+        "pty_stdin_close",
+    ] {
         reach_test::conformance::assert_check(check, &fixture).await;
     }
-}
-
-/// A terminal through the engine alone (no agent) is not hung up when stdin closes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pty_stdin_close_without_the_agent() {
-    let Some(fixture) = fixture_with(
-        "reach-docker terminal stdin without the agent",
-        crate::no_agent(),
-    ) else {
-        return;
-    };
-    reach_test::conformance::assert_check("pty_stdin_close", &fixture).await;
 }
 
 /// One agent carries every command and file operation of a connection: a command whose
