@@ -93,36 +93,39 @@ const FOLLOW_UNSUPPORTED: i32 = 97;
 /// the script goes on to GNU dd and OpenSSL, with the offsets on stdin still unread.
 const PYTHON_CANNOT_HASH: i32 = 98;
 
-/// The Python follower: reads each new range of the file (argv[1]) straight into SHA-256,
-/// with no pipe between the reader and the hash (a `dd | openssl` pipe costs about as much
-/// CPU again as the hash), and with argv[2] = 1 flushes each range to disk. A file that ends
-/// before an offset it was given is an error (on stderr: the digest is not trusted).
-/// No single quotes: it travels inside them. Run with `-I`, so that nothing in the user's
-/// directory or environment (a `hashlib.py` in the home directory, `PYTHONPATH`) stands in
-/// for the standard library.
+/// The Python follower: maps each new range of the file (argv[1]) and hands it straight to
+/// SHA-256, with no pipe between the reader and the hash (a `dd | openssl` pipe costs about
+/// as much CPU again as the hash) and no copy out of the page cache (reading 1 GiB into a
+/// buffer cost 0.2 s of kernel time here, mapping it 0.05 s), and with argv[2] = 1 flushes
+/// each range to disk. A file that ends before an offset it was given is an error (on
+/// stderr: the digest is not trusted); one cut short while it is being hashed kills the
+/// follower (SIGBUS), which is an error too. No single quotes: it travels inside them. Run
+/// with `-I`, so that nothing in the user's directory or environment (a `hashlib.py` in the
+/// home directory, `PYTHONPATH`) stands in for the standard library.
 const FOLLOW_PYTHON: &str = r#"import os, sys
 try:
-    import hashlib
+    import hashlib, mmap
     h = hashlib.sha256()
 except Exception:
     sys.exit(98)
 path, sync = sys.argv[1], sys.argv[2] == "1"
-f = open(path, "rb", buffering=0)
-buf = memoryview(bytearray(4 << 20))
+fd = os.open(path, os.O_RDONLY)
 pos = 0
 for line in sys.stdin:
     end = int(line)
     if end <= pos:
         continue
-    while pos < end:
-        n = f.readinto(buf[:min(len(buf), end - pos)])
-        if not n:
-            sys.exit("%s ends at byte %d, before %d" % (path, pos, end))
-        h.update(buf[:n])
-        pos += n
+    size = os.fstat(fd).st_size
+    if size < end:
+        sys.exit("%s ends at byte %d, before %d" % (path, size, end))
+    base = pos - pos % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, end - base, prot=mmap.PROT_READ, offset=base) as m:
+        with memoryview(m) as view:
+            h.update(view[pos - base:])
+    pos = end
     if sync:
         try:
-            os.fdatasync(f.fileno())
+            os.fdatasync(fd)
         except OSError:
             pass
 print(h.hexdigest() + " *stdin")
