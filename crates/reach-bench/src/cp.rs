@@ -340,7 +340,7 @@ fn big_file(args: &Args, reach_bin: &Path, sshd: &SshdFixture) -> Result<Section
              before each copy; cipher {CIPHER} for all. reach cp streams through a \
              `.NAME.reach-part` temporary and hashes what it sends or receives; the other \
              side hashes too, over the same connection and while the bytes stream (uploads: \
-             Python's hashlib reads back each acknowledged 32 MiB of the part, or GNU dd \
+             Python maps each acknowledged 32 MiB of the part into hashlib, or GNU dd \
              feeds it to `openssl dgst` where there is no Python; \
              downloads: `openssl dgst` of the source), and the two must match; then fsync \
              and rename. Two SHA-256 passes over every byte, on the same two cores as \

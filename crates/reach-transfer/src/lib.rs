@@ -894,6 +894,7 @@ impl Transfer {
             reader,
             writer,
             &mut hasher,
+            meta.len - kept >= REMOTE_HASH_MIN,
             &self.progress,
             &shown_from,
             &shown_to,
@@ -1041,11 +1042,27 @@ async fn pump(
     mut reader: BoxRead,
     mut writer: reach_core::BoxWrite,
     hasher: &mut Sha256,
+    large: bool,
     progress: &Progress,
     from: &str,
     to: &str,
 ) -> Result<u64> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(READ_AHEAD);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<u8>>>(READ_AHEAD);
+    // A large file is hashed on a thread of its own, beside the reads and writes, so that
+    // the hash does not hold up the writer's task.
+    let mut side = large.then(|| {
+        let (to_hash, mut chunks) = tokio::sync::mpsc::channel::<Arc<Vec<u8>>>(READ_AHEAD);
+        let mut own = hasher.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = chunks.blocking_recv() {
+                own.update(chunk.as_slice());
+            }
+            own
+        });
+        (to_hash, done)
+    });
+    let to_hash = side.as_ref().map(|(to_hash, _)| to_hash.clone());
+    let inline = &mut *hasher;
     let read = async move {
         loop {
             // Read into spare capacity: no zeroing of each fresh chunk.
@@ -1060,7 +1077,15 @@ async fn pump(
             if filled == 0 {
                 return Ok::<(), std::io::Error>(());
             }
-            hasher.update(&buf);
+            let buf = Arc::new(buf);
+            match &to_hash {
+                Some(to_hash) => {
+                    if to_hash.send(buf.clone()).await.is_err() {
+                        return Err(std::io::Error::other("the hashing thread stopped"));
+                    }
+                }
+                None => inline.update(buf.as_slice()),
+            }
             if tx.send(buf).await.is_err() {
                 return Ok(());
             }
@@ -1082,7 +1107,14 @@ async fn pump(
     };
     let (read, write) = tokio::join!(read, write);
     read.map_err(|e| Error::io(format_args!("read `{from}`"), e))?;
-    write.map_err(|e| Error::io(format_args!("write `{to}`"), e))
+    let sent = write.map_err(|e| Error::io(format_args!("write `{to}`"), e))?;
+    if let Some((to_hash, done)) = side.take() {
+        drop(to_hash);
+        *hasher = done
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("the hashing thread failed: {e}")))?;
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]
