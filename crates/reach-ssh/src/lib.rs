@@ -49,6 +49,10 @@ pub use zeroize;
 /// OpenSSH's default `MaxSessions` of 10, leaving room for the SFTP session.
 pub const DEFAULT_MAX_SESSIONS: usize = 8;
 
+/// What the server may send on one channel before its reader takes it: 16 MiB, enough to
+/// keep a 1 GiB transfer on loopback from waiting for window adjustments.
+const WINDOW: u32 = 16 * 1024 * 1024;
+
 /// Asks the person at the terminal for a secret (`prompt` says which); `None` if nobody can
 /// answer. The CLI reads from the terminal with echo off.
 pub type Prompt = Arc<dyn Fn(&str) -> Option<Zeroizing<String>> + Send + Sync>;
@@ -571,8 +575,13 @@ impl SshBackend {
             keepalive_interval: hop.keepalive,
             keepalive_max: hop.keepalive_max,
             nodelay: true,
-            window_size: 16 * 1024 * 1024,
+            window_size: WINDOW,
             maximum_packet_size: 65535,
+            // The window, not this queue, bounds what a channel holds: the patched russh
+            // (vendor/russh) reopens a window only as its data is read. Room for a full
+            // window in pieces of 16 bytes, so that the connection loop, which waits for
+            // room, never waits for a reader who is behind.
+            channel_buffer_size: (WINDOW / 16) as usize,
             preferred: hop.algorithms.preferred(!authorities.is_empty()),
             ..Default::default()
         });

@@ -405,6 +405,62 @@ async fn output_flow_control(cx: &Ctx) -> CheckResult {
     Ok(())
 }
 
+/// A command whose stdout nobody reads, and one whose stdin nobody takes, stop only
+/// themselves: beside them, a command and a 3 MiB file write and read on the same backend
+/// (over SSH, the same connection) finish, and the unread output then arrives whole.
+///
+/// Not in [`CHECKS`] (it has no [`Defect`] of its own yet); the SSH and Docker tests run it.
+pub async fn unread_stalls_nothing_else(cx: &Ctx) -> CheckResult {
+    let flood = start(cx, ExecSpec::shell(format!("head -c {FLOOD} /dev/zero"))).await?;
+    let mut flood_out = flood.take_stdout().ok_or("no stdout")?;
+    let mut first = [0u8; 1];
+    flood_out
+        .read_exact(&mut first)
+        .await
+        .map_err(|e| format!("the flood's first byte: {e}"))?;
+    let stalled_in = start(cx, ExecSpec::shell("exec sleep 60").stdin(StdinMode::Piped)).await?;
+    let mut stdin = stalled_in.take_stdin().ok_or("no stdin")?;
+    let filled =
+        tokio::time::timeout(Duration::from_secs(2), stdin.write_all(&vec![0u8; FLOOD])).await;
+    ensure!(filled.is_err(), "a stdin nobody reads took {FLOOD} bytes");
+
+    let limit = Duration::from_secs(20);
+    let echo = tokio::time::timeout(limit, async {
+        start(cx, ExecSpec::shell("echo beside"))
+            .await?
+            .output()
+            .await
+            .map_err(|e| format!("echo: {e}"))
+    })
+    .await
+    .map_err(|_| format!("a command beside the stalled ones hung for {limit:?}"))??;
+    ensure!(
+        echo.stdout == b"beside\n",
+        "echo said {:?}",
+        text(&echo.stdout)
+    );
+    let fs = cx.backend.fs().await.map_err(|e| format!("fs: {e}"))?;
+    let path = format!("{}/beside", cx.scratch);
+    let data = vec![7u8; 3 << 20];
+    let back = tokio::time::timeout(limit, async {
+        fs.write(&path, &data).await?;
+        fs.read(&path).await
+    })
+    .await
+    .map_err(|_| format!("a file beside the stalled commands hung for {limit:?}"))?
+    .map_err(|e| format!("the file beside: {e}"))?;
+    ensure!(back == data, "the file beside came back changed");
+
+    // The stalled command still gives every byte once read.
+    let seen = read_checked(&mut flood_out, |_, _| Ok(())).await?;
+    ensure!(seen + 1 == FLOOD, "received {} of {FLOOD} bytes", seen + 1);
+    let status = flood.wait().await.map_err(|e| format!("wait: {e}"))?;
+    ensure!(status.success(), "status {status:?}");
+    drop(stdin);
+    let _ = stalled_in.signal(Signal::KILL).await;
+    Ok(())
+}
+
 /// Writing to the stdin of a command that does not read it must wait once the buffers on
 /// the way are full, not take everything into memory.
 async fn input_flow_control(cx: &Ctx) -> CheckResult {

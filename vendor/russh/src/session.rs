@@ -302,6 +302,42 @@ impl Encrypted {
         }
     }
 
+    /// Counts `data` against what the peer may still send on `channel`, without reopening
+    /// the window (reach: a client channel's window is reopened as its data is read).
+    pub fn consume_window_size(&mut self, channel: ChannelId, data: &[u8]) {
+        if let Some(channel) = self.channels.get_mut(&channel) {
+            // Ignore extra data, as adjust_window_size does.
+            if let Ok(len) = u32::try_from(data.len()) {
+                if len <= channel.sender_window_size {
+                    channel.sender_window_size -= len;
+                }
+            }
+        }
+    }
+
+    /// Reopens `channel`'s window by up to `credit` bytes, never past `target`; returns
+    /// whether the channel is still open.
+    pub fn reopen_window_size(
+        &mut self,
+        channel: ChannelId,
+        credit: u32,
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        let Some(channel) = self.channels.get_mut(&channel) else {
+            return Ok(false);
+        };
+        let grant = credit.min(target.saturating_sub(channel.sender_window_size));
+        if grant > 0 {
+            push_packet!(self.write, {
+                self.write.push(msg::CHANNEL_WINDOW_ADJUST);
+                channel.recipient_channel.encode(&mut self.write)?;
+                grant.encode(&mut self.write)?;
+            });
+            channel.sender_window_size += grant;
+        }
+        Ok(true)
+    }
+
     pub fn adjust_window_size(
         &mut self,
         channel: ChannelId,

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use reach_core::{Destination, ExecSpec, FileSystemExt, ProcessExt, StdinMode};
+use reach_core::{Destination, ExecSpec};
 use reach_docker::{DockerBackend, DockerOptions};
 use reach_test::docker::ContainerFixture;
 use reach_test::PeerFixture;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 pub async fn fixture() -> Option<PeerFixture<ContainerFixture>> {
     fixture_with("reach-docker conformance", DockerOptions::default())
@@ -68,55 +68,10 @@ async fn an_unread_command_stalls_nothing_else_on_the_agent() {
     let Some(fixture) = fixture().await else {
         return;
     };
-    let backend = fixture.backend.clone();
-    let flood = backend
-        .exec(ExecSpec::shell("head -c 67108864 /dev/zero"))
-        .await
-        .unwrap();
-    let mut flood_out = flood.take_stdout().unwrap();
-    let mut first = [0u8; 1];
-    flood_out.read_exact(&mut first).await.unwrap();
-    let stalled_in = backend
-        .exec(ExecSpec::shell("exec sleep 60").stdin(StdinMode::Piped))
-        .await
-        .unwrap();
-    let mut stdin = stalled_in.take_stdin().unwrap();
-    let filled = tokio::time::timeout(
-        Duration::from_secs(2),
-        stdin.write_all(&vec![0u8; 64 << 20]),
-    )
-    .await;
-    assert!(filled.is_err(), "a stdin nobody reads took 64 MiB");
-
-    let limit = Duration::from_secs(20);
-    let echo = tokio::time::timeout(limit, async {
-        backend
-            .exec(ExecSpec::shell("echo beside"))
-            .await?
-            .output()
-            .await
-    })
-    .await
-    .expect("a command beside the stalled ones hung")
-    .unwrap();
-    assert_eq!(echo.stdout, b"beside\n");
-    let fs = backend.fs().await.unwrap();
-    let path = format!("{}/beside", fixture.scratch);
-    let data = vec![7u8; 3 << 20];
-    tokio::time::timeout(limit, async {
-        fs.write(&path, &data).await?;
-        fs.read(&path).await
-    })
-    .await
-    .expect("a file beside the stalled commands hung")
-    .map(|back| assert!(back == data, "the file came back changed"))
-    .unwrap();
-
-    // The stalled command still gives every byte once read.
-    let mut rest = Vec::new();
-    flood_out.read_to_end(&mut rest).await.unwrap();
-    assert_eq!(rest.len() + 1, 64 << 20);
-    assert!(flood.wait().await.unwrap().success());
+    let cx = reach_test::conformance::Ctx::new(&fixture);
+    if let Err(failure) = reach_test::conformance::unread_stalls_nothing_else(&cx).await {
+        panic!("{failure}");
+    }
 }
 
 /// A reader dropped unread tells the agent, which then drops that output instead of waiting

@@ -140,11 +140,16 @@ impl WindowSizeRef {
     }
 }
 
+/// Told how many bytes of data were taken out of a channel, so that the session can reopen
+/// the sender's window by as much (reach: client channels; see REACH.md).
+pub(crate) type WindowCredit = Arc<dyn Fn(u32) + Send + Sync>;
+
 /// A handle to the reading part of a session channel.
 ///
 /// Allows you to read from a channel without borrowing the session
 pub struct ChannelReadHalf {
     pub(crate) receiver: Receiver<ChannelMsg>,
+    pub(crate) credit: Option<WindowCredit>,
 }
 
 impl std::fmt::Debug for ChannelReadHalf {
@@ -156,7 +161,30 @@ impl std::fmt::Debug for ChannelReadHalf {
 impl ChannelReadHalf {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
-        self.receiver.recv().await
+        let msg = self.receiver.recv().await;
+        self.credit_for(&msg);
+        msg
+    }
+
+    /// [`ChannelReadHalf::wait`], polled.
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ChannelMsg>> {
+        let msg = std::task::ready!(self.receiver.poll_recv(cx));
+        self.credit_for(&msg);
+        std::task::Poll::Ready(msg)
+    }
+
+    /// Data taken out of the channel, read or not, reopens the sender's window by its length.
+    fn credit_for(&self, msg: &Option<ChannelMsg>) {
+        if let (
+            Some(credit),
+            Some(ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. }),
+        ) = (&self.credit, msg)
+        {
+            credit(u32::try_from(data.len()).unwrap_or(u32::MAX));
+        }
     }
 
     /// Make a reader for the [`Channel`] to receive [`ChannelMsg::Data`]
@@ -467,10 +495,14 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
         max_packet_size: u32,
         window_size: u32,
         channel_buffer_size: usize,
+        credit: Option<WindowCredit>,
     ) -> (Self, ChannelRef) {
         let (tx, rx) = tokio::sync::mpsc::channel(channel_buffer_size);
         let window_size = WindowSizeRef::new(window_size);
-        let read_half = ChannelReadHalf { receiver: rx };
+        let read_half = ChannelReadHalf {
+            receiver: rx,
+            credit,
+        };
         let write_half = ChannelWriteHalf {
             id,
             sender,

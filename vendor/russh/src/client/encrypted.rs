@@ -541,6 +541,7 @@ impl Session {
                     let _ = chan.send(ChannelMsg::Close).await;
                 }
                 self.channels.remove(&channel_num);
+                self.consumed.remove(&channel_num);
                 client.channel_close(channel_num, self).await
             }
             Some((&msg::CHANNEL_EOF, mut r)) => {
@@ -595,16 +596,10 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
+                // (reach) Counted now, reopened as the channel's reader takes it out
+                // (`Session::window_credit`), not as it arrives.
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                    enc.consume_window_size(channel_num, &data);
                 }
 
                 if let Some(chan) = self.channels.get(&channel_num) {
@@ -622,16 +617,10 @@ impl Session {
                 if !self.common.is_established_channel(channel_num) {
                     return Ok(());
                 }
-                let target = self.common.config.window_size;
-                #[allow(clippy::collapsible_if)]
+                // (reach) Counted now, reopened as the channel's reader takes it out
+                // (`Session::window_credit`), not as it arrives.
                 if let Some(ref mut enc) = self.common.encrypted {
-                    if enc.adjust_window_size(channel_num, &data, target)? {
-                        let next_window =
-                            client.adjust_window(channel_num, self.target_window_size);
-                        if next_window > 0 {
-                            self.target_window_size = next_window
-                        }
-                    }
+                    enc.consume_window_size(channel_num, &data);
                 }
 
                 if let Some(chan) = self.channels.get(&channel_num) {
@@ -863,6 +852,7 @@ impl Session {
                     channel_params.recipient_maximum_packet_size,
                     channel_params.recipient_window_size,
                     self.common.config.channel_buffer_size,
+                    Some(super::window_credit(self.priority_sender.clone(), id)),
                 );
 
                 let pending = crate::PendingChannelOpen {

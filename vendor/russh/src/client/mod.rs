@@ -92,6 +92,7 @@ pub struct Session {
     receiver: Receiver<Msg>,
     sender: UnboundedSender<Reply>,
     channels: HashMap<ChannelId, ChannelRef>,
+    #[allow(dead_code)] // (reach) windows are reopened by Session::window_credit
     target_window_size: u32,
     pending_reads: Vec<Vec<u8>>,
     pending_len: u32,
@@ -99,6 +100,8 @@ pub struct Session {
     priority_receiver: UnboundedReceiver<Msg>,
     inbound_channel_sender: Sender<Msg>,
     inbound_channel_receiver: Receiver<Msg>,
+    /// (reach) Data taken out of each channel's queue and not yet given back as window.
+    consumed: HashMap<ChannelId, u32>,
     open_global_requests: VecDeque<GlobalRequestResponse>,
     server_sig_algs: Option<Vec<Algorithm>>,
     /// Number of EXT_INFO messages received (RFC 8308 allows at most two).
@@ -258,12 +261,29 @@ pub enum Msg {
         /// Provide a channel for the reply result to request a reply from the server
         reply_channel: Option<oneshot::Sender<Option<CryptoVec>>>,
     },
+    /// (reach) `bytes` of a channel's data were taken out of its queue: its window may be
+    /// reopened by as much.
+    WindowCredit {
+        id: ChannelId,
+        bytes: u32,
+    },
 }
 
 impl From<(ChannelId, ChannelMsg)> for Msg {
     fn from((id, msg): (ChannelId, ChannelMsg)) -> Self {
         Msg::Channel(id, msg)
     }
+}
+
+/// (reach) What a client channel's reader calls with the length of each piece of data it
+/// takes out: a credit on the session's unbounded queue, so the reader never waits for it.
+pub(crate) fn window_credit(
+    queue: UnboundedSender<Msg>,
+    id: ChannelId,
+) -> crate::channels::WindowCredit {
+    Arc::new(move |bytes| {
+        let _ = queue.send(Msg::WindowCredit { id, bytes });
+    })
 }
 
 /// Internal state for a server-initiated channel-open request awaiting accept or reject.
@@ -318,6 +338,8 @@ pub struct Handle<H: Handler> {
     receiver: UnboundedReceiver<Reply>,
     join: russh_util::runtime::JoinHandle<Result<(), H::Error>>,
     channel_buffer_size: usize,
+    /// (reach) The session's unbounded queue, for window credits from channel readers.
+    credit: UnboundedSender<Msg>,
     agent_session_binding: Option<crate::keys::agent::AgentSessionBinding>,
 }
 
@@ -759,7 +781,10 @@ impl<H: Handler> Handle<H> {
                             max_packet_size,
                             window_size: window_size_ref,
                         },
-                        read_half: ChannelReadHalf { receiver },
+                        read_half: ChannelReadHalf {
+                            receiver,
+                            credit: Some(window_credit(self.credit.clone(), id)),
+                        },
                     });
                 }
                 Some(ChannelMsg::OpenFailure(reason)) => {
@@ -1257,6 +1282,7 @@ where
         session_sender,
     );
     session.begin_rekey()?;
+    let credit = session.priority_sender.clone();
     let (kex_done_signal, kex_done_signal_rx) = oneshot::channel();
     let join = russh_util::runtime::spawn(session.run(stream, handler, Some(kex_done_signal)));
 
@@ -1276,6 +1302,7 @@ where
         receiver: handle_receiver,
         join,
         channel_buffer_size,
+        credit,
         agent_session_binding,
     })
 }
@@ -1330,6 +1357,7 @@ impl Session {
             inbound_channel_sender,
             inbound_channel_receiver,
             channels: HashMap::new(),
+            consumed: HashMap::new(),
             pending_reads: Vec::new(),
             pending_len: 0,
             open_global_requests: VecDeque::new(),
@@ -1620,8 +1648,30 @@ impl Session {
         Ok(())
     }
 
+    /// (reach) Gives a channel's consumed data back to the server as window, a quarter
+    /// window at a time: few adjust messages, and a reader that keeps up never makes the
+    /// server wait. A reader that stops makes only its own channel wait.
+    fn window_credit(&mut self, id: ChannelId, bytes: u32) -> Result<(), crate::Error> {
+        let target = self.common.config.window_size;
+        let pending = self.consumed.entry(id).or_insert(0);
+        *pending = pending.saturating_add(bytes);
+        if *pending < target / 4 {
+            return Ok(());
+        }
+        let credit = std::mem::take(pending);
+        let open = match self.common.encrypted.as_mut() {
+            Some(enc) => enc.reopen_window_size(id, credit, target)?,
+            None => false,
+        };
+        if !open {
+            self.consumed.remove(&id);
+        }
+        Ok(())
+    }
+
     fn handle_msg(&mut self, msg: Msg) -> Result<(), crate::Error> {
         match msg {
+            Msg::WindowCredit { id, bytes } => self.window_credit(id, bytes)?,
             Msg::Authenticate { user, method } => {
                 self.write_auth_request_if_needed(&user, method)?;
             }
