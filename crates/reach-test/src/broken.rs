@@ -67,6 +67,9 @@ pub enum Defect {
     UnboundedInput,
     /// Ending a TCP connection's writing side never reaches the peer.
     TunnelNoEof,
+    /// A command waits to start until every earlier one has ended, as over a connection
+    /// whose one loop waits for a reader who fell behind (published russh 0.65).
+    OneAtATime,
 }
 
 /// A backend that delegates to `inner` except for its [`Defect`].
@@ -122,6 +125,11 @@ impl Backend for BrokenBackend {
             Defect::NoTimeout => spec.timeout = None,
             Defect::MaxSessions if self.live.load(Ordering::SeqCst) >= 8 => {
                 return Err(Error::new(ErrorKind::Unreachable, "too many sessions"))
+            }
+            Defect::OneAtATime => {
+                while self.live.load(Ordering::SeqCst) > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             }
             _ => {}
         }

@@ -71,6 +71,7 @@ pub const CHECKS: &[(&str, Defect)] = &[
     ("large_output", Defect::DropLastByte),
     ("output_flow_control", Defect::UnboundedOutput),
     ("input_flow_control", Defect::UnboundedInput),
+    ("unread_stalls_nothing_else", Defect::OneAtATime),
     ("stdin_streamed_with_eof", Defect::NoStdinEof),
     ("env_vars", Defect::IgnoreEnv),
     ("working_dir", Defect::IgnoreCwd),
@@ -104,6 +105,7 @@ pub async fn run(name: &str, cx: &Ctx) -> CheckResult {
             "large_output" => large_output(cx).await,
             "output_flow_control" => output_flow_control(cx).await,
             "input_flow_control" => input_flow_control(cx).await,
+            "unread_stalls_nothing_else" => unread_stalls_nothing_else(cx).await,
             "stdin_streamed_with_eof" => stdin_streamed_with_eof(cx).await,
             "env_vars" => env_vars(cx).await,
             "working_dir" => working_dir(cx).await,
@@ -154,7 +156,8 @@ macro_rules! conformance_suite {
     ($fixture:expr) => {
         $crate::conformance_suite!(@each $fixture;
             exit_codes, death_by_signal, stdout_stderr_apart, binary_both_ways, large_output,
-            output_flow_control, input_flow_control, stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
+            output_flow_control, input_flow_control, unread_stalls_nothing_else,
+            stdin_streamed_with_eof, env_vars, working_dir, timeout_kills_tree,
             concurrent_sessions, pty_and_resize, pty_stdin_close, fs_read_write, fs_names,
             fs_metadata_permissions, fs_symlinks, fs_glob, fs_directories, fs_rename_truncate_remove,
             fs_errors, platform, tcp_connect);
@@ -407,10 +410,9 @@ async fn output_flow_control(cx: &Ctx) -> CheckResult {
 
 /// A command whose stdout nobody reads, and one whose stdin nobody takes, stop only
 /// themselves: beside them, a command and a 3 MiB file write and read on the same backend
-/// (over SSH, the same connection) finish, and the unread output then arrives whole.
-///
-/// Not in [`CHECKS`] (it has no [`Defect`] of its own yet); the SSH and Docker tests run it.
-pub async fn unread_stalls_nothing_else(cx: &Ctx) -> CheckResult {
+/// (over SSH, the same connection; with Docker, the same agent) finish, and the unread
+/// output then arrives whole.
+async fn unread_stalls_nothing_else(cx: &Ctx) -> CheckResult {
     let flood = start(cx, ExecSpec::shell(format!("head -c {FLOOD} /dev/zero"))).await?;
     let mut flood_out = flood.take_stdout().ok_or("no stdout")?;
     let mut first = [0u8; 1];
@@ -418,13 +420,18 @@ pub async fn unread_stalls_nothing_else(cx: &Ctx) -> CheckResult {
         .read_exact(&mut first)
         .await
         .map_err(|e| format!("the flood's first byte: {e}"))?;
-    let stalled_in = start(cx, ExecSpec::shell("exec sleep 60").stdin(StdinMode::Piped)).await?;
+    let limit = Duration::from_secs(20);
+    let stalled_in = tokio::time::timeout(
+        limit,
+        start(cx, ExecSpec::shell("exec sleep 60").stdin(StdinMode::Piped)),
+    )
+    .await
+    .map_err(|_| format!("a command beside an unread one did not start within {limit:?}"))??;
     let mut stdin = stalled_in.take_stdin().ok_or("no stdin")?;
     let filled =
         tokio::time::timeout(Duration::from_secs(2), stdin.write_all(&vec![0u8; FLOOD])).await;
     ensure!(filled.is_err(), "a stdin nobody reads took {FLOOD} bytes");
 
-    let limit = Duration::from_secs(20);
     let echo = tokio::time::timeout(limit, async {
         start(cx, ExecSpec::shell("echo beside"))
             .await?

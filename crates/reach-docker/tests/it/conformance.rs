@@ -61,19 +61,6 @@ async fn streams_without_the_agent() {
     }
 }
 
-/// One agent carries every command and file operation of a connection: a command whose
-/// output nobody reads stops, and the rest goes on beside it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unread_command_stalls_nothing_else_on_the_agent() {
-    let Some(fixture) = fixture().await else {
-        return;
-    };
-    let cx = reach_test::conformance::Ctx::new(&fixture);
-    if let Err(failure) = reach_test::conformance::unread_stalls_nothing_else(&cx).await {
-        panic!("{failure}");
-    }
-}
-
 /// A reader dropped unread tells the agent, which then drops that output instead of waiting
 /// for room: the command runs to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

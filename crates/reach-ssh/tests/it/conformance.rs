@@ -34,17 +34,3 @@ fn every_check_is_generated() {
         .collect();
     assert_eq!(GENERATED_CHECKS, all.as_slice());
 }
-
-/// One connection carries every command and file operation: a command whose output nobody
-/// reads stops, and the rest goes on beside it (russh, as patched in vendor/russh, reopens a
-/// channel's window as its data is read, and its connection loop never waits for a reader).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unread_command_stalls_nothing_else_on_the_connection() {
-    let Some(fixture) = fixture().await else {
-        return;
-    };
-    let cx = reach_test::conformance::Ctx::new(&fixture);
-    if let Err(failure) = reach_test::conformance::unread_stalls_nothing_else(&cx).await {
-        panic!("{failure}");
-    }
-}
