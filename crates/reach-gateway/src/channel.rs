@@ -312,11 +312,28 @@ async fn serve_process(
     let id = channel.id();
     let metrics = conn.metrics();
     let (mut rx, tx) = channel.split();
+    // The client's window reopens as its input reaches the command's stdin (or is dropped
+    // because stdin is gone), not as it arrives: a command that reads slowly holds the
+    // client back instead of having its input pile up here.
+    let credit = rx.take_window_credit();
+    let consumed = |len: usize| {
+        if let Some(credit) = &credit {
+            credit(u32::try_from(len).unwrap_or(u32::MAX));
+        }
+    };
     let stdin = process.take_stdin();
     let queue = Arc::new(InputQueue::default());
     let (input, input_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let feeder = tokio::spawn(feed(stdin, input_rx, queue.clone(), conn.metrics()));
+    let feeder = tokio::spawn(feed(
+        stdin,
+        input_rx,
+        queue.clone(),
+        conn.metrics(),
+        credit.clone(),
+    ));
     if !early_input.is_empty() {
+        // Already given back as window when it arrived (before the command started); a
+        // second credit for it is capped at the window by russh.
         let _ = queue.push(&input, early_input);
     }
     let mut input = (!early_eof).then_some(input);
@@ -336,18 +353,21 @@ async fn serve_process(
         tokio::select! {
             status = &mut finished => break Some(status),
             msg = rx.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if let Some(sender) = &input {
-                        match queue.push(sender, data.to_vec()) {
-                            Ok(true) => {}
-                            Ok(false) => input = None,
-                            Err(queued) => break Some(Err(reach_core::Error::new(
-                                reach_core::ErrorKind::InvalidInput,
-                                format!("the command fell {} MiB behind its input", queued >> 20),
-                            ))),
+                Some(ChannelMsg::Data { data }) => match &input {
+                    // Nowhere to go: dropped, and the client keeps flowing.
+                    None => consumed(data.len()),
+                    Some(sender) => match queue.push(sender, data.to_vec()) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            consumed(data.len());
+                            input = None;
                         }
-                    }
-                }
+                        Err(queued) => break Some(Err(reach_core::Error::new(
+                            reach_core::ErrorKind::InvalidInput,
+                            format!("the command fell {} MiB behind its input", queued >> 20),
+                        ))),
+                    },
+                },
                 Some(ChannelMsg::Eof) => input = None,
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
                     let _ = process.resize(size(col_width, row_height)).await;
@@ -433,13 +453,14 @@ async fn serve_process(
 
 /// Client input waiting for the command's stdin.
 ///
-/// russh widens the client's window as data arrives, not as it is consumed, and hands every
-/// message to the channel through the connection's one session loop. Blocking that loop on
-/// a command that is not reading stdin — because its stdout waits on the client's window —
-/// would also stop the window adjustments that would unblock it: a deadlock (seen with
-/// `ssh gw cat < 300MB`). So input queues here without ever blocking; a command that falls
-/// more than [`InputQueue::LIMIT`] behind its input has its session ended with a message,
-/// which bounds the memory one channel can take.
+/// Every message of a connection reaches its channel through the connection's one session
+/// loop, so the channel task never blocks on a command's stdin: blocking there would stop
+/// the loop, and with it the window adjustments for the command's output that the command
+/// may be waiting on (a deadlock, seen with `ssh gw cat < 300MB`). Input queues here
+/// instead, and the client's window reopens only as the feeder writes it to stdin (the
+/// patched russh in `vendor/russh`), so a well-behaved client is at most one window
+/// (2 MiB) ahead of the command. A client that sends past its window anyway, and falls
+/// more than [`InputQueue::LIMIT`] ahead, has its session ended with a message.
 #[derive(Debug, Default)]
 struct InputQueue {
     queued: std::sync::atomic::AtomicUsize,
@@ -469,6 +490,7 @@ async fn feed(
     mut input: mpsc::UnboundedReceiver<Vec<u8>>,
     queue: Arc<InputQueue>,
     metrics: Arc<crate::metrics::Metrics>,
+    credit: Option<russh::WindowCredit>,
 ) {
     let mut stdin = stdin;
     while let Some(chunk) = input.recv().await {
@@ -483,6 +505,9 @@ async fn feed(
             }
         }
         queue.done(chunk.len());
+        if let Some(credit) = &credit {
+            credit(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
+        }
     }
     if let Some(mut pipe) = stdin {
         let _ = pipe.shutdown().await;

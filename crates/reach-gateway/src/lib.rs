@@ -81,6 +81,11 @@ impl Gateway {
             keepalive_interval: config.keepalive(),
             keepalive_max: config.keepalive_max,
             nodelay: true,
+            // The patched russh (vendor/russh) reopens a channel's window as its data is
+            // consumed, so the window (russh's 2 MiB) bounds what a channel holds: room for
+            // a window in 16-byte pieces keeps the connection's loop from ever waiting on
+            // one channel's queue.
+            channel_buffer_size: 2 * 1024 * 1024 / 16,
             ..Default::default()
         };
         let listener = TcpListener::bind(config.listen)

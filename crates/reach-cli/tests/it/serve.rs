@@ -351,6 +351,24 @@ fn exec_passes_output_codes_signals_env_and_stdin() {
     assert!(gw.metric("reach_gateway_bytes_total{direction=\"in\"}") >= 3_000_000.0);
 }
 
+/// Input for a command that is not reading yet waits in the client, not in the gateway:
+/// 320 MB piped into `sleep 8; wc -c` all arrive, counted, although the gateway ends a
+/// session whose command falls 256 MiB behind input that it had to take (the client's window
+/// now reopens only as input reaches the command's stdin).
+#[test]
+fn input_waits_in_the_client_for_a_command_that_reads_late() {
+    let gw = Gateway::start(LOCAL);
+    let data = vec![b'x'; 320_000_000];
+    let out = run(gw.ssh(&["sleep 8; wc -c"]), &data);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "320000000",
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn a_pty_shell_in_tmux_resizes_and_ends() {
     let gw = Gateway::start(LOCAL);

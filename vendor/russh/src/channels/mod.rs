@@ -142,7 +142,7 @@ impl WindowSizeRef {
 
 /// Told how many bytes of data were taken out of a channel, so that the session can reopen
 /// the sender's window by as much (reach: client channels; see REACH.md).
-pub(crate) type WindowCredit = Arc<dyn Fn(u32) + Send + Sync>;
+pub type WindowCredit = Arc<dyn Fn(u32) + Send + Sync>;
 
 /// A handle to the reading part of a session channel.
 ///
@@ -174,6 +174,14 @@ impl ChannelReadHalf {
         let msg = std::task::ready!(self.receiver.poll_recv(cx));
         self.credit_for(&msg);
         std::task::Poll::Ready(msg)
+    }
+
+    /// (reach) Takes over giving the sender window: from now on, data taken out of the
+    /// channel no longer reopens it, and the caller calls the credit with the length of
+    /// each piece once it is consumed (a server channel's stdin written to a command, say).
+    /// `None` when the channel's window is not reopened on consumption.
+    pub fn take_window_credit(&mut self) -> Option<WindowCredit> {
+        self.credit.take()
     }
 
     /// Data taken out of the channel, read or not, reopens the sender's window by its length.
@@ -688,6 +696,11 @@ impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> Channel<S> {
     /// Awaits an incoming [`ChannelMsg`], this method returns [`None`] if the channel has been closed.
     pub async fn wait(&mut self) -> Option<ChannelMsg> {
         self.read_half.wait().await
+    }
+
+    /// See [`ChannelReadHalf::take_window_credit`].
+    pub fn take_window_credit(&mut self) -> Option<WindowCredit> {
+        self.read_half.take_window_credit()
     }
 
     /// Consume the [`Channel`] to produce a bidirectionnal stream,

@@ -1458,6 +1458,7 @@ impl Session {
                     chan.send(ChannelMsg::Close).await.unwrap_or(())
                 }
                 self.channels.remove(&channel_num);
+                self.consumed.remove(&channel_num);
                 debug!("handler.channel_close {channel_num:?}");
                 handler.channel_close(channel_num, self).await
             }
@@ -1490,7 +1491,12 @@ impl Session {
                 let target = self.target_window_size;
 
                 #[allow(clippy::collapsible_if)]
-                if let Some(ref mut enc) = self.common.encrypted {
+                if self.consumed.contains_key(&channel_num) {
+                    // (reach) Counted now, reopened as the data is consumed.
+                    if let Some(ref mut enc) = self.common.encrypted {
+                        enc.consume_window_size(channel_num, &data);
+                    }
+                } else if let Some(ref mut enc) = self.common.encrypted {
                     if enc.adjust_window_size(channel_num, &data, target)? {
                         let window = handler.adjust_window(channel_num, self.target_window_size);
                         if window > 0 {
@@ -2059,8 +2065,12 @@ impl Session {
             channel_params.recipient_maximum_packet_size,
             channel_params.recipient_window_size,
             self.common.config.channel_buffer_size,
-            None,
+            Some(super::session::window_credit(
+                self.sender.priority_sender.clone(),
+                sender_channel,
+            )),
         );
+        self.consumed.insert(sender_channel, 0);
 
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,

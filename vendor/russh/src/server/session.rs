@@ -16,6 +16,17 @@ use crate::helpers::NameList;
 use crate::kex::{EXTENSION_SUPPORT_AS_CLIENT, KexCause, SessionKexState};
 use crate::{ChannelOpenFailure, map_err, msg};
 
+/// (reach) What a channel's consumer calls with the length of the data it consumed: a
+/// credit on the session's unbounded priority queue, so the consumer never waits for it.
+pub(crate) fn window_credit(
+    queue: tokio::sync::mpsc::UnboundedSender<Msg>,
+    id: ChannelId,
+) -> crate::channels::WindowCredit {
+    std::sync::Arc::new(move |bytes| {
+        let _ = queue.send(Msg::WindowCredit { id, bytes });
+    })
+}
+
 /// A connected server session. This type is unique to a client.
 #[derive(Debug)]
 pub struct Session {
@@ -27,6 +38,9 @@ pub struct Session {
     pub(crate) pending_reads: Vec<Vec<u8>>,
     pub(crate) pending_len: u32,
     pub(crate) channels: HashMap<ChannelId, ChannelRef>,
+    /// (reach) Channels whose window is reopened as their data is consumed, with what was
+    /// consumed and not yet given back.
+    pub(crate) consumed: HashMap<ChannelId, u32>,
     pub(crate) open_global_requests: VecDeque<GlobalRequestResponse>,
     pub(crate) kex: SessionKexState<ServerKex>,
 }
@@ -87,6 +101,12 @@ pub enum Msg {
     ChannelOpenReply {
         pending: PendingChannelOpen,
         result: Result<(), ChannelOpenFailure>,
+    },
+    /// (reach) `bytes` of a channel's data were consumed: its window may be reopened by as
+    /// much.
+    WindowCredit {
+        id: ChannelId,
+        bytes: u32,
     },
 }
 
@@ -495,11 +515,36 @@ impl Session {
         }
     }
 
+    /// (reach) Gives a channel's consumed data back to the client as window, a quarter
+    /// window at a time (see the client's `Session::window_credit`).
+    fn window_credit(&mut self, id: ChannelId, bytes: u32) -> Result<(), Error> {
+        let target = self.common.config.window_size;
+        let Some(pending) = self.consumed.get_mut(&id) else {
+            return Ok(());
+        };
+        *pending = pending.saturating_add(bytes);
+        if *pending < target / 4 {
+            return Ok(());
+        }
+        let credit = std::mem::take(pending);
+        let open = match self.common.encrypted.as_mut() {
+            Some(enc) => enc.reopen_window_size(id, credit, target)?,
+            None => false,
+        };
+        if !open {
+            self.consumed.remove(&id);
+        }
+        Ok(())
+    }
+
     /// Dispatch a single message received on the session's internal channel
     /// (sent via [`Handle`]). Shared by the `select!` receiver arm and the
     /// pre-`select!` backlog drain so the two can't drift apart.
     fn dispatch_msg(&mut self, msg: Msg) -> Result<(), Error> {
         match msg {
+            Msg::WindowCredit { id, bytes } => {
+                self.window_credit(id, bytes)?;
+            }
             Msg::Channel(id, ChannelMsg::Data { data }) => {
                 self.data(id, data)?;
             }
@@ -1673,6 +1718,7 @@ mod tests {
             pending_reads: Vec::new(),
             pending_len: 0,
             channels: HashMap::new(),
+            consumed: HashMap::new(),
             open_global_requests: VecDeque::new(),
             kex: SessionKexState::Idle,
         }
