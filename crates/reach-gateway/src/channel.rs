@@ -459,7 +459,7 @@ async fn serve_process(
 /// may be waiting on (a deadlock, seen with `ssh gw cat < 300MB`). Input queues here
 /// instead, and the client's window reopens only as the feeder writes it to stdin (the
 /// patched russh in `vendor/russh`), so a well-behaved client is at most one window
-/// (2 MiB) ahead of the command. A client that sends past its window anyway, and falls
+/// (8 MiB) ahead of the command. A client that sends past its window anyway, and falls
 /// more than [`InputQueue::LIMIT`] ahead, has its session ended with a message.
 #[derive(Debug, Default)]
 struct InputQueue {
