@@ -2070,7 +2070,6 @@ impl Session {
                 sender_channel,
             )),
         );
-        self.consumed.insert(sender_channel, 0);
 
         let pending = PendingChannelOpen {
             recipient_channel: msg.recipient_channel,

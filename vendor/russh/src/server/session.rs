@@ -1160,6 +1160,9 @@ impl Session {
                         .insert(pending.sender_channel, pending.channel_params);
                     self.channels
                         .insert(pending.sender_channel, pending.channel_ref);
+                    // (reach) Its window reopens as its data is consumed (its Channel
+                    // holds the credit); a refused channel leaves nothing behind.
+                    self.consumed.insert(pending.sender_channel, 0);
                 }
                 Err(reason) => {
                     push_packet!(enc.write, {
