@@ -316,11 +316,6 @@ async fn serve_process(
     // because stdin is gone), not as it arrives: a command that reads slowly holds the
     // client back instead of having its input pile up here.
     let credit = rx.take_window_credit();
-    let consumed = |len: usize| {
-        if let Some(credit) = &credit {
-            credit(u32::try_from(len).unwrap_or(u32::MAX));
-        }
-    };
     let stdin = process.take_stdin();
     let queue = Arc::new(InputQueue::default());
     let (input, input_rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -355,11 +350,11 @@ async fn serve_process(
             msg = rx.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => match &input {
                     // Nowhere to go: dropped, and the client keeps flowing.
-                    None => consumed(data.len()),
+                    None => give_back(&credit, data.len()),
                     Some(sender) => match queue.push(sender, data.to_vec()) {
                         Ok(true) => {}
                         Ok(false) => {
-                            consumed(data.len());
+                            give_back(&credit, data.len());
                             input = None;
                         }
                         Err(queued) => break Some(Err(reach_core::Error::new(
@@ -484,6 +479,13 @@ impl InputQueue {
     }
 }
 
+/// Reopens the client's window by `len` bytes of its input, consumed (see [`InputQueue`]).
+fn give_back(credit: &Option<russh::WindowCredit>, len: usize) {
+    if let Some(credit) = credit {
+        credit(u32::try_from(len).unwrap_or(u32::MAX));
+    }
+}
+
 /// Copies client input to the command's stdin; EOF when the sender goes.
 async fn feed(
     stdin: Option<reach_core::BoxWrite>,
@@ -505,9 +507,7 @@ async fn feed(
             }
         }
         queue.done(chunk.len());
-        if let Some(credit) = &credit {
-            credit(u32::try_from(chunk.len()).unwrap_or(u32::MAX));
-        }
+        give_back(&credit, chunk.len());
     }
     if let Some(mut pipe) = stdin {
         let _ = pipe.shutdown().await;

@@ -1050,18 +1050,20 @@ async fn pump(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<u8>>>(READ_AHEAD);
     // A large file is hashed on a thread of its own, beside the reads and writes, so that
     // the hash does not hold up the writer's task.
-    let mut side = large.then(|| {
-        let (to_hash, mut chunks) = tokio::sync::mpsc::channel::<Arc<Vec<u8>>>(READ_AHEAD);
-        let mut own = hasher.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = chunks.blocking_recv() {
-                own.update(chunk.as_slice());
-            }
-            own
-        });
-        (to_hash, done)
-    });
-    let to_hash = side.as_ref().map(|(to_hash, _)| to_hash.clone());
+    // The thread ends when the read future, which owns `to_hash`, is done.
+    let (to_hash, hashed) = large
+        .then(|| {
+            let (to_hash, mut chunks) = tokio::sync::mpsc::channel::<Arc<Vec<u8>>>(READ_AHEAD);
+            let mut own = hasher.clone();
+            let hashed = tokio::task::spawn_blocking(move || {
+                while let Some(chunk) = chunks.blocking_recv() {
+                    own.update(chunk.as_slice());
+                }
+                own
+            });
+            (to_hash, hashed)
+        })
+        .unzip();
     let inline = &mut *hasher;
     let read = async move {
         loop {
@@ -1108,9 +1110,8 @@ async fn pump(
     let (read, write) = tokio::join!(read, write);
     read.map_err(|e| Error::io(format_args!("read `{from}`"), e))?;
     let sent = write.map_err(|e| Error::io(format_args!("write `{to}`"), e))?;
-    if let Some((to_hash, done)) = side.take() {
-        drop(to_hash);
-        *hasher = done
+    if let Some(hashed) = hashed {
+        *hasher = hashed
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("the hashing thread failed: {e}")))?;
     }

@@ -315,6 +315,25 @@ impl Encrypted {
         }
     }
 
+    /// Adds `bytes` to what `channel`'s reader has consumed and not yet given back
+    /// (`pending`), and gives it back as window once it reaches a quarter of `target`: few
+    /// adjust messages, and a reader that keeps up never makes the peer wait. Returns
+    /// `false` once the channel is gone.
+    pub fn credit_window(
+        &mut self,
+        channel: ChannelId,
+        pending: &mut u32,
+        bytes: u32,
+        target: u32,
+    ) -> Result<bool, crate::Error> {
+        *pending = pending.saturating_add(bytes);
+        if *pending < target / 4 {
+            return Ok(true);
+        }
+        let credit = std::mem::take(pending);
+        self.reopen_window_size(channel, credit, target)
+    }
+
     /// Reopens `channel`'s window by up to `credit` bytes, never past `target`; returns
     /// whether the channel is still open.
     pub fn reopen_window_size(

@@ -144,6 +144,17 @@ impl WindowSizeRef {
 /// the sender's window by as much (reach: client channels; see REACH.md).
 pub type WindowCredit = Arc<dyn Fn(u32) + Send + Sync>;
 
+/// (reach) A credit that puts `message(bytes)` on a session's unbounded queue, so that a
+/// reader never waits to give it.
+pub(crate) fn credit_on<M: Send + 'static>(
+    queue: tokio::sync::mpsc::UnboundedSender<M>,
+    message: impl Fn(u32) -> M + Send + Sync + 'static,
+) -> WindowCredit {
+    Arc::new(move |bytes| {
+        let _ = queue.send(message(bytes));
+    })
+}
+
 /// A handle to the reading part of a session channel.
 ///
 /// Allows you to read from a channel without borrowing the session

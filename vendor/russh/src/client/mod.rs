@@ -276,14 +276,12 @@ impl From<(ChannelId, ChannelMsg)> for Msg {
 }
 
 /// (reach) What a client channel's reader calls with the length of each piece of data it
-/// takes out: a credit on the session's unbounded queue, so the reader never waits for it.
+/// takes out.
 pub(crate) fn window_credit(
     queue: UnboundedSender<Msg>,
     id: ChannelId,
 ) -> crate::channels::WindowCredit {
-    Arc::new(move |bytes| {
-        let _ = queue.send(Msg::WindowCredit { id, bytes });
-    })
+    crate::channels::credit_on(queue, move |bytes| Msg::WindowCredit { id, bytes })
 }
 
 /// Internal state for a server-initiated channel-open request awaiting accept or reject.
@@ -1648,19 +1646,13 @@ impl Session {
         Ok(())
     }
 
-    /// (reach) Gives a channel's consumed data back to the server as window, a quarter
-    /// window at a time: few adjust messages, and a reader that keeps up never makes the
-    /// server wait. A reader that stops makes only its own channel wait.
+    /// (reach) Gives a channel's consumed data back to the server as window
+    /// (`Encrypted::credit_window`). A reader that stops makes only its own channel wait.
     fn window_credit(&mut self, id: ChannelId, bytes: u32) -> Result<(), crate::Error> {
         let target = self.common.config.window_size;
         let pending = self.consumed.entry(id).or_insert(0);
-        *pending = pending.saturating_add(bytes);
-        if *pending < target / 4 {
-            return Ok(());
-        }
-        let credit = std::mem::take(pending);
         let open = match self.common.encrypted.as_mut() {
-            Some(enc) => enc.reopen_window_size(id, credit, target)?,
+            Some(enc) => enc.credit_window(id, pending, bytes, target)?,
             None => false,
         };
         if !open {

@@ -16,15 +16,12 @@ use crate::helpers::NameList;
 use crate::kex::{EXTENSION_SUPPORT_AS_CLIENT, KexCause, SessionKexState};
 use crate::{ChannelOpenFailure, map_err, msg};
 
-/// (reach) What a channel's consumer calls with the length of the data it consumed: a
-/// credit on the session's unbounded priority queue, so the consumer never waits for it.
+/// (reach) What a channel's consumer calls with the length of the data it consumed.
 pub(crate) fn window_credit(
     queue: tokio::sync::mpsc::UnboundedSender<Msg>,
     id: ChannelId,
 ) -> crate::channels::WindowCredit {
-    std::sync::Arc::new(move |bytes| {
-        let _ = queue.send(Msg::WindowCredit { id, bytes });
-    })
+    crate::channels::credit_on(queue, move |bytes| Msg::WindowCredit { id, bytes })
 }
 
 /// A connected server session. This type is unique to a client.
@@ -515,20 +512,15 @@ impl Session {
         }
     }
 
-    /// (reach) Gives a channel's consumed data back to the client as window, a quarter
-    /// window at a time (see the client's `Session::window_credit`).
+    /// (reach) Gives a credit-driven channel's consumed data back to the client as window
+    /// (`Encrypted::credit_window`).
     fn window_credit(&mut self, id: ChannelId, bytes: u32) -> Result<(), Error> {
         let target = self.common.config.window_size;
         let Some(pending) = self.consumed.get_mut(&id) else {
             return Ok(());
         };
-        *pending = pending.saturating_add(bytes);
-        if *pending < target / 4 {
-            return Ok(());
-        }
-        let credit = std::mem::take(pending);
         let open = match self.common.encrypted.as_mut() {
-            Some(enc) => enc.reopen_window_size(id, credit, target)?,
+            Some(enc) => enc.credit_window(id, pending, bytes, target)?,
             None => false,
         };
         if !open {
