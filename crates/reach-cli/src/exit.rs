@@ -1,6 +1,6 @@
 //! Exit codes: the remote's own code passes through; reach's failures get fixed codes.
 
-use reach::{Error, ErrorKind, ExitStatus};
+use reach::{Error, ErrorKind, ExitStatus, Subject};
 
 /// A usage error (bad flags, a malformed destination).
 pub const USAGE: i32 = 2;
@@ -27,7 +27,7 @@ pub fn for_error(err: &Error) -> i32 {
 /// The exit code for a command that could not start.
 pub fn for_spawn_error(err: &Error) -> i32 {
     match err.kind() {
-        ErrorKind::NotFound if !err.message().contains("working directory") => NOT_FOUND,
+        ErrorKind::NotFound if err.subject() != Some(Subject::WorkingDirectory) => NOT_FOUND,
         ErrorKind::PermissionDenied => NOT_EXECUTABLE,
         _ => for_error(err),
     }

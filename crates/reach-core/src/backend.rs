@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    BoxRead, BoxWrite, Destination, Error, ErrorKind, ExecSpec, FileSystem, Process, Result,
+    BackendKind, BoxRead, BoxWrite, Capabilities, Destination, Error, ErrorKind, ExecSpec,
+    FileSystem, Process, Result,
 };
 
 /// What a target runs on.
@@ -104,8 +105,13 @@ pub fn tcp_connect_error(host: &str, port: u16, via: &str, err: &std::io::Error)
 /// connection carries many processes at once.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug {
-    /// The backend's scheme name (`local`, `ssh`, `docker`).
-    fn kind(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// What this backend's commands and connection can do ([`crate::Capability::Signals`],
+    /// `Pty`, `Tcp`, `Agent`, `KeepConnection`); its files say theirs through
+    /// [`FileSystem::capabilities`]. Exact once connected; before, what a connection is
+    /// expected to offer.
+    fn capabilities(&self) -> Capabilities;
     /// The destination this backend was made for.
     fn destination(&self) -> &Destination;
     /// The address actually used (for example `127.0.0.1:22` after config and DNS).
@@ -136,6 +142,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     async fn platform(&self) -> Result<Platform>;
     /// Closes the connection; running processes are torn down.
     async fn close(&self) -> Result<()>;
+    /// The forwards the target's own configuration asks for, as `-L` specs
+    /// (`[bind:]port:host:hostport`): `LocalForward` in the SSH config. None by default.
+    fn configured_forwards(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Opens a TCP connection from the target to `host:port`, as `ssh -L` does: `host` is
     /// resolved and connected on the target, so `127.0.0.1` is the target's own loopback (a
     /// database that listens only there, a container's port that is not published).

@@ -101,14 +101,60 @@ impl fmt::Display for ErrorKind {
     }
 }
 
+/// Which thing an error is about, where callers act differently by it (a missing command
+/// exits 127, a missing working directory does not). New subjects may be added; match with a
+/// wildcard arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// The program a command names.
+    Command,
+    /// The working directory a command was to start in.
+    WorkingDirectory,
+    /// A file or directory on the target.
+    Path,
+    /// The container a destination names.
+    Container,
+    /// The host a destination names.
+    Host,
+}
+
+impl Subject {
+    /// Every subject, in declaration order.
+    pub const ALL: [Subject; 5] = [
+        Subject::Command,
+        Subject::WorkingDirectory,
+        Subject::Path,
+        Subject::Container,
+        Subject::Host,
+    ];
+
+    /// A short lowercase name, stable for scripts (`--json` output uses it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Command => "command",
+            Subject::WorkingDirectory => "working_directory",
+            Subject::Path => "path",
+            Subject::Container => "container",
+            Subject::Host => "host",
+        }
+    }
+
+    /// The subject whose [`Subject::as_str`] is `name`.
+    pub fn from_name(name: &str) -> Option<Subject> {
+        Subject::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+}
+
 /// An error from reach: a [`ErrorKind`], a message that names the thing concerned and what to
-/// do, and optionally the underlying cause.
+/// do, optionally the [`Subject`] it is about, and optionally the underlying cause.
 ///
 /// Cheap to clone, so a backend can keep its last error for [`crate::Backend::last_error`].
 #[derive(Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    subject: Option<Subject>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -118,8 +164,21 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            subject: None,
             source: None,
         }
+    }
+
+    /// Says which thing the error is about.
+    #[must_use]
+    pub fn with_subject(mut self, subject: Subject) -> Self {
+        self.subject = Some(subject);
+        self
+    }
+
+    /// Which thing the error is about, where the backend said.
+    pub fn subject(&self) -> Option<Subject> {
+        self.subject
     }
 
     /// Attaches the underlying cause.
@@ -197,6 +256,9 @@ impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Error");
         d.field("kind", &self.kind).field("message", &self.message);
+        if let Some(subject) = self.subject {
+            d.field("subject", &subject);
+        }
         if let Some(source) = &self.source {
             d.field("source", source);
         }
@@ -253,6 +315,19 @@ mod tests {
             std::io::Error::from_raw_os_error(20),
         );
         assert_eq!(enotdir.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn every_subject_comes_back_from_its_name_and_is_kept() {
+        for subject in Subject::ALL {
+            assert_eq!(Subject::from_name(subject.as_str()), Some(subject));
+        }
+        assert_eq!(Subject::from_name("no_such_subject"), None);
+        let err = Error::new(ErrorKind::NotFound, "gone");
+        assert_eq!(err.subject(), None);
+        let err = err.with_subject(Subject::WorkingDirectory);
+        assert_eq!(err.clone().subject(), Some(Subject::WorkingDirectory));
+        assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 
     #[test]

@@ -122,10 +122,17 @@ pub struct TreeOptions {
 /// Files on one target.
 ///
 /// Operations a backend cannot offer return [`crate::ErrorKind::Unsupported`] with a message
-/// that says why; the optional fast paths (like [`FileSystem::sha256`]) do so by default so
-/// callers can fall back.
+/// that says why. The optional fast paths (like [`FileSystem::sha256`]) are listed in
+/// [`FileSystem::capabilities`], so that callers choose before calling; they return
+/// `Unsupported` by default.
 #[async_trait]
 pub trait FileSystem: Send + Sync + std::fmt::Debug {
+    /// The optional file operations this file system offers ([`crate::Capability::Sha256`],
+    /// `HashedWrite`, the tree paths, `SetModified`) and whether its files are this
+    /// machine's own (`HostFiles`). None by default.
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities::none()
+    }
     /// Opens a file for streaming reads.
     async fn open_read(&self, path: &str) -> Result<BoxRead>;
     /// Opens (creating or truncating, per `options`) a file for streaming writes. The data is

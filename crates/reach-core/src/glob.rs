@@ -241,7 +241,7 @@ pub async fn expand(fs: &dyn FileSystem, pattern: &str) -> Result<Vec<String>> {
             let entries = match fs.read_dir(dir).await {
                 Ok(entries) => entries,
                 Err(e) if !prefix || matches!(e.kind(), ErrorKind::NotFound) => continue,
-                Err(e) if e.kind() == ErrorKind::InvalidInput => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidInput) => continue,
                 Err(e) => return Err(e),
             };
             let mut names: Vec<_> = entries

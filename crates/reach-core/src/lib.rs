@@ -7,6 +7,8 @@
 //!   `Arc<dyn Backend>` so that a caller never needs to know which target it talks to.
 //! - The value types around them: [`ExecSpec`], [`ExitStatus`], [`Signal`], [`Platform`],
 //!   [`Metadata`].
+//! - [`BackendKind`] and [`Capabilities`]: which backend serves a target and what it can do,
+//!   so that callers choose a path up front.
 //! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target.
 //! - One [`Error`] type with a `#[non_exhaustive]` [`ErrorKind`] that every backend maps onto.
 //!
@@ -28,6 +30,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod capability;
 mod destination;
 mod error;
 mod exec;
@@ -35,8 +38,9 @@ mod fs;
 pub mod glob;
 
 pub use backend::{tcp_address, tcp_connect_error, Backend, Platform, TcpTunnel};
+pub use capability::{BackendKind, Capabilities, Capability};
 pub use destination::{Destination, Location, DEFAULT_SCHEME};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, Subject};
 pub use exec::{
     shell_quote, BoxRead, BoxWrite, CommandLine, ExecSpec, ExitStatus, Output, Process, ProcessExt,
     PtyRequest, PtySize, Signal, StdinMode, Streams,

@@ -19,8 +19,8 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use reach_core::{
-    shell_quote, BoxRead, BoxWrite, DirEntry, Error, ErrorKind, ExecSpec, FileSystem, FileType,
-    Metadata, ProcessExt, Result, WriteOptions,
+    shell_quote, BoxRead, BoxWrite, Capabilities, Capability, DirEntry, Error, ErrorKind, ExecSpec,
+    FileSystem, FileType, Metadata, ProcessExt, Result, WriteOptions,
 };
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
@@ -188,7 +188,7 @@ async fn resolve(conn: &Conn, path: &str) -> Result<(String, Stat)> {
     let mut current = path.to_owned();
     for _ in 0..MAX_LINKS {
         let stat = stat_raw(conn, &current).await.map_err(|e| {
-            if e.kind() == ErrorKind::NotFound && current != path {
+            if matches!(e.kind(), ErrorKind::NotFound) && current != path {
                 Error::new(
                     ErrorKind::NotFound,
                     format!(
@@ -525,7 +525,7 @@ impl DockerFs {
                     self.name()
                 ),
             )),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::new(
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "`{path}` in container `{}`: directory `{parent}` does not exist",
@@ -542,7 +542,7 @@ impl DockerFs {
                 ErrorKind::AlreadyExists,
                 format!("`{path}` already exists in container `{}`", self.name()),
             )),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -737,6 +737,16 @@ fn parse_listing(payload: Bytes) -> Vec<DirEntry> {
 
 #[async_trait]
 impl FileSystem for DockerFs {
+    fn capabilities(&self) -> Capabilities {
+        if self.conn.agent_running() {
+            Capabilities::of(&[Capability::Sha256, Capability::SetModified])
+        } else if self.conn.shell_known() {
+            Capabilities::of(&[Capability::SetModified])
+        } else {
+            Capabilities::none()
+        }
+    }
+
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let abs = self.abs(path).await;
         if let Some(agent) = self.conn.agent().await {
@@ -786,7 +796,7 @@ impl FileSystem for DockerFs {
         // Write through a symlink to its target, as open(2) does.
         let target = match resolve(&self.conn, &abs).await {
             Ok((real, stat)) => Some((real, stat)),
-            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => None,
             Err(e) => return Err(e),
         };
         let (real, mode, prefix) = match target {
@@ -882,7 +892,7 @@ impl FileSystem for DockerFs {
                         ),
                     ))
                 }
-                Err(e) if e.kind() == ErrorKind::NotFound && current != "/" => {
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) && current != "/" => {
                     let (parent, name) = parent_and_name(&current);
                     missing.push(name);
                     current = parent;

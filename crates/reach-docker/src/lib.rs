@@ -41,7 +41,8 @@ use async_trait::async_trait;
 use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
 use reach_core::{
-    Backend, Destination, Error, ErrorKind, ExecSpec, FileSystem, Platform, Process, Result,
+    Backend, BackendKind, Capabilities, Capability, Destination, Error, ErrorKind, ExecSpec,
+    FileSystem, Platform, Process, Result, Subject,
 };
 use tokio::sync::OnceCell;
 
@@ -126,7 +127,7 @@ pub(crate) fn engine_error(address: &str, doing: &str, err: bollard::errors::Err
             ErrorKind::Timeout,
             "the engine did not answer in time".into(),
         ),
-        E::IOError { err } if err.kind() == std::io::ErrorKind::NotFound => (
+        E::IOError { err } if matches!(err.kind(), std::io::ErrorKind::NotFound) => (
             ErrorKind::Unreachable,
             format!("{err} (is the Docker daemon running? is DOCKER_HOST right?)"),
         ),
@@ -253,6 +254,17 @@ impl Conn {
         started.ok()
     }
 
+    /// Whether commands and files go through the agent: one runs, or one will be started
+    /// on first use.
+    pub(crate) fn agent_running(&self) -> bool {
+        self.use_agent && !matches!(self.slot().now(), AgentNow::Never)
+    }
+
+    /// Whether the container is known to have `/bin/sh` (false until it was looked for).
+    pub(crate) fn shell_known(&self) -> bool {
+        self.shell.get().copied().unwrap_or(false)
+    }
+
     /// Why there is no agent, for messages.
     pub(crate) fn agent_absence(&self) -> String {
         if !self.use_agent {
@@ -337,7 +349,7 @@ pub(crate) async fn container_gone(
         }
         Err(e) => {
             let e = engine_error(address, "inspecting the container", e);
-            Some(if e.kind() == ErrorKind::NotFound {
+            Some(if matches!(e.kind(), ErrorKind::NotFound) {
                 format!("container `{name}` was removed while the command ran")
             } else {
                 format!("the Docker engine at `{address}` is unreachable: {e}")
@@ -398,7 +410,7 @@ impl DockerBackend {
             .await
             .map_err(|e| {
                 let e = engine_error(&address, "inspecting the container", e);
-                if e.kind() == ErrorKind::NotFound {
+                if matches!(e.kind(), ErrorKind::NotFound) {
                     Error::new(
                         ErrorKind::NotFound,
                         format!(
@@ -406,6 +418,7 @@ impl DockerBackend {
                              `docker ps -a` for the names there)"
                         ),
                     )
+                    .with_subject(Subject::Container)
                 } else {
                     e
                 }
@@ -489,8 +502,30 @@ fn uname_arch(go: &str) -> &str {
 
 #[async_trait]
 impl Backend for DockerBackend {
-    fn kind(&self) -> &'static str {
-        "docker"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    /// Signals and TCP need the agent, so they are listed only while one runs (or, before
+    /// connecting, while one is allowed).
+    fn capabilities(&self) -> Capabilities {
+        let base = Capabilities::of(&[Capability::Pty, Capability::KeepConnection]);
+        let agent = match self.conn.try_lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some(conn) => conn.agent_running(),
+                None => self.options.agent,
+            },
+            Err(_) => false,
+        };
+        if agent {
+            base.union(Capabilities::of(&[
+                Capability::Agent,
+                Capability::Signals,
+                Capability::Tcp,
+            ]))
+        } else {
+            base
+        }
     }
 
     fn destination(&self) -> &Destination {

@@ -156,7 +156,7 @@ impl Containers {
                     &format!("creating a container from `{}`", spec.image),
                     e,
                 );
-                if err.kind() == ErrorKind::NotFound {
+                if matches!(err.kind(), ErrorKind::NotFound) {
                     Error::new(
                         ErrorKind::NotFound,
                         format!(

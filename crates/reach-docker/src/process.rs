@@ -9,7 +9,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use reach_core::{
     BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
-    Result, Signal, StdinMode, Streams,
+    Result, Signal, StdinMode, Streams, Subject,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -223,7 +223,7 @@ fn spawn_error(conn: &Conn, argv0: &str, cwd: Option<&str>, failure: SpawnFailur
                 conn.name, failure.message
             )
         };
-        return Error::new(kind, message);
+        return Error::new(kind, message).with_subject(Subject::WorkingDirectory);
     }
     Error::new(
         kind,
@@ -232,6 +232,7 @@ fn spawn_error(conn: &Conn, argv0: &str, cwd: Option<&str>, failure: SpawnFailur
             conn.name, failure.message
         ),
     )
+    .with_subject(Subject::Command)
 }
 
 /// A command started by the agent.
@@ -417,16 +418,18 @@ impl EngineProcess {
                             "working directory `{dir}` in container `{}` is not a directory",
                             conn.name
                         ),
-                    ))
+                    )
+                    .with_subject(Subject::WorkingDirectory))
                 }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {
                     return Err(Error::new(
                         ErrorKind::NotFound,
                         format!(
                             "working directory `{dir}` does not exist in container `{}`",
                             conn.name
                         ),
-                    ))
+                    )
+                    .with_subject(Subject::WorkingDirectory))
                 }
                 Err(e) => return Err(e),
             }
@@ -638,6 +641,7 @@ fn oci_error(name: &str, argv0: &str, text: &[u8]) -> Error {
         kind,
         format!("cannot run `{argv0}` in container `{name}`: {text}"),
     )
+    .with_subject(Subject::Command)
 }
 
 async fn resize(docker: &Docker, exec_id: &str, size: PtySize) -> Result<()> {

@@ -248,7 +248,7 @@ pub fn keys_path(template: &Path, user: &str) -> Option<PathBuf> {
 pub fn load_keys(path: &Path) -> (Vec<AuthorizedKey>, Vec<String>) {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_authorized_keys(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), Vec::new()),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => (Vec::new(), Vec::new()),
         Err(e) => (Vec::new(), vec![format!("{}: {e}", path.display())]),
     }
 }

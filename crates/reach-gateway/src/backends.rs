@@ -17,7 +17,7 @@ use reach_core::{Backend, CommandLine, Destination, Error, ErrorKind, ExecSpec, 
 use reach_docker::{ContainerSpec, Containers, DockerBackend, DockerOptions};
 use reach_local::LocalBackend;
 
-use crate::config::{BackendConfig, BackendKind, ContainerMode};
+use crate::config::{BackendConfig, ContainerMode, SessionBackend};
 use crate::log::Level;
 use crate::metrics::Metrics;
 
@@ -128,8 +128,8 @@ impl Provider {
         metrics: Arc<Metrics>,
     ) -> Result<Self> {
         let kind = match config.kind {
-            BackendKind::Local => Kind::Local(Arc::new(LocalBackend::new())),
-            BackendKind::Docker => {
+            SessionBackend::Local => Kind::Local(Arc::new(LocalBackend::new())),
+            SessionBackend::Docker => {
                 let mut options = DockerOptions::new();
                 options.host = config.docker_host.clone();
                 let containers = Containers::connect(&options).await?;

@@ -423,7 +423,7 @@ async fn serve_process(
                 error = err
             );
             // Our own limits say what they are; backend failures get the safe summary.
-            let why = if err.kind() == reach_core::ErrorKind::InvalidInput {
+            let why = if matches!(err.kind(), reach_core::ErrorKind::InvalidInput) {
                 err.message()
             } else {
                 public_reason(&err)

@@ -115,10 +115,10 @@ fn default_webhook_timeout() -> u64 {
     2000
 }
 
-/// Which backend runs sessions.
+/// Which backend runs the gateway's sessions (a subset of `reach_core::BackendKind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendKind {
+pub enum SessionBackend {
     /// Processes on this host, as the gateway's user.
     #[default]
     Local,
@@ -146,7 +146,7 @@ pub enum ContainerMode {
 #[non_exhaustive]
 pub struct BackendConfig {
     /// `local` or `docker`.
-    pub kind: BackendKind,
+    pub kind: SessionBackend,
     /// Docker: `connection`, `session` or `persistent`.
     pub mode: ContainerMode,
     /// Docker: the image (it must be on the engine).
@@ -178,7 +178,7 @@ pub struct BackendConfig {
 impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
-            kind: BackendKind::Local,
+            kind: SessionBackend::Local,
             mode: ContainerMode::Connection,
             image: None,
             command: vec!["sleep".to_owned(), "2147483647".to_owned()],
@@ -263,7 +263,7 @@ impl Config {
     /// parse, someone can log in.
     pub fn validate(&self) -> Result<()> {
         let invalid = |m: String| Err(Error::new(ErrorKind::InvalidInput, m));
-        if self.backend.kind == BackendKind::Docker && self.backend.image.is_none() {
+        if self.backend.kind == SessionBackend::Docker && self.backend.image.is_none() {
             return invalid(
                 "the docker backend needs an image (`--image IMG`, or `image` under \
                  [backend])"

@@ -330,7 +330,7 @@ impl russh_sftp::server::Handler for Sftp {
         let open = if pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND) {
             let existing = match self.fs.metadata(&path).await {
                 Ok(meta) => Some(meta.len),
-                Err(e) if e.kind() == ErrorKind::NotFound => None,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) => None,
                 Err(e) => return Err(e.into()),
             };
             if existing.is_none() && !pflags.contains(OpenFlags::CREATE) {

@@ -57,7 +57,7 @@ pub fn host_key(dir: &Path) -> Result<PrivateKey> {
                 )
             })
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => {
             let key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
                 .map_err(|e| Error::new(ErrorKind::Io, format!("generating a host key: {e}")))?;
             let private = key

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use reach_core::{
-    BoxRead, BoxWrite, DirEntry, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
-    WriteOptions,
+    BoxRead, BoxWrite, Capabilities, Capability, DirEntry, Error, ErrorKind, FileSystem, FileType,
+    Metadata, Result, WriteOptions,
 };
 
 use crate::write::LocalWriter;
@@ -49,6 +49,16 @@ fn convert(m: &std::fs::Metadata) -> Metadata {
 
 #[async_trait]
 impl FileSystem for LocalFs {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[
+            Capability::HostFiles,
+            Capability::Sha256,
+            Capability::Sha256Tree,
+            Capability::SyncTree,
+            Capability::SetModified,
+        ])
+    }
+
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let file = tokio::fs::File::open(path)
             .await
@@ -109,7 +119,7 @@ impl FileSystem for LocalFs {
             let m = match entry.metadata().await {
                 Ok(m) => m,
                 // Removed while we listed it: not an entry any more.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => continue,
                 Err(e) => return Err(err("stat", &format!("{path}/{name}"), e)),
             };
             entries.push(DirEntry {

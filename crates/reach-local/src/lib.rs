@@ -22,8 +22,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use reach_core::{
-    tcp_connect_error, Backend, Destination, Error, ExecSpec, FileSystem, Platform, Process,
-    Result, TcpTunnel,
+    tcp_connect_error, Backend, BackendKind, Capabilities, Capability, Destination, Error,
+    ExecSpec, FileSystem, Platform, Process, Result, TcpTunnel,
 };
 
 pub use fs::LocalFs;
@@ -82,8 +82,12 @@ pub(crate) fn current_user() -> nix::unistd::User {
 
 #[async_trait]
 impl Backend for LocalBackend {
-    fn kind(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[Capability::Signals, Capability::Pty, Capability::Tcp])
     }
 
     fn destination(&self) -> &Destination {

@@ -11,7 +11,7 @@ use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::Pid;
 use reach_core::{
     BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
-    Result, Signal, StdinMode, Streams,
+    Result, Signal, StdinMode, Streams, Subject,
 };
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -69,9 +69,13 @@ impl LocalProcess {
                     return Err(Error::new(
                         ErrorKind::InvalidInput,
                         format!("working directory `{dir}` on local is not a directory"),
-                    ))
+                    )
+                    .with_subject(Subject::WorkingDirectory))
                 }
-                Err(e) => return Err(Error::io(format!("working directory `{dir}` on local"), e)),
+                Err(e) => {
+                    return Err(Error::io(format!("working directory `{dir}` on local"), e)
+                        .with_subject(Subject::WorkingDirectory))
+                }
             }
             cmd.current_dir(dir);
         }
@@ -209,11 +213,13 @@ fn spawn_error(label: &str, cwd: Option<&str>, err: std::io::Error) -> Error {
             ErrorKind::NotFound,
             format!("command `{label}` not found on local: check the name and PATH"),
         )
+        .with_subject(Subject::Command)
         .with_source(err),
         std::io::ErrorKind::PermissionDenied => Error::new(
             ErrorKind::PermissionDenied,
             format!("command `{label}` on local is not executable: check its permissions"),
         )
+        .with_subject(Subject::Command)
         .with_source(err),
         _ => Error::io(
             format!(

@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reach_core::{
-    Backend, Destination, Error, ErrorKind, ExecSpec, FileSystem, Platform, Process, ProcessExt,
-    Result,
+    Backend, BackendKind, Capabilities, Capability, Destination, Error, ErrorKind, ExecSpec,
+    FileSystem, Platform, Process, ProcessExt, Result, Subject,
 };
 use russh::client;
 use russh::keys::{HashAlg, PublicKey};
@@ -199,6 +199,8 @@ struct Hop {
     proxy_command: Option<String>,
     /// What the handshake offers (`KexAlgorithms`, `HostKeyAlgorithms`, `Ciphers`, `MACs`).
     algorithms: Algorithms,
+    /// `LocalForward`s from the config, as `-L` specs.
+    local_forwards: Vec<String>,
 }
 
 impl Hop {
@@ -310,6 +312,7 @@ fn resolve_hop(
         keepalive,
         keepalive_max: host_config.server_alive_count_max.unwrap_or(3) as usize,
         algorithms,
+        local_forwards: host_config.local_forwards,
     };
     Ok((hop, host_config.proxy_jump.unwrap_or_default()))
 }
@@ -492,7 +495,7 @@ impl SshBackend {
                     let command = hop.proxy_command.as_deref().unwrap_or_default();
                     let stream = proxy::ProxyStream::start(command, &hop.addr())?;
                     self.handshake(hop, stream).await.map_err(|e| {
-                        if e.kind() == ErrorKind::Protocol {
+                        if matches!(e.kind(), ErrorKind::Protocol) {
                             Error::new(
                                 ErrorKind::Unreachable,
                                 format!(
@@ -632,14 +635,16 @@ impl SshBackend {
                     "working directory `{dir}` on `{}` is not a directory",
                     self.addr()
                 ),
-            )),
-            Err(e) if e.kind() == ErrorKind::NotFound => Err(Error::new(
+            )
+            .with_subject(Subject::WorkingDirectory)),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "working directory `{dir}` does not exist on `{}`",
                     self.addr()
                 ),
-            )),
+            )
+            .with_subject(Subject::WorkingDirectory)),
             Err(e) => Err(e),
         }
     }
@@ -732,7 +737,7 @@ impl KnownHosts {
     fn read(user: &Path, global: &[PathBuf]) -> KnownHosts {
         let user_text = match std::fs::read_to_string(user) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => Ok(None),
             Err(e) => Err(e),
         };
         KnownHosts {
@@ -972,8 +977,14 @@ impl client::Handler for HostKeyCheck {
 
 #[async_trait]
 impl Backend for SshBackend {
-    fn kind(&self) -> &'static str {
-        "ssh"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Ssh
+    }
+
+    /// No `Signals`: the server decides whether a signal request reaches the command
+    /// (OpenSSH delivers only some, to the first process, not to what it started).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[Capability::Pty, Capability::Tcp, Capability::KeepConnection])
     }
 
     fn destination(&self) -> &Destination {
@@ -990,6 +1001,10 @@ impl Backend for SshBackend {
 
     fn keepalive_interval(&self) -> Option<Duration> {
         self.target.keepalive
+    }
+
+    fn configured_forwards(&self) -> Vec<String> {
+        self.target.local_forwards.clone()
     }
 
     async fn connect(&self) -> Result<()> {

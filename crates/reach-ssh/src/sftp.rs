@@ -20,8 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use reach_core::{
-    BoxRead, BoxWrite, DirEntry, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
-    WriteOptions,
+    BoxRead, BoxWrite, Capabilities, Capability, DirEntry, Error, ErrorKind, FileSystem, FileType,
+    Metadata, Result, WriteOptions,
 };
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::RawSftpSession;
@@ -210,7 +210,7 @@ impl SftpFs {
 
     /// A generic SFTP `Failure` for creating `path`: `AlreadyExists` if something is there.
     async fn refine_create(&self, err: Error, path: &str) -> Error {
-        if err.kind() == ErrorKind::Io && self.lstat_kind(path).await.is_some() {
+        if matches!(err.kind(), ErrorKind::Io) && self.lstat_kind(path).await.is_some() {
             return Error::new(
                 ErrorKind::AlreadyExists,
                 format!("`{path}` already exists on `{}`", self.addr),
@@ -308,6 +308,20 @@ fn ssh_string(out: &mut Vec<u8>, s: &str) {
 
 #[async_trait]
 impl FileSystem for SftpFs {
+    /// The hashing and tree paths run the server's own tools (`tar`, `sha256sum` or
+    /// `openssl`, Python 3); a server without them answers `Unsupported` when one is used.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[
+            Capability::Sha256,
+            Capability::HashedWrite,
+            Capability::WriteTree,
+            Capability::ReadTree,
+            Capability::Sha256Tree,
+            Capability::SyncTree,
+            Capability::SetModified,
+        ])
+    }
+
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let handle = self
             .open(path, OpenFlags::READ, FileAttributes::empty())
@@ -353,7 +367,7 @@ impl FileSystem for SftpFs {
         let start = if options.append {
             match self.metadata(path).await {
                 Ok(meta) => meta.len,
-                Err(e) if e.kind() == ErrorKind::NotFound => 0,
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) => 0,
                 Err(e) => return Err(e),
             }
         } else {
@@ -463,7 +477,7 @@ impl FileSystem for SftpFs {
             match self.create_dir(dir).await {
                 Ok(()) => {}
                 // Someone else made it in the meantime.
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -483,7 +497,7 @@ impl FileSystem for SftpFs {
             Ok(_) => Ok(()),
             Err(e) => {
                 let err = self.error(e, &format!("remove directory `{path}`"));
-                if err.kind() == ErrorKind::Io {
+                if matches!(err.kind(), ErrorKind::Io) {
                     return Err(Error::new(
                         ErrorKind::Io,
                         format!("{err} (is the directory empty?)"),

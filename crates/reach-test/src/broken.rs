@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reach_core::{
-    Backend, BoxRead, BoxWrite, Destination, DirEntry, Error, ErrorKind, ExecSpec, ExitStatus,
-    FileSystem, Metadata, Platform, Process, PtySize, Result, Signal, WriteOptions,
+    Backend, BackendKind, BoxRead, BoxWrite, Capabilities, Destination, DirEntry, Error, ErrorKind,
+    ExecSpec, ExitStatus, FileSystem, Metadata, Platform, Process, PtySize, Result, Signal,
+    WriteOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -93,8 +94,11 @@ impl BrokenBackend {
 
 #[async_trait]
 impl Backend for BrokenBackend {
-    fn kind(&self) -> &'static str {
-        "broken"
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
     fn destination(&self) -> &Destination {
         self.inner.destination()
@@ -406,6 +410,10 @@ impl BrokenFs {
 
 #[async_trait]
 impl FileSystem for BrokenFs {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let real = self.map(self.inner.open_read(path).await)?;
         if self.defect != Defect::TruncateReads {

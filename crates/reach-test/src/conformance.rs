@@ -485,7 +485,7 @@ async fn input_flow_control(cx: &Ctx) -> CheckResult {
     // sleep instead.
     match process.signal(Signal::KILL).await {
         Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::Unsupported => {}
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => {}
         Err(e) => return Err(format!("kill: {e}")),
     }
     tokio::time::timeout(Duration::from_secs(20), process.wait())
@@ -559,7 +559,7 @@ async fn working_dir(cx: &Ctx) -> CheckResult {
     ensure!(pwd.trim_end() == dir, "pwd in `{dir}` printed {pwd:?}");
     let missing = cx.path("no such dir");
     match cx.backend.exec(ExecSpec::argv(["pwd"]).cwd(&missing)).await {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
         Err(e) => return Err(format!("missing cwd gave {:?}: {e}", e.kind())),
         Ok(p) => return Err(format!("missing cwd ran anyway: {:?}", p.output().await)),
     }
@@ -575,7 +575,7 @@ async fn timeout_kills_tree(cx: &Ctx) -> CheckResult {
     match waited {
         Err(_) => return Err("a 1 s timeout did not end `sleep 60` within 15 s".to_owned()),
         Ok(Ok(status)) => return Err(format!("timed-out command reported {status:?}")),
-        Ok(Err(e)) if e.kind() == ErrorKind::Timeout => {}
+        Ok(Err(e)) if matches!(e.kind(), ErrorKind::Timeout) => {}
         Ok(Err(e)) => return Err(format!("timed-out command gave {:?}: {e}", e.kind())),
     }
     ensure!(
@@ -654,7 +654,7 @@ async fn pty_and_resize(cx: &Ctx) -> CheckResult {
     ensure!(status.success(), "status {status:?}");
     let no_pty = start(cx, ExecSpec::argv(["true"])).await?;
     match no_pty.resize(PtySize { rows: 1, cols: 1 }).await {
-        Err(e) if e.kind() == ErrorKind::InvalidInput => {}
+        Err(e) if matches!(e.kind(), ErrorKind::InvalidInput) => {}
         other => return Err(format!("resize without a PTY gave {other:?}")),
     }
     Ok(())
@@ -780,7 +780,7 @@ async fn fs_read_write(cx: &Ctx) -> CheckResult {
         )
         .await;
     match new_only {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists) => {}
         Err(e) => {
             return Err(format!(
                 "create_new on an existing file gave {:?}: {e}",
@@ -930,7 +930,7 @@ async fn fs_symlinks(cx: &Ctx) -> CheckResult {
         "symlink_metadata of a dangling link failed"
     );
     match fs.metadata(&dangling).await {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
         other => return Err(format!("metadata of a dangling link gave {other:?}")),
     }
     fs.remove_file(&link).await.map_err(|e| e.to_string())?;
@@ -1002,7 +1002,7 @@ async fn fs_directories(cx: &Ctx) -> CheckResult {
     let fs = cx.fs().await?;
     let deep = cx.path("a/b c/d");
     match fs.create_dir(&deep).await {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
         other => return Err(format!("create_dir with missing parents gave {other:?}")),
     }
     fs.create_dir_all(&deep).await.map_err(|e| e.to_string())?;
@@ -1010,7 +1010,7 @@ async fn fs_directories(cx: &Ctx) -> CheckResult {
         .await
         .map_err(|e| format!("create_dir_all twice: {e}"))?;
     match fs.create_dir(&deep).await {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists) => {}
         other => return Err(format!("create_dir on an existing dir gave {other:?}")),
     }
     ensure!(
@@ -1088,7 +1088,7 @@ async fn fs_rename_truncate_remove(cx: &Ctx) -> CheckResult {
     ensure!(back == b"new\0\0", "truncate to 5 left {:?}", back);
     fs.remove_file(&to).await.map_err(|e| e.to_string())?;
     match fs.metadata(&to).await {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
         other => return Err(format!("metadata after remove_file gave {other:?}")),
     }
     Ok(())
@@ -1098,7 +1098,7 @@ async fn fs_errors(cx: &Ctx) -> CheckResult {
     let fs = cx.fs().await?;
     let missing = cx.path("missing/file");
     let expect = |what: &str, got: Result<(), reach_core::Error>, kind: ErrorKind| match got {
-        Err(e) if e.kind() == kind => {
+        Err(e) if kind == e.kind() => {
             if e.to_string().contains(what) {
                 Ok(())
             } else {
@@ -1156,7 +1156,7 @@ async fn fs_errors(cx: &Ctx) -> CheckResult {
         .exec(ExecSpec::argv(["reach-no-such-command"]))
         .await
     {
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
         Err(e) => return Err(format!("a missing command gave {:?}: {e}", e.kind())),
         Ok(p) => match p.wait().await {
             Ok(ExitStatus::Code(127)) => {}
@@ -1226,7 +1226,9 @@ async fn tcp_connect(cx: &Ctx) -> CheckResult {
         let opened = loop {
             match cx.backend.connect_tcp("127.0.0.1", port).await {
                 Ok(tunnel) => break Some(tunnel),
-                Err(e) if e.kind() == ErrorKind::Unreachable && Instant::now() < deadline => {
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Unreachable) && Instant::now() < deadline =>
+                {
                     // Not listening yet, or the port was taken and the server is gone.
                     let gone = tokio::time::timeout(Duration::from_millis(100), server.wait());
                     if gone.await.is_ok() {
@@ -1292,7 +1294,7 @@ async fn tcp_connect(cx: &Ctx) -> CheckResult {
     );
     // Nothing listens there now.
     match cx.backend.connect_tcp("127.0.0.1", port).await {
-        Err(e) if e.kind() == ErrorKind::Unreachable => Ok(()),
+        Err(e) if matches!(e.kind(), ErrorKind::Unreachable) => Ok(()),
         Err(e) => Err(format!(
             "a closed port: {e} ({:?}), not Unreachable",
             e.kind()

@@ -46,7 +46,8 @@ mod tree;
 
 use futures_util::stream::{self, StreamExt};
 use reach_core::{
-    Backend, BoxRead, Error, ErrorKind, FileSystem, FileType, Metadata, Result, WriteOptions,
+    Backend, BackendKind, BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata,
+    Result, WriteOptions,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,7 +89,7 @@ impl Endpoint {
 }
 
 pub(crate) fn describe(backend: &dyn Backend, path: &str) -> String {
-    if backend.kind() == "local" {
+    if matches!(backend.kind(), BackendKind::Local) {
         path.to_owned()
     } else {
         format!("{}:{path}", backend.destination())
@@ -463,7 +464,7 @@ impl Transfer {
         let dst_fs = dest.backend.fs().await?;
         let dest_dir = match dst_fs.metadata(&dest.path).await {
             Ok(meta) => meta.is_dir(),
-            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => false,
             Err(e) => return Err(e),
         };
         let trailing_slash = dest.path.ends_with('/') && dest.path.len() > 1;
@@ -565,7 +566,7 @@ impl Transfer {
                     "`{shown}` is not a directory; several sources need a directory to go into"
                 ),
             ),
-            Err(e) if e.kind() == ErrorKind::NotFound => Error::new(
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "destination directory `{shown}` does not exist; create it first \
@@ -775,8 +776,9 @@ impl Transfer {
         // while it streams, instead of this machine reading the whole copy back afterwards.
         let source_hash = self.options.verify
             && meta.len >= REMOTE_HASH_MIN
-            && src.backend.kind() != "local"
-            && dst.backend.kind() == "local";
+            && src.fs.capabilities().has(Capability::Sha256)
+            && !src.fs.capabilities().has(Capability::HostFiles)
+            && dst.fs.capabilities().has(Capability::HostFiles);
         let filled = self.fill_part(src, dst, from, &part, meta);
         let (outcome, theirs) = if source_hash {
             // A failed fill drops the hash at once; a hash that fails is no failure of the
@@ -879,10 +881,13 @@ impl Transfer {
         let shown_to = describe(dst.backend, part);
         // A large file is hashed by the destination as it lands, where it can, rather than
         // read back in full once it is there.
-        let (writer, landed) = if self.options.verify && meta.len >= REMOTE_HASH_MIN {
+        let (writer, landed) = if self.options.verify
+            && meta.len >= REMOTE_HASH_MIN
+            && dst.fs.capabilities().has(Capability::HashedWrite)
+        {
             match dst.fs.open_write_hashed(part, options).await {
                 Ok((writer, landed)) => (writer, Some(landed)),
-                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => {
                     (dst.fs.open_write(part, options).await?, None)
                 }
                 Err(e) => return Err(e),
@@ -980,7 +985,7 @@ pub(crate) fn special(shown: &str) -> Error {
 async fn make_dir(fs: &Arc<dyn FileSystem>, path: &str) -> Result<()> {
     match fs.create_dir(path).await {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => match fs.metadata(path).await {
+        Err(e) if matches!(e.kind(), ErrorKind::AlreadyExists) => match fs.metadata(path).await {
             Ok(meta) if meta.is_dir() => Ok(()),
             _ => Err(e),
         },
@@ -1004,10 +1009,10 @@ pub(crate) async fn hash_target(
     path: &str,
     len: u64,
 ) -> Result<([u8; 32], Verified)> {
-    if len >= REMOTE_HASH_MIN {
+    if len >= REMOTE_HASH_MIN && fs.capabilities().has(Capability::Sha256) {
         match fs.sha256(path).await {
             Ok(digest) => return Ok((digest, Verified::TargetHash)),
-            Err(e) if e.kind() == ErrorKind::Unsupported => {}
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => {}
             Err(e) => return Err(e),
         }
     }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
-use reach_core::{BoxRead, Error, ErrorKind, FileSystem, FileType, Metadata, Result, WriteOptions};
+use reach_core::{
+    BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata, Result, WriteOptions,
+};
 use reach_tar::{Event, Header, Kind};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,20 +98,31 @@ impl Transfer {
         summary: &mut Summary,
     ) -> Result<bool> {
         match dst.fs.symlink_metadata(target).await {
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound) => {}
             _ => return Ok(false),
         }
         let staging = part_path(target);
-        let outcome = match self
-            .upload_tree(src, dst, &staging, target, dirs, items, summary)
-            .await
-        {
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                match self.download_tree(src, dst, root, &staging, summary).await {
-                    Err(e) if e.kind() == ErrorKind::Unsupported => return Ok(false),
-                    other => other.map(|sent| (sent, None)),
-                }
-            }
+        let download = src.fs.capabilities().has(Capability::ReadTree);
+        let uploaded = if dst.fs.capabilities().has(Capability::WriteTree) {
+            self.upload_tree(src, dst, &staging, target, dirs, items, summary)
+                .await
+        } else {
+            Err(Error::unsupported(
+                dst.backend.kind().as_str(),
+                "unpacking a tar stream",
+            ))
+        };
+        // A target that lacks the tools a listed path needs says so here, and the next path
+        // is taken.
+        let outcome = match uploaded {
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) && download => self
+                .download_tree(src, dst, root, &staging, summary)
+                .await
+                .map(|sent| (sent, None)),
+            other => other,
+        };
+        let outcome = match outcome {
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => return Ok(false),
             other => other,
         };
         let finished = match outcome {
@@ -418,7 +431,7 @@ impl Transfer {
         sums: Option<Sums>,
         summary: &mut Summary,
     ) -> Result<()> {
-        if self.options.sync && sums.is_none() {
+        if self.options.sync && sums.is_none() && dst.fs.capabilities().has(Capability::SyncTree) {
             match dst.fs.sync_tree(staging).await {
                 Err(e) if e.kind() != ErrorKind::Unsupported => return Err(e),
                 _ => {}
@@ -468,21 +481,22 @@ async fn tree_sums(
     staging: &str,
     sent: &[Sent],
 ) -> Result<HashMap<String, [u8; 32]>> {
-    match fs.sha256_tree(staging).await {
-        Ok(sums) => Ok(sums.into_iter().collect()),
-        Err(e) if e.kind() == ErrorKind::Unsupported => {
-            let mut sums = HashMap::new();
-            for file in sent {
-                let path = join(staging, &file.rel);
-                sums.insert(
-                    file.rel.clone(),
-                    crate::hash_target(fs, &path, file.bytes).await?.0,
-                );
-            }
-            Ok(sums)
+    if fs.capabilities().has(Capability::Sha256Tree) {
+        match fs.sha256_tree(staging).await {
+            Ok(sums) => return Ok(sums.into_iter().collect()),
+            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => {}
+            Err(e) => return Err(e),
         }
-        Err(e) => Err(e),
     }
+    let mut sums = HashMap::new();
+    for file in sent {
+        let path = join(staging, &file.rel);
+        sums.insert(
+            file.rel.clone(),
+            crate::hash_target(fs, &path, file.bytes).await?.0,
+        );
+    }
+    Ok(sums)
 }
 
 fn tar_meta(h: &Header) -> Metadata {

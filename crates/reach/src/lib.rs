@@ -212,7 +212,7 @@ mod tests {
         });
         for destination in ["user@example.org", "example.org:2222", "ssh://u@h:22"] {
             let backend = registry.resolve(destination).unwrap();
-            assert_eq!(backend.kind(), "ssh", "{destination}");
+            assert_eq!(backend.kind(), BackendKind::Ssh, "{destination}");
         }
         assert_eq!(
             registry.resolve("example.org:2222").unwrap().addr(),
@@ -228,14 +228,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             (backend.kind(), backend.user()),
-            ("docker", "app".to_owned())
+            (BackendKind::Docker, "app".to_owned())
         );
     }
 
     #[tokio::test]
     async fn connects_to_local_by_name() {
         let backend = connect("local").await.unwrap();
-        assert_eq!(backend.kind(), "local");
+        assert_eq!(backend.kind(), BackendKind::Local);
         let out = backend
             .exec(ExecSpec::argv(["printf", "hi"]))
             .await

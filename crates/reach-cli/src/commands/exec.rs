@@ -4,7 +4,8 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use reach::{
-    CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, ProcessExt, Signal, StdinMode,
+    Capability, CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, ProcessExt, Signal,
+    StdinMode,
 };
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -51,11 +52,13 @@ pub async fn exec(
         spec = spec.pty(term_name(), term::size());
     }
     // A terminal session stays direct: its window size and raw mode do not cross the agent.
-    let warm = match destination.scheme() {
-        "ssh" | "docker" if !args.tty => {
-            crate::inventory::reuse(conn_args.no_reuse, args.inventory.as_deref())?
-        }
-        _ => None,
+    let keeps = super::backend_for(&destination)?
+        .capabilities()
+        .has(Capability::KeepConnection);
+    let warm = if keeps && !args.tty {
+        crate::inventory::reuse(conn_args.no_reuse, args.inventory.as_deref())?
+    } else {
+        None
     };
     run(&destination, spec, json, warm.map(|idle| (idle, conn_args))).await
 }
@@ -152,7 +155,7 @@ async fn run(
     }
     match status {
         Ok(status) => Ok(exit::for_status(&status)),
-        Err(err) if err.kind() == ErrorKind::Timeout => {
+        Err(err) if matches!(err.kind(), ErrorKind::Timeout) => {
             output::report_error(&err, false);
             Ok(exit::TIMEOUT)
         }
@@ -176,7 +179,8 @@ async fn start(
         let request = ExecRequest::new(destination.to_string(), wire, &spec);
         match client::exec(request, idle).await {
             Handed::Started(process) => return Ok(Ok(process)),
-            Handed::Failed(err, true) if err.kind() == ErrorKind::AuthFailed && may_ask => {}
+            Handed::Failed(err, true) if matches!(err.kind(), ErrorKind::AuthFailed) && may_ask => {
+            }
             Handed::Failed(err, true) => return Err(err),
             Handed::Failed(err, false) => return Ok(Err(err)),
             Handed::Unavailable(why) => {
@@ -218,7 +222,7 @@ fn report_json(
                 "error".into(),
                 json!({"kind": err.kind().as_str(), "message": err.to_string()}),
             );
-            if err.kind() == ErrorKind::Timeout {
+            if matches!(err.kind(), ErrorKind::Timeout) {
                 exit::TIMEOUT
             } else {
                 exit::for_error(&err)

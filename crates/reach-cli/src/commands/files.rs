@@ -41,7 +41,10 @@ async fn open_all(argument: &str, wildcards: Wildcards) -> reach::Result<Vec<Tar
         return Ok(vec![target]);
     }
     let paths = match super::expand(argument, &target.location, target.fs.as_ref()).await {
-        Err(e) if e.kind() == ErrorKind::NotFound && wildcards == Wildcards::ExpandOrNothing => {
+        Err(e)
+            if matches!(e.kind(), ErrorKind::NotFound)
+                && wildcards == Wildcards::ExpandOrNothing =>
+        {
             return Ok(Vec::new())
         }
         other => other?,
@@ -351,7 +354,7 @@ pub async fn rm(args: RmArgs, json: bool) -> reach::Result<i32> {
     for_each(&args.locations, wildcards, json, |t| async move {
         let path = &t.location.path;
         let meta = match t.fs.symlink_metadata(path).await {
-            Err(err) if force && err.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(err) if force && matches!(err.kind(), ErrorKind::NotFound) => return Ok(None),
             other => other?,
         };
         if meta.is_dir() {

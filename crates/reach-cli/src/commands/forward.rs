@@ -8,7 +8,7 @@ use reach::{tcp_address, Backend, Destination, Error, ErrorKind};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{ConnArgs, ForwardArgs};
+use crate::cli::ForwardArgs;
 use crate::output;
 
 /// One `[BIND:]PORT:HOST:HOSTPORT`.
@@ -83,25 +83,10 @@ pub fn parse_forward(spec: &str) -> reach::Result<Forward> {
     })
 }
 
-/// The `LocalForward` lines the SSH config gives an `ssh` destination (`ssh -N host` with
-/// them set up); nothing for other destinations.
-fn configured_forwards(destination: &Destination, conn: &ConnArgs) -> reach::Result<Vec<String>> {
-    if destination.scheme() != "ssh" {
-        return Ok(Vec::new());
-    }
-    let config = match &conn.ssh_config {
-        Some(path) => reach::ssh::config::SshConfig::load(path)?,
-        None => reach::ssh::config::SshConfig::load_default()?,
-    }
-    .with_options(&conn.ssh_options)?;
-    let user = destination.user().or(conn.login.as_deref());
-    Ok(config.resolve_as(destination.host(), user)?.local_forwards)
-}
-
-pub async fn forward(args: ForwardArgs, json: bool, conn: &ConnArgs) -> reach::Result<i32> {
+pub async fn forward(args: ForwardArgs, json: bool) -> reach::Result<i32> {
     let destination = Destination::parse(&args.destination)?;
     let specs = if args.forwards.is_empty() {
-        configured_forwards(&destination, conn)?
+        super::backend_for(&destination)?.configured_forwards()
     } else {
         args.forwards.clone()
     };

@@ -89,7 +89,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Mv(args) => files::mv(args, json).await,
         Command::Chmod(args) => files::chmod(args, json).await,
         Command::Cp(args) => cp::cp(args, json).await,
-        Command::Forward(args) => forward::forward(args, json, &cli.conn).await,
+        Command::Forward(args) => forward::forward(args, json).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
     }
@@ -97,6 +97,13 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
 
 /// Resolves and connects a destination (once per destination per run).
 async fn connect(destination: &reach::Destination) -> reach::Result<Arc<dyn Backend>> {
+    let backend = backend_for(destination)?;
+    backend.connect().await?;
+    Ok(backend)
+}
+
+/// The backend for a destination, not yet connected (made once per destination per run).
+fn backend_for(destination: &reach::Destination) -> reach::Result<Arc<dyn Backend>> {
     let key = destination.to_string();
     let known = BACKENDS
         .lock()
@@ -114,7 +121,6 @@ async fn connect(destination: &reach::Destination) -> reach::Result<Arc<dyn Back
             backend
         }
     };
-    backend.connect().await?;
     Ok(backend)
 }
 

@@ -3,7 +3,7 @@
 use std::io::BufRead;
 
 use reach::{Error, ErrorKind};
-use reach_gateway::config::{BackendKind, ContainerMode};
+use reach_gateway::config::{ContainerMode, SessionBackend};
 use reach_gateway::{Config, Gateway};
 
 use crate::cli::ServeArgs;
@@ -42,8 +42,8 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) -> reach::Result<()> {
     }
     if let Some(backend) = &args.backend {
         config.backend.kind = match backend.as_str() {
-            "local" => BackendKind::Local,
-            "docker" => BackendKind::Docker,
+            "local" => SessionBackend::Local,
+            "docker" => SessionBackend::Docker,
             other => {
                 return Err(invalid(format!(
                     "--backend {other}: choose `local` or `docker`"
@@ -54,7 +54,7 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) -> reach::Result<()> {
     if let Some(image) = &args.image {
         config.backend.image = Some(image.clone());
         if args.backend.is_none() {
-            config.backend.kind = BackendKind::Docker;
+            config.backend.kind = SessionBackend::Docker;
         }
     }
     if let Some(mode) = &args.mode {

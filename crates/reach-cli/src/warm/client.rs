@@ -187,7 +187,7 @@ async fn ask_at(socket: &Path, request: &Request) -> reach::Result<Option<Value>
             // A socket left by an agent that is gone refuses connections: nothing runs.
             if UnixStream::connect(socket)
                 .await
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+                .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::ConnectionRefused))
             {
                 return Ok(None);
             }

@@ -327,10 +327,7 @@ async fn exec(
     let process = match start(state, &request, spec).await {
         Ok(process) => process,
         Err((err, connecting)) => {
-            let mut body = serde_json::json!({
-                "kind": err.kind().as_str(),
-                "message": err.message(),
-            });
+            let mut body = super::error_value(&err);
             body["connecting"] = Value::Bool(connecting);
             let _ = write_frame(&mut to, frame::FAILED, body.to_string().as_bytes()).await;
             return;
@@ -492,7 +489,7 @@ async fn relay(process: Arc<dyn Process>, mut from: OwnedReadHalf, to: OwnedWrit
             signal,
             core_dumped,
         }) => json!({"signal": signal.name(), "core_dumped": core_dumped}),
-        Err(err) => json!({"error": {"kind": err.kind().as_str(), "message": err.message()}}),
+        Err(err) => json!({"error": super::error_value(&err)}),
     };
     let _ = frames
         .send((frame::EXIT, exit.to_string().into_bytes()))

@@ -139,7 +139,7 @@ pub fn runtime_dir() -> Result<PathBuf, String> {
     };
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists) => {}
         Err(e) => return Err(format!("cannot create `{}`: {e}", dir.display())),
     }
     check_private(&dir, me)?;
@@ -194,7 +194,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<Option
     let mut head = [0u8; 5];
     match from.read_exact(&mut head).await {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if matches!(e.kind(), io::ErrorKind::UnexpectedEof) => return Ok(None),
         Err(e) => return Err(e),
     }
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -494,14 +494,21 @@ mod secret {
     }
 }
 
-/// A failure as JSON `{kind, message}`.
-pub fn error_json(err: &reach::Error) -> Vec<u8> {
-    serde_json::json!({"kind": err.kind().as_str(), "message": err.message()})
-        .to_string()
-        .into_bytes()
+/// A failure as JSON `{kind, message, subject}` (`subject` is null when not said).
+pub fn error_value(err: &reach::Error) -> serde_json::Value {
+    serde_json::json!({
+        "kind": err.kind().as_str(),
+        "message": err.message(),
+        "subject": err.subject().map(reach::Subject::as_str),
+    })
 }
 
-/// The failure a `{kind, message}` object describes.
+/// [`error_value`] as bytes for a frame.
+pub fn error_json(err: &reach::Error) -> Vec<u8> {
+    error_value(err).to_string().into_bytes()
+}
+
+/// The failure a `{kind, message, subject}` object describes.
 pub fn error_from_json(value: &serde_json::Value) -> reach::Error {
     let kind = value
         .get("kind")
@@ -512,7 +519,15 @@ pub fn error_from_json(value: &serde_json::Value) -> reach::Error {
         .get("message")
         .and_then(|m| m.as_str())
         .unwrap_or("the connection agent sent a malformed error");
-    reach::Error::new(kind, message)
+    let error = reach::Error::new(kind, message);
+    match value
+        .get("subject")
+        .and_then(|s| s.as_str())
+        .and_then(reach::Subject::from_name)
+    {
+        Some(subject) => error.with_subject(subject),
+        None => error,
+    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,38 @@ fn logins(sshd: &SshdFixture) -> usize {
     sshd.log().matches("Accepted publickey").count()
 }
 
+/// What an error is about crosses the connection keeper with it: a missing working
+/// directory exits 1, a missing command 127, as on the direct path.
+#[test]
+fn a_missing_working_directory_is_no_missing_command_when_warm() {
+    let Some(sshd) =
+        SshdFixture::start_or_skip("a_missing_working_directory_is_no_missing_command_when_warm")
+    else {
+        return;
+    };
+    let agent = Agent::new();
+    let f = Flags::of(&sshd);
+    let nowhere = agent
+        .reach(&exec_args(&f, &["-C", "/no/such/dir"], &["true"]))
+        .run();
+    assert_eq!(nowhere.code, 1, "{}", nowhere.stderr);
+    assert!(
+        nowhere.stderr.contains("/no/such/dir"),
+        "{}",
+        nowhere.stderr
+    );
+    let missing = agent
+        .reach(&exec_args(&f, &[], &["reach-no-such-command"]))
+        .run();
+    assert_eq!(missing.code, 127, "{}", missing.stderr);
+    let list = agent.list();
+    assert_eq!(
+        held(&list, &f.dest).len(),
+        1,
+        "went through the keeper: {list}"
+    );
+}
+
 #[test]
 fn a_warm_second_call_opens_no_new_connection() {
     let Some(sshd) = SshdFixture::start_or_skip("a_warm_second_call_opens_no_new_connection")

@@ -197,7 +197,27 @@ fn files_commands_work_in_a_container() {
     assert_eq!(out.stdout, b"at home");
     // Who commands run as: the image's default user, which the engine makes root.
     let out = reach(&["--json", "info", &dest]).run();
-    assert_eq!(out.json()["user"], "root", "{}", out.stderr);
+    let info = out.json();
+    assert_eq!(info["user"], "root", "{}", out.stderr);
+    // With the agent, signals, TCP and hashing in the container; without it, none of them.
+    let caps = &info["capabilities"];
+    for name in [
+        "agent",
+        "signals",
+        "tcp",
+        "sha256",
+        "pty",
+        "keep_connection",
+    ] {
+        assert_eq!(caps[name], true, "{name} in {caps}");
+    }
+    assert_eq!(caps["host_files"], false, "{caps}");
+    let out = reach(&["--json", "--no-agent", "info", &dest]).run();
+    let caps = &out.json()["capabilities"];
+    for name in ["agent", "signals", "tcp", "sha256"] {
+        assert_eq!(caps[name], false, "{name} without the agent in {caps}");
+    }
+    assert_eq!(caps["pty"], true, "{caps}");
     let out = c.exec(&["id", "-un"]).unwrap();
     assert_eq!(out.stdout, b"root\n");
 }

@@ -289,6 +289,21 @@ fn info_describes_local() {
     assert_eq!(v["arch"], std::env::consts::ARCH);
     let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     assert_eq!(v["user"], me.trim());
+    // What local can do: its files are this machine's, it signals process groups, and no
+    // connection is worth keeping.
+    let caps = &v["capabilities"];
+    for (name, has) in [
+        ("host_files", true),
+        ("signals", true),
+        ("pty", true),
+        ("tcp", true),
+        ("sha256", true),
+        ("agent", false),
+        ("keep_connection", false),
+        ("write_tree", false),
+    ] {
+        assert_eq!(caps[name], has, "{name} in {caps}");
+    }
 }
 
 #[test]
