@@ -13,8 +13,8 @@ use reach_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{publish, PipeReader};
 use crate::engine_error;
+use reach_agent_client::{publish, PipeReader};
 
 /// The main process of a container started by [`crate::Containers::run`].
 pub(crate) struct MainProcess {
@@ -68,8 +68,8 @@ impl MainProcess {
         }
         let mut output = attached.output;
         let input = attached.input;
-        let (out_tx, out_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
-        let (err_tx, err_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
+        let (out_tx, out_rx) = mpsc::channel(crate::process::ENGINE_PIECES);
+        let (err_tx, err_rx) = mpsc::channel(crate::process::ENGINE_PIECES);
         let (exit_tx, exit_rx) = watch::channel(None);
         let pump_docker = docker.clone();
         let pump_id = id.to_owned();

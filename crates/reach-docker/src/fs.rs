@@ -1,4 +1,4 @@
-//! Files in a container: reads and writes through the agent when it runs (`agent_io.rs`),
+//! Files in a container: reads and writes through the agent when it runs (`reach-agent-client`),
 //! else through the archive API: `GET` (a tar stream) to read, `PUT` (a tar stream) to write;
 //! `HEAD` for stat either way. The archive API needs nothing in the image. What it cannot do
 //! goes through the agent, or else a shell.
@@ -26,10 +26,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
-use crate::agent::{errno_kind, Fields, Op};
-use crate::agent_io;
 use crate::tar::{self, Event, Header, Kind};
 use crate::{engine_error, Conn};
+use reach_agent_client::{errno_kind, Fields, Op};
 
 /// Symlinks followed before giving up (as Linux's `MAXSYMLINKS`).
 const MAX_LINKS: usize = 40;
@@ -750,10 +749,17 @@ impl FileSystem for DockerFs {
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let abs = self.abs(path).await;
         if let Some(agent) = self.conn.agent().await {
-            let first = agent_io::read_at(agent.clone(), abs.clone(), 0, agent_io::CHUNK)
-                .await
-                .map_err(|e| self.agent_io_error("read", &abs, e))?;
-            return Ok(Box::pin(agent_io::AgentReader::new(agent, abs, first)));
+            let first = reach_agent_client::read_at(
+                agent.clone(),
+                abs.clone(),
+                0,
+                reach_agent_client::CHUNK,
+            )
+            .await
+            .map_err(|e| self.agent_io_error("read", &abs, e))?;
+            return Ok(Box::pin(reach_agent_client::AgentReader::new(
+                agent, abs, first,
+            )));
         }
         let (real, stat) = resolve(&self.conn, &abs).await?;
         if !stat.meta.is_file() {
@@ -773,19 +779,19 @@ impl FileSystem for DockerFs {
     async fn open_write(&self, path: &str, options: WriteOptions) -> Result<BoxWrite> {
         let abs = self.abs(path).await;
         if let Some(agent) = self.conn.agent().await {
-            let mut flags = agent_io::WRITE_CREATE;
+            let mut flags = reach_agent_client::WRITE_CREATE;
             if options.append {
-                flags |= agent_io::WRITE_APPEND;
+                flags |= reach_agent_client::WRITE_APPEND;
             } else {
-                flags |= agent_io::WRITE_TRUNCATE;
+                flags |= reach_agent_client::WRITE_TRUNCATE;
             }
             if options.create_new {
-                flags |= agent_io::WRITE_EXCLUSIVE;
+                flags |= reach_agent_client::WRITE_EXCLUSIVE;
             }
-            agent_io::write_at(agent.clone(), abs.clone(), flags, options.mode, 0, &[])
+            reach_agent_client::write_at(agent.clone(), abs.clone(), flags, options.mode, 0, &[])
                 .await
                 .map_err(|e| self.agent_io_error("open for writing", &abs, e))?;
-            return Ok(Box::pin(agent_io::AgentWriter::new(
+            return Ok(Box::pin(reach_agent_client::AgentWriter::new(
                 agent,
                 abs,
                 options.append,
@@ -949,7 +955,7 @@ impl FileSystem for DockerFs {
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (from, to) = (self.abs(from).await, self.abs(to).await);
         let mut args = Vec::new();
-        crate::agent::put_bytes(&mut args, to.as_bytes());
+        reach_agent_client::put_bytes(&mut args, to.as_bytes());
         let line = format!("mv -f -- {} {}", shell_quote(&from), shell_quote(&to));
         self.op(Op::Rename, &from, &args, Some(line))
             .await

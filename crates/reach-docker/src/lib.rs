@@ -4,8 +4,9 @@
 //! - **Destinations**: `docker://[user@]container` (name or id). The engine is found as the
 //!   docker CLI finds it: [`DockerOptions::host`], else `DOCKER_HOST` (`unix://`, `tcp://`,
 //!   with `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH` for TLS), else the local socket.
-//! - **Commands** run through `reach-agent`, a small static helper this crate carries: on the
-//!   first command it is copied into the container (`/.reach/agent-HASH`, once per agent
+//! - **Commands** run through `reach-agent`, the static helper that `reach-agent-client`
+//!   embeds and speaks to (this crate only installs and starts it): on the first command it
+//!   is copied into the container (`/.reach/agent-HASH`, once per agent
 //!   version) and started with one engine exec, as the destination's user. Every command after
 //!   that is a fork/exec inside the container, a fraction of a `docker exec`'s cost, and gets
 //!   what the engine cannot give: signals, a death by signal told apart from an exit code, a
@@ -25,8 +26,6 @@
 //!   [`Process`] (`docker run -it` without the CLI).
 #![deny(missing_docs)]
 
-mod agent;
-mod agent_io;
 mod attached;
 mod fs;
 mod lifecycle;
@@ -158,14 +157,14 @@ const AGENT_RESTARTS: u32 = 3;
 #[derive(Debug, Default)]
 struct AgentSlot {
     /// The last start: a running (or since lost) agent, or why none can run here.
-    current: Option<std::result::Result<Arc<agent::AgentConn>, String>>,
+    current: Option<std::result::Result<Arc<reach_agent_client::AgentConn>, String>>,
     /// Agents started to replace a lost one.
     restarts: u32,
 }
 
 /// What [`Conn::agent`] finds without starting anything.
 enum AgentNow {
-    Running(Arc<agent::AgentConn>),
+    Running(Arc<reach_agent_client::AgentConn>),
     /// None can run: it could not start, or it was lost too often.
     Never,
     /// Not started yet, or lost with restarts left.
@@ -224,7 +223,7 @@ impl Conn {
     /// times per connection); `None` when it cannot run here (the reason is kept). What was
     /// running on a lost agent has failed with the reason; what comes after runs on the
     /// new one, instead of the rest of a long copy failing file by file.
-    pub(crate) async fn agent(&self) -> Option<Arc<agent::AgentConn>> {
+    pub(crate) async fn agent(&self) -> Option<Arc<reach_agent_client::AgentConn>> {
         if !self.use_agent {
             return None;
         }
@@ -456,7 +455,7 @@ impl DockerBackend {
         } else {
             arch
         };
-        let use_agent = self.options.agent && agent::runs_on(&arch) && os == "linux";
+        let use_agent = self.options.agent && reach_agent_client::runs_on(&arch) && os == "linux";
         let conn = Conn {
             docker,
             address,

@@ -14,13 +14,21 @@ use reach_core::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::agent::{self, publish, AgentConn, PipeReader, SpawnFailure};
+use bollard::container::LogOutput;
+use reach_agent_client::{self as agent, publish, AgentConn, Chunk, PipeReader, SpawnFailure};
+
 use crate::{engine_error, fs, tar, Conn};
 
 /// Bytes buffered between a caller's stdin writes and the container.
 const PIPE: usize = 256 * 1024;
 /// The largest stdin frame sent to the agent.
 const STDIN_CHUNK: usize = 64 * 1024;
+
+/// How many pieces of an engine exec's output may wait for their reader (the engine sends
+/// what each read of the command's pipe gave, typically up to 32 KiB): after that the task
+/// routing the exec's output waits, the engine stops reading the command's pipes, and the
+/// command waits.
+pub(crate) const ENGINE_PIECES: usize = 64;
 
 /// The argv a command line runs as.
 fn argv(command: &CommandLine) -> Vec<String> {
@@ -87,7 +95,17 @@ pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentCon
     };
     let lookup = Lookup::of(conn);
     let exec = created.id;
-    AgentConn::start(output, input, conn.name.clone(), move |said| async move {
+    // The exec's stdout carries the frames, its stderr the agent's diagnostics.
+    let output = Box::pin(output.filter_map(|item| async move {
+        match item {
+            Ok(LogOutput::StdOut { message }) => Some(Ok(Chunk::Frames(message))),
+            Ok(LogOutput::StdErr { message }) => Some(Ok(Chunk::Diagnostics(message))),
+            Ok(_) => None,
+            Err(e) => Some(Err(e.to_string())),
+        }
+    }));
+    let target = format!("container `{}`", conn.name);
+    AgentConn::start(output, input, target, move |said| async move {
         lookup.why_agent_lost(&exec, &said).await
     })
     .await
@@ -486,8 +504,8 @@ impl EngineProcess {
             // and that is no error.
             let _ = resize(&conn.docker, &exec_id, p.size).await;
         }
-        let (out_tx, out_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
-        let (err_tx, err_rx) = mpsc::channel(crate::agent::ENGINE_PIECES);
+        let (out_tx, out_rx) = mpsc::channel(ENGINE_PIECES);
+        let (err_tx, err_rx) = mpsc::channel(ENGINE_PIECES);
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit_tx = Arc::new(exit_tx);
         let pump_exit = exit_tx.clone();
@@ -612,11 +630,10 @@ async fn container_running(conn: &Conn) -> bool {
 /// and a terminal's console output); `Ok(None)` for pieces that are not output, `Err` with
 /// the reason when the stream broke.
 pub(crate) fn route<'a, T>(
-    item: Result<bollard::container::LogOutput, bollard::errors::Error>,
+    item: Result<LogOutput, bollard::errors::Error>,
     out: &'a T,
     err: &'a T,
 ) -> Result<Option<(&'a T, bytes::Bytes)>, String> {
-    use bollard::container::LogOutput;
     match item {
         Ok(LogOutput::StdErr { message }) => Ok(Some((err, message))),
         Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {

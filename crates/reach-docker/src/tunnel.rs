@@ -11,8 +11,8 @@ use reach_core::{tcp_connect_error, Error, ErrorKind, ExitStatus, Result, TcpTun
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 
-use crate::agent::{AgentConn, PipeReader};
 use crate::Conn;
+use reach_agent_client::{AgentConn, PipeReader};
 
 /// Asks the container's agent to connect to `host:port` there.
 pub(crate) async fn open(conn: &Conn, host: &str, port: u16) -> Result<TcpTunnel> {

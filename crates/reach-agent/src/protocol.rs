@@ -1,6 +1,28 @@
-//! The frame kinds and file operations of the agent protocol, shared by both ends: the agent
-//! (`agent/main.rs`, `mod protocol`) and reach-docker (`src/agent.rs`, included by path), so
-//! that the two cannot disagree. `src/agent.rs` documents each frame's payload.
+//! The frame kinds and file operations of the agent protocol, shared by both ends (the agent,
+//! and `reach-agent-client`), so that the two cannot disagree.
+//!
+//! Frames: `kind: u8, id: u32 BE, len: u32 BE, payload`.
+//!
+//! | kind | direction | payload |
+//! |---|---|---|
+//! | 0 HELLO | agent → | version, home directory (each `u32 len + bytes`), uid, gid (`u32`) |
+//! | 1 SPAWN | → agent | argc, argv…, envc, (key, value)…, cwd (empty: none), stdin piped `u8`, terminal `u8` (+ rows, cols `u32`) |
+//! | 2 STDIN / 3 STDIN_EOF | → agent | bytes / nothing |
+//! | 4 SIGNAL | → agent | signal number `u8`, whole process group `u8` |
+//! | 5 FS_OP | → agent | op `u8`, path, op arguments |
+//! | 6 RESIZE | → agent | rows, cols (`u32`) |
+//! | 7 CONNECT | → agent | host, port `u32`: a TCP connection, then carried as a command (STDIN, STDOUT, EXIT at its end, SIGNAL shuts it) |
+//! | 8 ACK | → agent | stream (12 or 13) `u8`, bytes read `u32`, reader gone `u8` |
+//! | 10 STARTED / 11 SPAWN_FAILED | agent → | pid `u32` / what `u8` (0 command, 1 cwd), errno `i32`, message |
+//! | 12 STDOUT / 13 STDERR | agent → | bytes |
+//! | 14 EXIT | agent → | 0 code / 1 signal / 2 unknown, value `i32`, core dumped `u8` (after all output) |
+//! | 15 FS_OK / 16 FS_ERR | agent → | op result / what, errno, message |
+//! | 17 TAKEN | agent → | stdin bytes the command took (or that were dropped) `u32` |
+//!
+//! Strings and byte fields are `u32 BE` length, then the bytes.
+
+/// What the agent says it is in its hello.
+pub const VERSION: &str = "reach-agent 1";
 
 /// Agent → client, once at start: version, home, uid, gid.
 pub const HELLO: u8 = 0;

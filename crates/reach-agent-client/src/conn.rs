@@ -1,107 +1,71 @@
-//! The client end of `reach-agent` (see `agent/main.rs`): one engine exec per connection,
-//! over which every command is a frame.
+//! One running agent: frames routed to the commands and file operations waiting for them,
+//! stdin windows, and the end of the connection failing whatever was in flight.
 //!
-//! Frames: `kind: u8, id: u32 BE, len: u32 BE, payload`.
-//!
-//! | kind | direction | payload |
-//! |---|---|---|
-//! | 0 HELLO | agent → | version, home directory (each `u32 len + bytes`), uid, gid (`u32`) |
-//! | 1 SPAWN | → agent | argc, argv…, envc, (key, value)…, cwd (empty: none), stdin piped `u8`, terminal `u8` (+ rows, cols `u32`) |
-//! | 2 STDIN / 3 STDIN_EOF | → agent | bytes / nothing |
-//! | 4 SIGNAL | → agent | signal number `u8`, whole process group `u8` |
-//! | 5 FS_OP | → agent | op `u8`, path, op arguments |
-//! | 6 RESIZE | → agent | rows, cols (`u32`) |
-//! | 7 CONNECT | → agent | host, port `u32`: a TCP connection, then carried as a command (STDIN, STDOUT, EXIT at its end, SIGNAL shuts it) |
-//! | 8 ACK | → agent | stream (12 or 13) `u8`, bytes read `u32`, reader gone `u8` |
-//! | 10 STARTED / 11 SPAWN_FAILED | agent → | pid `u32` / what `u8` (0 command, 1 cwd), errno `i32`, message |
-//! | 12 STDOUT / 13 STDERR | agent → | bytes |
-//! | 14 EXIT | agent → | 0 code / 1 signal, value `i32`, core dumped `u8` (after all output) |
-//! | 15 FS_OK / 16 FS_ERR | agent → | op result / what, errno, message |
-//! | 17 TAKEN | agent → | stdin bytes the command took (or that were dropped) `u32` |
-//!
-//! Flow control: each output stream and each stdin has a window of `WINDOW` bytes (see
-//! `agent/protocol.rs`). The agent sends a stream's output only while less than that is
-//! unacknowledged, and [`PipeReader`] acknowledges what its reader has read; the stdin
-//! writer sends only while less than that is not yet taken. So a reader that stops reading
-//! stops its command, holds at most a window in memory, and stalls nothing else on the
-//! connection: the task that routes frames never waits for a reader.
+//! Flow control: each output stream and each stdin has a window of
+//! [`reach_agent::protocol::WINDOW`] bytes. The agent sends a stream's output only while
+//! less than that is unacknowledged, and [`PipeReader`] acknowledges what its reader has
+//! read; the stdin writer sends only while less than that is not yet taken. So a reader that
+//! stops reading stops its command, holds at most a window in memory, and stalls nothing
+//! else on the connection: the task that routes frames never waits for a reader.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bollard::container::LogOutput;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use reach_core::{Error, ErrorKind, ExitStatus, Result, Signal};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-/// The agent executable, built by `build.rs` for the target this crate is compiled for
-/// (empty when it could not be built).
-pub(crate) static AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reach-agent"));
+use reach_agent::protocol::*;
 
-#[path = "../agent/protocol.rs"]
-pub(crate) mod protocol;
-use protocol::*;
+use crate::pipe::{Acker, PipeReader};
+use crate::wire::{frame, next_frame, put_bytes, Fields};
 
 /// File operations the agent performs.
 #[derive(Debug, Clone, Copy)]
 #[repr(u8)]
-pub(crate) enum Op {
+pub enum Op {
+    /// Rename to a second path.
     Rename = OP_RENAME,
+    /// Set permission bits.
     Chmod = OP_CHMOD,
+    /// Cut or extend to a length.
     Truncate = OP_TRUNCATE,
+    /// Remove a file or symlink.
     RemoveFile = OP_REMOVE_FILE,
+    /// Remove an empty directory.
     RemoveDir = OP_REMOVE_DIR,
+    /// Remove a tree, not following symlinks.
     RemoveDirAll = OP_REMOVE_DIR_ALL,
+    /// List a directory with each entry's lstat.
     ReadDir = OP_READ_DIR,
+    /// SHA-256 of a file.
     Sha256 = OP_SHA256,
+    /// Set the modification time.
     SetMtime = OP_SET_MTIME,
+    /// Read a range.
     Read = OP_READ,
+    /// Write a range.
     Write = OP_WRITE,
-}
-
-/// Where the agent lives in a container: a name that changes with its contents, so a
-/// container that holds an older agent gets the new one beside it.
-pub(crate) fn install_path() -> String {
-    // FNV-1a: a fingerprint, not a security check.
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in AGENT {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("/.reach/agent-{hash:016x}")
-    })
-    .clone()
-}
-
-/// Whether an agent was built, and for this container's architecture (`amd64`, `arm64`).
-pub(crate) fn runs_on(arch: &str) -> bool {
-    let ours = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    !AGENT.is_empty() && std::env::consts::OS == "linux" && arch == ours
 }
 
 /// Why a spawn failed, as the agent reported it.
 #[derive(Debug)]
-pub(crate) struct SpawnFailure {
+pub struct SpawnFailure {
     /// 0: the command; 1: the working directory.
     pub what: u8,
+    /// The errno (0 when there was none).
     pub errno: i32,
+    /// The agent's words for it.
     pub message: String,
 }
 
 /// The kind of error an errno means.
-pub(crate) fn errno_kind(errno: i32) -> ErrorKind {
+pub fn errno_kind(errno: i32) -> ErrorKind {
     match errno {
         2 | 20 => ErrorKind::NotFound,
         1 | 13 | 30 => ErrorKind::PermissionDenied,
@@ -114,7 +78,8 @@ pub(crate) fn errno_kind(errno: i32) -> ErrorKind {
 /// How much of the agent's stderr is kept to explain its end.
 const SAID_KEPT: usize = 1024;
 
-type Slot = watch::Sender<Option<Result<ExitStatus>>>;
+/// Where a command's outcome is published.
+pub type Slot = watch::Sender<Option<Result<ExitStatus>>>;
 
 /// What the reader routes to a running command.
 struct Route {
@@ -129,10 +94,11 @@ enum Waiter {
     Op(oneshot::Sender<std::result::Result<Bytes, SpawnFailure>>),
 }
 
-type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+/// Where frames to the agent go: its stdin, as the transport carries it.
+pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// One running agent.
-pub(crate) struct AgentConn {
+pub struct AgentConn {
     writer: tokio::sync::Mutex<Writer>,
     waiters: Mutex<Option<HashMap<u32, Waiter>>>,
     next: AtomicU32,
@@ -140,7 +106,7 @@ pub(crate) struct AgentConn {
     lost: Mutex<Option<String>>,
     home: String,
     owner: (u32, u32),
-    container: String,
+    target: String,
     /// Frames that acknowledge output, queued by readers (which cannot wait) for a task
     /// that writes them.
     acks: mpsc::UnboundedSender<Vec<u8>>,
@@ -154,51 +120,8 @@ pub(crate) struct AgentConn {
 impl std::fmt::Debug for AgentConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentConn")
-            .field("container", &self.container)
+            .field("target", &self.target)
             .finish_non_exhaustive()
-    }
-}
-
-fn frame(kind: u8, id: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + payload.len());
-    out.push(kind);
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-pub(crate) fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    buf.extend_from_slice(bytes);
-}
-
-/// Reads fields of a payload.
-pub(crate) struct Fields(pub Bytes);
-
-impl Fields {
-    pub(crate) fn u8(&mut self) -> Option<u8> {
-        (self.0.remaining() >= 1).then(|| self.0.get_u8())
-    }
-    pub(crate) fn u32(&mut self) -> Option<u32> {
-        (self.0.remaining() >= 4).then(|| self.0.get_u32())
-    }
-    pub(crate) fn i32(&mut self) -> Option<i32> {
-        (self.0.remaining() >= 4).then(|| self.0.get_i32())
-    }
-    pub(crate) fn u64(&mut self) -> Option<u64> {
-        (self.0.remaining() >= 8).then(|| self.0.get_u64())
-    }
-    pub(crate) fn i64(&mut self) -> Option<i64> {
-        (self.0.remaining() >= 8).then(|| self.0.get_i64())
-    }
-    pub(crate) fn string(&mut self) -> Option<String> {
-        let len = self.u32()? as usize;
-        (self.0.remaining() >= len)
-            .then(|| String::from_utf8_lossy(&self.0.split_to(len)).into_owned())
-    }
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -213,7 +136,7 @@ fn failure(payload: Bytes) -> SpawnFailure {
 
 /// Publishes a command's outcome unless one is already there (a timeout wins over the kill it
 /// caused).
-pub(crate) fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
+pub fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
     slot.send_if_modified(|current| {
         if current.is_none() {
             *current = Some(outcome);
@@ -224,17 +147,28 @@ pub(crate) fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
     });
 }
 
-type Output =
-    Pin<Box<dyn Stream<Item = std::result::Result<LogOutput, bollard::errors::Error>> + Send>>;
+/// What a transport delivers from the agent: its stdout carries the frames, its stderr its
+/// diagnostics (kept to explain its end).
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes of the agent's stdout.
+    Frames(Bytes),
+    /// Bytes of the agent's stderr.
+    Diagnostics(Bytes),
+}
+
+/// The agent's output as a transport delivers it; an `Err` is the transport's failure.
+pub type Output = Pin<Box<dyn Stream<Item = std::result::Result<Chunk, String>> + Send>>;
 
 impl AgentConn {
-    /// Waits for the agent's hello on a started exec, then routes its frames in a task.
-    /// `on_lost` explains a lost connection (it checks whether the container still runs);
-    /// it is given the end of what the agent wrote to stderr.
-    pub(crate) async fn start<F, Fut>(
+    /// Waits for the agent's hello on a started agent's output, then routes its frames in a
+    /// task. `target` names where it runs in messages (``container `web` ``); `on_lost`
+    /// explains a lost connection (a backend checks whether its target still runs), given
+    /// the end of what the agent wrote to stderr.
+    pub async fn start<F, Fut>(
         mut output: Output,
         input: Writer,
-        container: String,
+        target: String,
         on_lost: F,
     ) -> std::result::Result<Arc<AgentConn>, String>
     where
@@ -255,11 +189,8 @@ impl AgentConn {
                     };
                 }
                 match output.next().await {
-                    Some(Ok(LogOutput::StdOut { message })) => buf.extend_from_slice(&message),
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        diagnostics.extend_from_slice(&message)
-                    }
-                    Some(Ok(_)) => {}
+                    Some(Ok(Chunk::Frames(bytes))) => buf.extend_from_slice(&bytes),
+                    Some(Ok(Chunk::Diagnostics(bytes))) => diagnostics.extend_from_slice(&bytes),
                     Some(Err(e)) => return Err(format!("reading from the agent: {e}")),
                     None => {
                         let said = String::from_utf8_lossy(&diagnostics).trim().to_owned();
@@ -288,7 +219,7 @@ impl AgentConn {
             lost: Mutex::new(None),
             home,
             owner,
-            container,
+            target,
             acks,
             credits: Mutex::new(HashMap::new()),
             _closer: closer,
@@ -317,13 +248,12 @@ impl AgentConn {
                     _ = &mut closed => return,
                 };
                 match next {
-                    Some(Ok(LogOutput::StdOut { message })) => buf.extend_from_slice(&message),
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        said.extend_from_slice(&message);
+                    Some(Ok(Chunk::Frames(bytes))) => buf.extend_from_slice(&bytes),
+                    Some(Ok(Chunk::Diagnostics(bytes))) => {
+                        said.extend_from_slice(&bytes);
                         let excess = said.len().saturating_sub(SAID_KEPT);
                         said.drain(..excess);
                     }
-                    Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         ended = e.to_string();
                         break;
@@ -344,17 +274,17 @@ impl AgentConn {
     }
 
     /// The user's home directory, as the agent's environment says.
-    pub(crate) fn home(&self) -> &str {
+    pub fn home(&self) -> &str {
         &self.home
     }
 
     /// The uid and gid the agent (and every command) runs as.
-    pub(crate) fn owner(&self) -> (u32, u32) {
+    pub fn owner(&self) -> (u32, u32) {
         self.owner
     }
 
     /// Why the agent's connection ended, if it has.
-    pub(crate) fn lost(&self) -> Option<String> {
+    pub fn lost(&self) -> Option<String> {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -413,8 +343,8 @@ impl AgentConn {
                     _ => Err(Error::new(
                         ErrorKind::Protocol,
                         format!(
-                            "the agent in container `{}` could not tell how the command ended",
-                            self.container
+                            "the agent in {} could not tell how the command ended",
+                            self.target
                         ),
                     )),
                 };
@@ -486,7 +416,8 @@ impl AgentConn {
         }
     }
 
-    pub(crate) async fn send(&self, kind: u8, id: u32, payload: &[u8]) -> Result<()> {
+    /// Sends one frame.
+    pub async fn send(&self, kind: u8, id: u32, payload: &[u8]) -> Result<()> {
         self.write_frame(&frame(kind, id, payload)).await
     }
 
@@ -499,17 +430,14 @@ impl AgentConn {
         .await;
         sent.map_err(|e| {
             let why = self.lost().unwrap_or_else(|| {
-                format!(
-                    "the connection to the agent in container `{}` broke: {e}",
-                    self.container
-                )
+                format!("the connection to the agent in {} broke: {e}", self.target)
             });
             self.dropped(&why)
         })
     }
 
     /// Starts a command; returns its id, pid, output pipes and exit slot.
-    pub(crate) async fn spawn(
+    pub async fn spawn(
         &self,
         argv: &[String],
         env: &[(String, String)],
@@ -537,9 +465,9 @@ impl AgentConn {
         self.launch(SPAWN, &payload).await
     }
 
-    /// Opens a TCP connection from the container to `host:port`, carried as a command
+    /// Opens a TCP connection from the target to `host:port`, carried as a command
     /// whose stdin goes to the peer and whose stdout comes from it.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
         host: &str,
         port: u16,
@@ -587,7 +515,7 @@ impl AgentConn {
 
     /// The stdin window of command `id`, for [`AgentConn::stdin`]; [`AgentConn::end_stdin`]
     /// gives it up.
-    pub(crate) fn stdin_window(&self, id: u32) -> Arc<Semaphore> {
+    pub fn stdin_window(&self, id: u32) -> Arc<Semaphore> {
         let credit = Arc::new(Semaphore::new(WINDOW as usize));
         // Under the lock that `fail_all` drains with, so that a window made while the
         // connection is being lost is closed by one or the other.
@@ -601,7 +529,7 @@ impl AgentConn {
     }
 
     /// Sends stdin bytes to a command once its window has room for them.
-    pub(crate) async fn stdin(&self, id: u32, window: &Semaphore, data: &[u8]) -> Result<()> {
+    pub async fn stdin(&self, id: u32, window: &Semaphore, data: &[u8]) -> Result<()> {
         // At most a window at once, so that a large write cannot wait forever.
         for piece in data.chunks(WINDOW as usize) {
             window
@@ -615,7 +543,7 @@ impl AgentConn {
     }
 
     /// Ends a command's stdin, and forgets its window.
-    pub(crate) async fn end_stdin(&self, id: u32) -> Result<()> {
+    pub async fn end_stdin(&self, id: u32) -> Result<()> {
         lock(&self.credits).remove(&id);
         self.send(STDIN_EOF, id, &[]).await
     }
@@ -631,19 +559,19 @@ impl AgentConn {
     }
 
     /// Sends a signal to a command, or to its whole process group.
-    pub(crate) async fn signal(&self, id: u32, signo: u8, group: bool) -> Result<()> {
+    pub async fn signal(&self, id: u32, signo: u8, group: bool) -> Result<()> {
         self.send(SIGNAL, id, &[signo, u8::from(group)]).await
     }
 
     /// Resizes a command's terminal.
-    pub(crate) async fn resize(&self, id: u32, size: reach_core::PtySize) -> Result<()> {
+    pub async fn resize(&self, id: u32, size: reach_core::PtySize) -> Result<()> {
         let mut payload = u32::from(size.rows).to_be_bytes().to_vec();
         payload.extend_from_slice(&u32::from(size.cols).to_be_bytes());
         self.send(RESIZE, id, &payload).await
     }
 
     /// Runs a file operation; `Err` inside is the agent's errno and message.
-    pub(crate) async fn op(
+    pub async fn op(
         &self,
         op: Op,
         path: &str,
@@ -664,187 +592,22 @@ impl AgentConn {
 }
 
 /// A started command's handles.
-pub(crate) struct Spawned {
+#[derive(Debug)]
+pub struct Spawned {
+    /// The command's id on this connection.
     pub id: u32,
+    /// Its process id on the target (0 for a TCP connection).
     pub pid: u32,
+    /// Its stdout (all terminal output, under a PTY).
     pub stdout: PipeReader,
+    /// Its stderr.
     pub stderr: PipeReader,
+    /// Its outcome, once known.
     pub exit: watch::Receiver<Option<Result<ExitStatus>>>,
+    /// Where the outcome is published (a timeout publishes there too).
     pub slot: Arc<Slot>,
-}
-
-fn next_frame(buf: &mut BytesMut) -> Option<(u8, u32, Bytes)> {
-    if buf.len() < 9 {
-        return None;
-    }
-    let len = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) as usize;
-    if buf.len() < 9 + len {
-        buf.reserve(9 + len - buf.len());
-        return None;
-    }
-    let kind = buf[0];
-    let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    buf.advance(9);
-    Some((kind, id, buf.split_to(len).freeze()))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Acknowledges what a reader of an agent's output stream has read, so that the agent sends
-/// more (see the module's flow control).
-#[derive(Debug)]
-pub(crate) struct Acker {
-    acks: mpsc::UnboundedSender<Vec<u8>>,
-    id: u32,
-    stream: u8,
-    unacked: u32,
-    /// The stream reached its end: the agent's pump is gone, and nothing needs telling.
-    ended: bool,
-}
-
-impl Acker {
-    /// Acknowledge once a quarter of the window is read: few frames, and the agent never
-    /// waits while the reader has caught up.
-    const EVERY: u32 = WINDOW / 4;
-
-    fn read(&mut self, n: usize) {
-        self.unacked += n as u32;
-        if self.unacked >= Self::EVERY {
-            self.flush(false);
-        }
-    }
-
-    fn flush(&mut self, gone: bool) {
-        let mut payload = vec![self.stream];
-        payload.extend_from_slice(&self.unacked.to_be_bytes());
-        payload.push(u8::from(gone));
-        // The connection being gone is no error here: nothing waits for these bytes then.
-        let _ = self.acks.send(frame(ACK, self.id, &payload));
-        self.unacked = 0;
-    }
-}
-
-impl Drop for Acker {
-    fn drop(&mut self) {
-        if !self.ended {
-            self.flush(true);
-        }
-    }
-}
-
-/// An output stream fed by a reader task: an agent's (with its [`Acker`]), or an engine
-/// exec's (bounded: the task waits for room).
-#[derive(Debug)]
-pub(crate) struct PipeReader {
-    rx: Source,
-    chunk: Bytes,
-}
-
-#[derive(Debug)]
-enum Source {
-    Agent(mpsc::UnboundedReceiver<Bytes>, Acker),
-    Engine(mpsc::Receiver<Bytes>),
-}
-
-/// How many pieces of an engine exec's output may wait for their reader (the engine sends
-/// what each read of the command's pipe gave, typically up to 32 KiB): after that the task routing the exec's output waits, the engine
-/// stops reading the command's pipes, and the command waits.
-pub(crate) const ENGINE_PIECES: usize = 64;
-
-impl PipeReader {
-    /// A stream whose sender waits for room in a bounded channel.
-    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        PipeReader {
-            rx: Source::Engine(rx),
-            chunk: Bytes::new(),
-        }
-    }
-
-    /// An agent's stream: bounded by the agent's window, which `acker` reopens.
-    fn acked(rx: mpsc::UnboundedReceiver<Bytes>, acker: Acker) -> Self {
-        PipeReader {
-            rx: Source::Agent(rx, acker),
-            chunk: Bytes::new(),
-        }
-    }
-}
-
-impl AsyncRead for PipeReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        while self.chunk.is_empty() {
-            let next = match &mut self.rx {
-                Source::Agent(rx, acker) => {
-                    let next = rx.poll_recv(cx);
-                    acker.ended |= matches!(next, Poll::Ready(None));
-                    next
-                }
-                Source::Engine(rx) => rx.poll_recv(cx),
-            };
-            match next {
-                Poll::Ready(Some(chunk)) => self.chunk = chunk,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        let mut read = 0;
-        // What has already arrived, as far as `buf` has room: fewer, larger reads.
-        loop {
-            let n = self.chunk.len().min(buf.remaining());
-            buf.put_slice(&self.chunk.split_to(n));
-            read += n;
-            if buf.remaining() == 0 || !self.chunk.is_empty() {
-                break;
-            }
-            let next = match &mut self.rx {
-                Source::Agent(rx, _) => rx.try_recv().ok(),
-                Source::Engine(rx) => rx.try_recv().ok(),
-            };
-            match next {
-                Some(chunk) => self.chunk = chunk,
-                None => break,
-            }
-        }
-        if let Source::Agent(_, acker) = &mut self.rx {
-            acker.read(read);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_split_anywhere_come_out_whole() {
-        let mut wire = frame(STDOUT, 7, b"hello");
-        wire.extend(frame(EXIT, 7, &[0, 0, 0, 0, 3, 0]));
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        for byte in wire {
-            buf.extend_from_slice(&[byte]);
-            while let Some(f) = next_frame(&mut buf) {
-                got.push(f);
-            }
-        }
-        assert_eq!(got.len(), 2);
-        assert_eq!(
-            (got[0].0, got[0].1, &got[0].2[..]),
-            (STDOUT, 7, &b"hello"[..])
-        );
-        assert_eq!(got[1].0, EXIT);
-    }
-
-    #[test]
-    fn the_install_path_names_the_agent_by_its_contents() {
-        assert!(install_path().starts_with("/.reach/agent-"));
-        assert_eq!(install_path(), install_path());
-        assert!(!AGENT.is_empty(), "build.rs did not build the agent");
-    }
 }

@@ -1,8 +1,6 @@
-//! File reads and writes through the in-container agent: chunked `pread`/`pwrite` requests,
-//! several in flight. Unlike the archive API they run as the destination user (so its
-//! permissions apply), cost no engine round trip per file, and do not hold the engine's
-//! per-container lock (a streaming archive `GET` blocks every other archive request to the
-//! same container until it ends, so copying within one container through it deadlocks).
+//! File reads and writes through the agent: chunked `pread`/`pwrite` requests, several in
+//! flight, as the target's user (so its permissions apply), with no round trip per file
+//! through whatever carries the agent.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -14,14 +12,14 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::agent::{AgentConn, Op};
+use crate::conn::{AgentConn, Op};
 
 /// Bytes per request.
-pub(crate) const CHUNK: usize = 512 * 1024;
+pub const CHUNK: usize = 512 * 1024;
 /// Requests in flight per open file.
 const DEPTH: usize = 6;
 
-pub(crate) use crate::agent::protocol::{
+pub use reach_agent::protocol::{
     WRITE_APPEND, WRITE_CREATE, WRITE_EXCLUSIVE, WRITE_SYNC, WRITE_TRUNCATE,
 };
 
@@ -47,7 +45,7 @@ async fn request(agent: Arc<AgentConn>, op: Op, path: String, args: Vec<u8>) -> 
 }
 
 /// Reads `len` bytes at `offset`.
-pub(crate) async fn read_at(
+pub async fn read_at(
     agent: Arc<AgentConn>,
     path: String,
     offset: u64,
@@ -59,7 +57,7 @@ pub(crate) async fn read_at(
 }
 
 /// Opens `path` with `flags` and `mode`, writes `data` at `offset`, closes.
-pub(crate) async fn write_at(
+pub async fn write_at(
     agent: Arc<AgentConn>,
     path: String,
     flags: u8,
@@ -75,7 +73,7 @@ pub(crate) async fn write_at(
 }
 
 /// A file read by chunks, [`DEPTH`] requests ahead.
-pub(crate) struct AgentReader {
+pub struct AgentReader {
     agent: Arc<AgentConn>,
     path: String,
     /// The offset of the next request.
@@ -88,7 +86,7 @@ pub(crate) struct AgentReader {
 
 impl AgentReader {
     /// A reader whose first chunk (read to check the file opens) is `first`.
-    pub(crate) fn new(agent: Arc<AgentConn>, path: String, first: Bytes) -> Self {
+    pub fn new(agent: Arc<AgentConn>, path: String, first: Bytes) -> Self {
         let ended = first.len() < CHUNK;
         AgentReader {
             agent,
@@ -144,7 +142,7 @@ impl AsyncRead for AgentReader {
 
 /// A file written by chunks, [`DEPTH`] requests in flight (one at a time when appending,
 /// to keep the order).
-pub(crate) struct AgentWriter {
+pub struct AgentWriter {
     agent: Arc<AgentConn>,
     path: String,
     append: bool,
@@ -160,7 +158,7 @@ pub(crate) struct AgentWriter {
 
 impl AgentWriter {
     /// A writer for a file already opened (created, truncated) by a first request.
-    pub(crate) fn new(
+    pub fn new(
         agent: Arc<AgentConn>,
         path: String,
         append: bool,
@@ -261,5 +259,21 @@ impl AsyncWrite for AgentWriter {
         }
         self.closed = true;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl std::fmt::Debug for AgentReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentReader")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AgentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,29 @@
+//! The `reach-agent` executable: serves one client on stdin/stdout (frames as
+//! `reach_agent::protocol` lays them out) and writes diagnostics to stderr.
+//!
+//! When its stdin ends (the connection is gone), it kills the process group of every command
+//! it started and exits: nothing outlives the connection.
+//!
+//! One module per concern: `serve` (the frame loop), `process` (commands), `flow` (output
+//! windows), `tcp`, `files`, `hash`, `frames` (encoding), `sys` (libc).
+
+use std::sync::{Mutex, MutexGuard};
+
+mod files;
+mod flow;
+mod frames;
+mod hash;
+mod process;
+mod serve;
+mod sys;
+mod tcp;
+
+/// Locks `mutex`, taking it over from a thread that panicked while holding it (the data
+/// stays usable: every critical section leaves it consistent).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn main() {
+    serve::run();
+}
