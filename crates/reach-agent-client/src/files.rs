@@ -72,7 +72,7 @@ pub async fn write_at(
     request(agent, Op::Write, path, args).await.map(drop)
 }
 
-/// A file read by chunks, [`DEPTH`] requests ahead.
+/// A file read by chunks, several requests ahead.
 pub struct AgentReader {
     agent: Arc<AgentConn>,
     path: String,
@@ -140,7 +140,7 @@ impl AsyncRead for AgentReader {
     }
 }
 
-/// A file written by chunks, [`DEPTH`] requests in flight (one at a time when appending,
+/// A file written by chunks, several requests in flight (one at a time when appending,
 /// to keep the order).
 pub struct AgentWriter {
     agent: Arc<AgentConn>,
