@@ -137,7 +137,7 @@ fn logins(sshd: &SshdFixture) -> usize {
     sshd.log().matches("Accepted publickey").count()
 }
 
-/// What an error is about crosses the connection keeper with it: a missing working
+/// What an error is about crosses the warm-connection process with it: a missing working
 /// directory exits 1, a missing command 127, as on the direct path.
 #[test]
 fn a_missing_working_directory_is_no_missing_command_when_warm() {
@@ -165,7 +165,7 @@ fn a_missing_working_directory_is_no_missing_command_when_warm() {
     assert_eq!(
         held(&list, &f.dest).len(),
         1,
-        "went through the keeper: {list}"
+        "went through the warm connection: {list}"
     );
 }
 
