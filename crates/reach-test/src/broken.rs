@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reach_core::{
-    Backend, BackendKind, BoxRead, BoxWrite, Capabilities, Destination, DirEntry, Error, ErrorKind,
-    ExecSpec, ExitStatus, FileSystem, Metadata, Platform, Process, PtySize, Result, Signal,
-    WriteOptions,
+    Backend, BackendKind, BoxRead, BoxWrite, Capabilities, Capability, Destination, DirEntry,
+    Error, ErrorKind, ExecSpec, ExitStatus, FileSystem, Metadata, Platform, Process, PtySize,
+    Result, Signal, WriteOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -410,8 +410,10 @@ impl BrokenFs {
 
 #[async_trait]
 impl FileSystem for BrokenFs {
+    /// The inner file system's, less `HostFiles`: a broken backend stands for a target
+    /// elsewhere, so callers must not take its paths for this machine's.
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.inner.capabilities().without(Capability::HostFiles)
     }
 
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
