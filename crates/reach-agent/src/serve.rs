@@ -95,7 +95,7 @@ pub(crate) fn run() {
                 };
                 let table = table.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(fd) = table.get(&id).and_then(|r| r.pty) {
-                    sys::resize(fd, rows as u16, cols as u16);
+                    sys::set_size(fd, rows as u16, cols as u16);
                 }
             }
             CONNECT => {

@@ -31,7 +31,8 @@ struct WinSize {
     ypixel: u16,
 }
 
-fn set_size(fd: i32, rows: u16, cols: u16) {
+/// Sets the window size of the terminal whose master (or slave) is `fd`.
+pub(crate) fn set_size(fd: i32, rows: u16, cols: u16) {
     let size = WinSize {
         rows,
         cols,
@@ -40,11 +41,6 @@ fn set_size(fd: i32, rows: u16, cols: u16) {
     };
     // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
     unsafe { ioctl(fd, TIOCSWINSZ, &size as *const WinSize) };
-}
-
-/// Sets the window size of the terminal whose master (or slave) is `fd`.
-pub(crate) fn resize(fd: i32, rows: u16, cols: u16) {
-    set_size(fd, rows, cols);
 }
 
 /// A new pseudo-terminal of `rows` x `cols`: the master, and the path of its slave.

@@ -191,13 +191,6 @@ impl fmt::Debug for Capabilities {
     }
 }
 
-impl FromIterator<Capability> for Capabilities {
-    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
-        iter.into_iter()
-            .fold(Capabilities::none(), Capabilities::with)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

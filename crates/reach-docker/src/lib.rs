@@ -514,7 +514,8 @@ impl Backend for DockerBackend {
                 Some(conn) => conn.agent_running(),
                 None => self.options.agent,
             },
-            Err(_) => false,
+            // Connecting right now: what a connection is expected to offer.
+            Err(_) => self.options.agent,
         };
         if agent {
             base.union(Capabilities::of(&[

@@ -46,8 +46,8 @@ mod tree;
 
 use futures_util::stream::{self, StreamExt};
 use reach_core::{
-    Backend, BackendKind, BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata,
-    Result, WriteOptions,
+    Backend, BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
+    WriteOptions,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,7 +89,7 @@ impl Endpoint {
 }
 
 pub(crate) fn describe(backend: &dyn Backend, path: &str) -> String {
-    if matches!(backend.kind(), BackendKind::Local) {
+    if backend.destination().is_local() {
         path.to_owned()
     } else {
         format!("{}:{path}", backend.destination())

@@ -102,28 +102,26 @@ impl Transfer {
             _ => return Ok(false),
         }
         let staging = part_path(target);
-        let download = src.fs.capabilities().has(Capability::ReadTree);
+        // A target that lacks the tools a listed path needs says Unsupported when it is
+        // tried, and the next path is taken.
         let uploaded = if dst.fs.capabilities().has(Capability::WriteTree) {
-            self.upload_tree(src, dst, &staging, target, dirs, items, summary)
-                .await
+            unless_unsupported(
+                self.upload_tree(src, dst, &staging, target, dirs, items, summary)
+                    .await,
+            )
         } else {
-            Err(Error::unsupported(
-                dst.backend.kind().as_str(),
-                "unpacking a tar stream",
-            ))
+            None
         };
-        // A target that lacks the tools a listed path needs says so here, and the next path
-        // is taken.
-        let outcome = match uploaded {
-            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) && download => self
-                .download_tree(src, dst, root, &staging, summary)
-                .await
-                .map(|sent| (sent, None)),
+        let tried = match uploaded {
+            None if src.fs.capabilities().has(Capability::ReadTree) => unless_unsupported(
+                self.download_tree(src, dst, root, &staging, summary)
+                    .await
+                    .map(|sent| (sent, None)),
+            ),
             other => other,
         };
-        let outcome = match outcome {
-            Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => return Ok(false),
-            other => other,
+        let Some(outcome) = tried else {
+            return Ok(false);
         };
         let finished = match outcome {
             Ok((sent, sums)) => {
@@ -497,6 +495,14 @@ async fn tree_sums(
         );
     }
     Ok(sums)
+}
+
+/// `None` for an outcome that says the path was not there to take, so that the next is.
+fn unless_unsupported<T>(outcome: Result<T>) -> Option<Result<T>> {
+    match outcome {
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported) => None,
+        other => Some(other),
+    }
 }
 
 fn tar_meta(h: &Header) -> Metadata {

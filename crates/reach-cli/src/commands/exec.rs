@@ -52,10 +52,11 @@ pub async fn exec(
         spec = spec.pty(term_name(), term::size());
     }
     // A terminal session stays direct: its window size and raw mode do not cross the agent.
-    let keeps = super::backend_for(&destination)?
-        .capabilities()
-        .has(Capability::KeepConnection);
-    let warm = if keeps && !args.tty {
+    let keeps = || -> reach::Result<bool> {
+        let backend = super::backend_for(&destination)?;
+        Ok(backend.capabilities().has(Capability::KeepConnection))
+    };
+    let warm = if !args.tty && keeps()? {
         crate::inventory::reuse(conn_args.no_reuse, args.inventory.as_deref())?
     } else {
         None
