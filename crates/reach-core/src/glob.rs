@@ -163,33 +163,7 @@ fn matches_tokens(tokens: &[Token], name: &str) -> bool {
     if text.first() == Some(&'.') && tokens.first() != Some(&Token::Char('.')) {
         return false;
     }
-    let (mut t, mut s) = (0, 0);
-    // Where the last `*` was, and how much of the text it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    while s < text.len() {
-        match tokens.get(t) {
-            Some(Token::Any) => {
-                star = Some((t, s));
-                t += 1;
-            }
-            Some(token) if token.matches(text[s]) => {
-                t += 1;
-                s += 1;
-            }
-            _ => match star {
-                // Let the last `*` take one more character and try again.
-                Some((at, taken)) => {
-                    t = at + 1;
-                    s = taken + 1;
-                    star = Some((at, taken + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    tokens[t.min(tokens.len())..]
-        .iter()
-        .all(|token| *token == Token::Any)
+    crate::pattern::match_tokens(tokens, &text, |t| *t == Token::Any, Token::matches)
 }
 
 fn join(base: &str, name: &str) -> String {

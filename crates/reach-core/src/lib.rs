@@ -9,7 +9,8 @@
 //!   [`Metadata`].
 //! - [`BackendKind`] and [`Capabilities`]: which backend serves a target and what it can do,
 //!   so that callers choose a path up front.
-//! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target.
+//! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target;
+//!   [`pattern`]: the one wildcard matcher every pattern in reach uses.
 //! - One [`Error`] type with a `#[non_exhaustive]` [`ErrorKind`] that every backend maps onto.
 //!
 //! It holds no network or process code: that lives in the backend crates (`reach-local`,
@@ -36,6 +37,7 @@ mod error;
 mod exec;
 mod fs;
 pub mod glob;
+pub mod pattern;
 
 pub use backend::{tcp_address, tcp_connect_error, Backend, Platform, TcpTunnel};
 pub use capability::{BackendKind, Capabilities, Capability};

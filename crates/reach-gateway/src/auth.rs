@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use reach_core::pattern::{list_matches, wildcard};
 use reach_core::{Error, ErrorKind, Result};
 use russh::keys::PublicKey;
 
@@ -178,23 +179,13 @@ pub fn from_matches(patterns: &[String], addr: IpAddr) -> bool {
         v4 => v4,
     };
     let text = addr.to_string();
-    let mut allowed = false;
-    for pattern in patterns {
-        let (negated, pattern) = match pattern.strip_prefix('!') {
-            Some(p) => (true, p),
-            None => (false, pattern.as_str()),
-        };
-        let hit = if pattern.contains('/') {
+    list_matches(patterns.iter().map(String::as_str), |pattern| {
+        if pattern.contains('/') {
             cidr_contains(pattern, addr)
         } else {
-            glob(pattern.as_bytes(), text.as_bytes())
-        };
-        if hit && negated {
-            return false;
+            wildcard(pattern, &text)
         }
-        allowed |= hit;
-    }
-    allowed
+    })
 }
 
 fn cidr_contains(block: &str, addr: IpAddr) -> bool {
@@ -213,19 +204,6 @@ fn cidr_contains(block: &str, addr: IpAddr) -> bool {
             let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
             u128::from(n) & mask == u128::from(a) & mask
         }
-        _ => false,
-    }
-}
-
-/// `*` and `?` wildcards.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match (pattern.first(), text.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob(&pattern[1..], text) || (!text.is_empty() && glob(pattern, &text[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &text[1..]),
-        (Some(p), Some(t)) if p == t => glob(&pattern[1..], &text[1..]),
         _ => false,
     }
 }
@@ -378,6 +356,17 @@ mod tests {
         assert!(!keys[1].admits(&key, Some("10.0.0.5".parse().unwrap())));
         assert!(!keys[1].admits(&key, Some("10.0.1.7".parse().unwrap())));
         assert!(!keys[1].admits(&key, None));
+    }
+
+    /// A `from=` pattern written to make a backtracking matcher take exponential time is
+    /// answered at once (the gateway checks it on every login attempt).
+    #[test]
+    fn a_hostile_from_pattern_is_answered_at_once() {
+        let addr: IpAddr = "1111:1111:1111:1111:1111:1111:1111:1111".parse().unwrap();
+        let hostile = vec![format!("{}x", "*1".repeat(16))];
+        assert!(!from_matches(&hostile, addr));
+        let plain = vec!["1111:*".to_owned(), "!*:2222".to_owned()];
+        assert!(from_matches(&plain, addr));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg};
 use russh::{cipher, kex, mac};
 
-use crate::known_hosts::wildcard_match;
+use reach_core::pattern::wildcard_ignore_ascii_case;
 
 /// One of the configurable lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,7 +204,11 @@ pub(crate) fn apply(kind: Kind, spec: &str) -> Result<Vec<String>, String> {
     let list = if mode == Some('-') {
         defaults
             .into_iter()
-            .filter(|d| !names.iter().any(|pattern| wildcard_match(pattern, d)))
+            .filter(|d| {
+                !names
+                    .iter()
+                    .any(|pattern| wildcard_ignore_ascii_case(pattern, d))
+            })
             .collect()
     } else {
         let known = kind.known();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use reach_core::{Error, ErrorKind, Result};
 
 use crate::algorithms::{self, Kind};
-use crate::known_hosts::wildcard_match;
+use reach_core::pattern::{list_matches, wildcard_ignore_ascii_case};
 
 /// What the configuration says about one host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -305,7 +305,7 @@ fn glob(pattern: &Path) -> Vec<PathBuf> {
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .filter(|e| wildcard_match(&name, &e.file_name().to_string_lossy()))
+                .filter(|e| wildcard_ignore_ascii_case(&name, &e.file_name().to_string_lossy()))
                 .map(|e| e.path())
                 .collect()
         })
@@ -666,16 +666,9 @@ fn algorithm_list(kind: Kind, value: &str) -> std::result::Result<String, String
 
 /// `Host` matching: some positive pattern matches and no negated one does.
 fn host_matches(patterns: &[String], host: &str) -> bool {
-    let mut matched = false;
-    for pattern in patterns {
-        match pattern.strip_prefix('!') {
-            Some(negated) if wildcard_match(negated, host) => return false,
-            Some(_) => {}
-            None if wildcard_match(pattern, host) => matched = true,
-            None => {}
-        }
-    }
-    matched
+    list_matches(patterns.iter().map(String::as_str), |pattern| {
+        wildcard_ignore_ascii_case(pattern, host)
+    })
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use reach_core::pattern::{list_matches, wildcard_ignore_ascii_case};
 use sha1::Sha1;
 
 /// What a known_hosts file says about a host's key.
@@ -101,16 +102,9 @@ fn hosts_match(patterns: &str, name: &str) -> bool {
     if let Some(hashed) = patterns.strip_prefix("|1|") {
         return hashed_match(hashed, name);
     }
-    let mut matched = false;
-    for pattern in patterns.split(',') {
-        match pattern.strip_prefix('!') {
-            Some(negated) if wildcard_match(negated, name) => return false,
-            Some(_) => {}
-            None if wildcard_match(pattern, name) => matched = true,
-            None => {}
-        }
-    }
-    matched
+    list_matches(patterns.split(','), |pattern| {
+        wildcard_ignore_ascii_case(pattern, name)
+    })
 }
 
 fn hashed_match(hashed: &str, name: &str) -> bool {
@@ -126,35 +120,6 @@ fn hashed_match(hashed: &str, name: &str) -> bool {
     };
     mac.update(name.as_bytes());
     mac.verify_slice(&hash).is_ok()
-}
-
-/// `*` matches any run of characters, `?` one; case-insensitive, as OpenSSH matches hosts.
-pub(crate) fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
-    let n: Vec<char> = name.to_ascii_lowercase().chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ni));
-                pi += 1;
-            }
-            Some(c) if *c == '?' || Some(c) == n.get(ni) => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    pi = sp + 1;
-                    ni = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi.min(p.len())..].iter().all(|c| *c == '*')
 }
 
 /// The line to append for accept-new.
@@ -231,11 +196,14 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(wildcard_match("*", "anything"));
-        assert!(wildcard_match("a?c", "abc"));
-        assert!(wildcard_match("*.example.com", "a.b.example.com"));
-        assert!(!wildcard_match("*.example.com", "example.com"));
-        assert!(wildcard_match("[*]:2222", "[h]:2222"));
-        assert!(!wildcard_match("a*b", "ac"));
+        assert!(wildcard_ignore_ascii_case("*", "anything"));
+        assert!(wildcard_ignore_ascii_case("a?c", "abc"));
+        assert!(wildcard_ignore_ascii_case(
+            "*.example.com",
+            "a.b.example.com"
+        ));
+        assert!(!wildcard_ignore_ascii_case("*.example.com", "example.com"));
+        assert!(wildcard_ignore_ascii_case("[*]:2222", "[h]:2222"));
+        assert!(!wildcard_ignore_ascii_case("a*b", "ac"));
     }
 }
