@@ -166,16 +166,6 @@ fn matches_tokens(tokens: &[Token], name: &str) -> bool {
     crate::pattern::match_tokens(tokens, &text, |t| *t == Token::Any, Token::matches)
 }
 
-fn join(base: &str, name: &str) -> String {
-    if base.is_empty() {
-        name.to_owned()
-    } else if base.ends_with('/') {
-        format!("{base}{name}")
-    } else {
-        format!("{base}/{name}")
-    }
-}
-
 /// The paths on `fs` that `pattern` matches, sorted within each directory; a path without
 /// wildcards comes back as written (unescaped), whether or not it exists.
 ///
@@ -204,7 +194,7 @@ pub async fn expand(fs: &dyn FileSystem, pattern: &str) -> Result<Vec<String>> {
         if !is_pattern(&tokens) {
             let name = unescape(component);
             for path in &mut found {
-                *path = join(path, &name);
+                *path = crate::path::join(path, &name);
             }
             unchecked = true;
             continue;
@@ -224,7 +214,7 @@ pub async fn expand(fs: &dyn FileSystem, pattern: &str) -> Result<Vec<String>> {
                 .collect();
             names.sort_by(|a, b| a.name.cmp(&b.name));
             for entry in names {
-                let path = join(base, &entry.name);
+                let path = crate::path::join(base, &entry.name);
                 if !last || dirs_only {
                     let is_dir = match entry.metadata.file_type {
                         FileType::Dir => true,

@@ -10,7 +10,8 @@
 //! - [`BackendKind`] and [`Capabilities`]: which backend serves a target and what it can do,
 //!   so that callers choose a path up front.
 //! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target;
-//!   [`pattern`]: the one wildcard matcher every pattern in reach uses.
+//!   [`pattern`]: the one wildcard matcher every pattern in reach uses; [`path`]: joining
+//!   and splitting paths on a target.
 //! - One [`Error`] type with a `#[non_exhaustive]` [`ErrorKind`] that every backend maps onto.
 //!
 //! It holds no network or process code: that lives in the backend crates (`reach-local`,
@@ -37,6 +38,7 @@ mod error;
 mod exec;
 mod fs;
 pub mod glob;
+pub mod path;
 pub mod pattern;
 
 pub use backend::{tcp_address, tcp_connect_error, Backend, Platform, TcpTunnel};

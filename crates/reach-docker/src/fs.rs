@@ -384,12 +384,11 @@ pub(crate) async fn check_user(conn: &Conn) -> Result<()> {
 }
 
 fn parent_and_name(path: &str) -> (String, String) {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed.rfind('/') {
-        Some(0) => ("/".to_owned(), trimmed[1..].to_owned()),
-        Some(i) => (trimmed[..i].to_owned(), trimmed[i + 1..].to_owned()),
-        None => (".".to_owned(), trimmed.to_owned()),
-    }
+    let parent = reach_core::path::parent(path).unwrap_or(".");
+    (
+        parent.to_owned(),
+        reach_core::path::file_name(path).to_owned(),
+    )
 }
 
 /// The container's files.

@@ -79,15 +79,6 @@ fn remote(path: &str) -> String {
     }
 }
 
-fn parent(path: &str) -> Option<&str> {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed.rfind('/') {
-        Some(0) => Some("/"),
-        Some(i) => Some(&trimmed[..i]),
-        None => None,
-    }
-}
-
 impl SftpFs {
     /// Starts the SFTP protocol on `stream` (a channel with the `sftp` subsystem running).
     pub(crate) async fn start<S>(
@@ -465,7 +456,7 @@ impl FileSystem for SftpFs {
                 }
                 Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
                     missing.push(current.clone());
-                    match parent(&current) {
+                    match reach_core::path::parent(&current) {
                         Some(up) => current = up.to_owned(),
                         None => break,
                     }
@@ -965,13 +956,5 @@ mod tests {
         assert_eq!(remote(r"D:\data\f.txt"), "/D:/data/f.txt");
         assert_eq!(remote("/home/x"), "/home/x");
         assert_eq!(remote("rel/x"), "rel/x");
-    }
-
-    #[test]
-    fn parents() {
-        assert_eq!(parent("/a/b/"), Some("/a"));
-        assert_eq!(parent("/a"), Some("/"));
-        assert_eq!(parent("a"), None);
-        assert_eq!(parent("a/b"), Some("a"));
     }
 }

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 mod tree;
 
 use futures_util::stream::{self, StreamExt};
+use reach_core::path::{file_name, join};
 use reach_core::{
     Backend, BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata, Result,
     WriteOptions,
@@ -299,39 +300,14 @@ pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The last component of `path` (`/a/b/` → `b`).
-fn base_name(path: &str) -> &str {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed.rfind('/') {
-        Some(i) => &trimmed[i + 1..],
-        None => trimmed,
-    }
-}
-
-/// `dir` + `/` + `name`, without doubling slashes.
-pub(crate) fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() {
-        name.to_owned()
-    } else if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
 /// The directory holding `path` (`""` for a bare name, relative to the login directory).
 fn parent_of(path: &str) -> &str {
-    let trimmed = path.trim_end_matches('/');
-    match trimmed.rfind('/') {
-        Some(0) => "/",
-        Some(i) => &trimmed[..i],
-        None => "",
-    }
+    reach_core::path::parent(path).unwrap_or("")
 }
 
 /// The temporary sibling a file is written to: `.NAME.reach-part`.
 pub fn part_path(path: &str) -> String {
-    let name = base_name(path);
+    let name = file_name(path);
     join(parent_of(path), &format!(".{name}{PART_SUFFIX}"))
 }
 
@@ -480,7 +456,7 @@ impl Transfer {
         for source in sources {
             let src_fs = source.backend.fs().await?;
             let target = if dest_dir {
-                join(&dest.path, base_name(&source.path))
+                join(&dest.path, file_name(&source.path))
             } else {
                 dest.path.clone()
             };
@@ -1132,7 +1108,7 @@ mod tests {
         assert_eq!(part_path("/a/b.txt"), "/a/.b.txt.reach-part");
         assert_eq!(part_path("b.txt"), ".b.txt.reach-part");
         assert_eq!(part_path("/b"), "/.b.reach-part");
-        assert_eq!(base_name("/a/dir/"), "dir");
+        assert_eq!(file_name("/a/dir/"), "dir");
         assert_eq!(join("/a/", "b"), "/a/b");
         assert_eq!(join("", "b"), "b");
         assert_eq!(parent_of("x"), "");

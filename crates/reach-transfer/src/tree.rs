@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::stream::{self, StreamExt};
+use reach_core::path::join;
 use reach_core::{
     BoxRead, Capability, Error, ErrorKind, FileSystem, FileType, Metadata, Result, WriteOptions,
 };
@@ -16,8 +17,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    describe, join, not_as_sent, part_path, special, DirItem, Failure, FileReport, Item, Side,
-    Summary, Transfer, Verified, CHUNK,
+    describe, not_as_sent, part_path, special, DirItem, Failure, FileReport, Item, Side, Summary,
+    Transfer, Verified, CHUNK,
 };
 
 /// Files up to this size are read whole ahead of the stream (several at once).

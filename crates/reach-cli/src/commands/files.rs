@@ -143,14 +143,6 @@ fn long_line(name: &str, m: &Metadata, link_target: Option<&str>) -> String {
     line
 }
 
-fn join(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
-}
-
 pub async fn ls(args: LsArgs, json: bool) -> reach::Result<i32> {
     let target = open(&args.location).await?;
     let paths = super::expand(&args.location, &target.location, target.fs.as_ref()).await?;
@@ -180,7 +172,7 @@ pub async fn ls(args: LsArgs, json: bool) -> reach::Result<i32> {
         }
         let link = if entry.metadata.file_type == FileType::Symlink && (args.long || json) {
             let full = match dir {
-                Some(dir) => join(dir, &entry.name),
+                Some(dir) => reach::path::join(dir, &entry.name),
                 None => entry.name.clone(),
             };
             target.fs.read_link(&full).await.ok()
@@ -419,9 +411,7 @@ pub async fn mv(args: MvArgs, json: bool) -> reach::Result<i32> {
     // Moving onto a directory moves into it, as mv(1) does.
     let to_path = match from.fs.metadata(&to_path).await {
         Ok(m) if m.is_dir() => {
-            let name = from.location.path.trim_end_matches('/');
-            let name = name.rsplit('/').next().unwrap_or(name);
-            join(&to_path, name)
+            reach::path::join(&to_path, reach::path::file_name(&from.location.path))
         }
         _ => to_path,
     };
