@@ -103,7 +103,7 @@ fn exec_latency(
             "`true` in a running busybox container on the local engine, {samples} interleaved \
              samples each. The library keeps its backend, whose in-container agent (started \
              once, through one engine exec) forks the command: no runc exec per command. \
-             A `reach` CLI run goes through the per-user connection agent, which holds the \
+             A `reach` CLI run goes through the per-user connection daemon, which holds the \
              backend between runs (warm); with `--no-reuse` each run is on its own and must \
              start the in-container agent (or, with `--no-agent`, run an engine exec) before \
              the command, so it pays the same runc exec as `docker exec`."
@@ -400,7 +400,7 @@ fn exec_streams(
              stdin (`wc -c`, whose count is checked) in a busybox container on the local \
              engine, {} rounds, interleaved. The docker CLI streams through one engine exec; \
              reach through its in-container agent, under flow control (a 2 MiB window per \
-             stream), and the CLI also through the connection agent (warm).",
+             stream), and the CLI also through the connection daemon (warm).",
             args.transfers
         ),
         columns: ["median", "best", "ratio to the docker CLI (median)"],

@@ -139,7 +139,7 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
     (start.elapsed(), value)
 }
 
-/// A connection agent of the benchmark's own (its runtime directory is private to this run),
+/// A connection daemon of the benchmark's own (its runtime directory is private to this run),
 /// stopped when dropped.
 #[derive(Debug)]
 pub struct WarmAgent {

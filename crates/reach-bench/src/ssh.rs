@@ -159,7 +159,7 @@ fn held_connection(
              samples each. OpenSSH's figure includes starting the `ssh` client, which then \
              asks its ControlMaster (opened by hand: `ssh -M -o ControlPersist=yes`) for a \
              new session. reach's CLI figure includes starting `reach`, which hands the \
-             command to its per-user connection agent (started by the first call, no setup); \
+             command to its per-user connection daemon (started by the first call, no setup); \
              the library figure is a call that opens a session on a held connection.",
             args.iterations
         ),

@@ -76,7 +76,7 @@ pub enum Command {
     /// Flags override the --config file. Logs are JSON lines on stderr. SIGINT/SIGTERM stop it
     /// and remove its containers.
     Serve(ServeArgs),
-    /// List or close the warm connections that the connection agent holds.
+    /// List or close the warm connections that the connection daemon holds.
     ///
     /// `reach exec` on an SSH or Docker destination runs through a per-user background
     /// process (started on first use; its socket is in $XDG_RUNTIME_DIR/reach, mode 0700) that
@@ -104,9 +104,9 @@ pub enum ConnectionsAction {
         #[arg(long)]
         all: bool,
     },
-    /// Close every connection and stop the agent.
+    /// Close every connection and stop the connection daemon.
     Stop,
-    /// Run the agent in the foreground (what `reach exec` starts in the background).
+    /// Run the connection daemon in the foreground (what `reach exec` starts in the background).
     #[command(hide = true)]
     Daemon {
         /// Close connections unused this long, and exit when none is left.
@@ -160,7 +160,7 @@ pub struct ConnArgs {
     /// agent in the container (slower; no signals or kill-on-timeout).
     #[arg(long = "no-agent", global = true)]
     pub no_agent: bool,
-    /// Connect directly instead of through the per-user connection agent that keeps
+    /// Connect directly instead of through the per-user connection daemon that keeps
     /// connections warm between calls (also: REACH_NO_REUSE=1, or `[connections] reuse =
     /// false` in reach.toml).
     #[arg(long = "no-reuse", global = true)]

@@ -16,7 +16,7 @@ pub struct Inventory {
     /// Named groups of destinations.
     #[serde(default)]
     pub groups: BTreeMap<String, Group>,
-    /// `[connections]`: the connection agent.
+    /// `[connections]`: the connection daemon.
     #[serde(default)]
     pub connections: Connections,
 }
@@ -32,7 +32,7 @@ pub struct Connections {
     pub idle: Option<String>,
 }
 
-/// Whether to go through the connection agent, and its idle time: `None` when `--no-reuse`,
+/// Whether to go through the connection daemon, and its idle time: `None` when `--no-reuse`,
 /// `REACH_NO_REUSE` (any value but `0` or empty) or `[connections] reuse = false` says no.
 pub fn reuse(no_reuse: bool, inventory: Option<&Path>) -> Result<Option<std::time::Duration>> {
     let env_says_no = std::env::var("REACH_NO_REUSE").is_ok_and(|v| !v.is_empty() && v != "0");

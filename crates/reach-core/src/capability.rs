@@ -62,7 +62,7 @@ pub enum Capability {
     /// Commands and files go through reach's agent running on the target.
     Agent,
     /// Making a connection costs enough (a handshake, a helper to start) that keeping it
-    /// open across calls pays, as the CLI's warm-connection process does.
+    /// open across calls pays, as the CLI's connection daemon does.
     KeepConnection,
     /// The files are this machine's own: a path means the same here and on the target.
     HostFiles,

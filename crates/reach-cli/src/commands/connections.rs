@@ -1,4 +1,4 @@
-//! `reach connections`: what the connection agent holds, and closing it.
+//! `reach connections`: what the connection daemon holds, and closing it.
 
 use reach::{Destination, Error, ErrorKind};
 use serde_json::{json, Value};
@@ -32,7 +32,7 @@ pub async fn connections(args: ConnectionsArgs, json: bool) -> reach::Result<i32
         return Ok(0);
     }
     let Some(reply) = reply else {
-        println!("no warm connections: the connection agent is not running");
+        println!("no warm connections: the connection daemon is not running");
         return Ok(0);
     };
     match request {
@@ -44,7 +44,7 @@ pub async fn connections(args: ConnectionsArgs, json: bool) -> reach::Result<i32
                 if closed == 1 { "" } else { "s" }
             );
         }
-        _ => println!("the connection agent stopped"),
+        _ => println!("the connection daemon stopped"),
     }
     Ok(0)
 }
@@ -94,7 +94,7 @@ fn print_list(reply: &Value) {
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
     println!(
-        "agent pid {}, closes connections unused for {}",
+        "daemon pid {}, closes connections unused for {}",
         number(reply, "pid"),
         seconds(idle.round() as u64)
     );

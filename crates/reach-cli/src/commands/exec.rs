@@ -51,7 +51,7 @@ pub async fn exec(
     if args.tty {
         spec = spec.pty(term_name(), term::size());
     }
-    // A terminal session stays direct: its window size and raw mode do not cross the agent.
+    // A terminal session stays direct: its window size and raw mode do not cross the daemon.
     let keeps = || -> reach::Result<bool> {
         let backend = super::backend_for(&destination)?;
         Ok(backend.capabilities().has(Capability::KeepConnection))
@@ -113,7 +113,7 @@ fn term_name() -> String {
     std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".to_owned())
 }
 
-/// Where a command starts: through the connection agent (with its idle time) or directly.
+/// Where a command starts: through the connection daemon (with its idle time) or directly.
 type Reuse<'a> = Option<(Duration, &'a ConnArgs)>;
 
 async fn run(
@@ -165,9 +165,9 @@ async fn run(
 }
 
 /// Starts the command: the outer error is a failure to connect, the inner one a command that
-/// could not start. Through the agent when `reuse` says so and the agent can take it; an
-/// agent that cannot (none could start, another HOME) means a direct connection, with a
-/// line on stderr saying why. A key the agent could not use without asking for a passphrase
+/// could not start. Through the daemon when `reuse` says so and the daemon can take it; an
+/// daemon that cannot (none could start, another HOME) means a direct connection, with a
+/// line on stderr saying why. A key the daemon could not use without asking for a passphrase
 /// or password is retried directly when there is a terminal to ask on.
 async fn start(
     destination: &Destination,
@@ -185,7 +185,7 @@ async fn start(
             Handed::Failed(err, true) => return Err(err),
             Handed::Failed(err, false) => return Ok(Err(err)),
             Handed::Unavailable(why) => {
-                eprintln!("reach: connecting directly: {why} (--no-reuse skips the agent)");
+                eprintln!("reach: connecting directly: {why} (--no-reuse skips the daemon)");
             }
         }
     }

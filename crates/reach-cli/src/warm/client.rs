@@ -1,4 +1,4 @@
-//! The caller's side: find (or start) the agent, hand it a command, and present the running
+//! The caller's side: find (or start) the daemon, hand it a command, and present the running
 //! command as a [`Process`] so that `reach exec` wires it to the terminal exactly as it does a
 //! direct one.
 
@@ -16,19 +16,19 @@ use tokio::task::JoinHandle;
 
 use super::{frame, read_frame, write_frame, ExecRequest, Request, LOG};
 
-/// What became of handing a command to the agent.
+/// What became of handing a command to the daemon.
 pub enum Handed {
     /// It runs on a warm (or newly made) connection.
     Started(Box<dyn Process>),
-    /// The agent tried and failed: nothing ran. `true` when connecting failed (unreachable,
+    /// The daemon tried and failed: nothing ran. `true` when connecting failed (unreachable,
     /// refused key), `false` when the command could not start (missing program...).
     Failed(Error, bool),
-    /// No agent could take it (none could be started, or it cannot serve this call); the
+    /// No daemon could take it (none could be started, or it cannot serve this call); the
     /// caller connects directly. The text says why.
     Unavailable(String),
 }
 
-/// Hands `request` to the agent, starting one (idle time `idle`) if none runs.
+/// Hands `request` to the daemon, starting one (idle time `idle`) if none runs.
 pub async fn exec(request: ExecRequest, idle: Duration) -> Handed {
     let destination = request.destination.clone();
     let stdin = request.stdin;
@@ -47,17 +47,17 @@ pub async fn exec(request: ExecRequest, idle: Duration) -> Handed {
     let (mut from, mut to) = stream.into_split();
     if let Err(e) = write_frame(&mut to, frame::REQUEST, &body).await {
         return Handed::Unavailable(format!(
-            "the connection agent did not take the request: {e}"
+            "the connection daemon did not take the request: {e}"
         ));
     }
     drop(body);
-    // From here on the command may have started: a vanished agent is an error, not a reason
+    // From here on the command may have started: a vanished daemon is an error, not a reason
     // to run it a second time.
     let lost = || {
         Error::new(
             ErrorKind::SessionDropped,
             format!(
-                "the reach connection agent went away while starting the command on `{}` \
+                "the reach connection daemon went away while starting the command on `{}` \
                  (its log: {}); run with --no-reuse to connect directly",
                 destination,
                 dir.join(LOG).display()
@@ -86,18 +86,18 @@ fn failure(body: &[u8]) -> Error {
         Ok(value) => super::error_from_json(&value),
         Err(_) => Error::new(
             ErrorKind::Protocol,
-            "the connection agent sent a malformed error",
+            "the connection daemon sent a malformed error",
         ),
     }
 }
 
-/// Connects to the running agent, or starts one and waits (up to 3 s) for its socket.
+/// Connects to the running daemon, or starts one and waits (up to 3 s) for its socket.
 async fn connect_or_start(dir: &Path, idle: Duration) -> Result<UnixStream, String> {
     let socket = dir.join(super::socket_name());
     if let Ok(stream) = connect(&socket).await {
         return Ok(stream);
     }
-    spawn_agent(dir, idle)?;
+    spawn_daemon(dir, idle)?;
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -105,7 +105,7 @@ async fn connect_or_start(dir: &Path, idle: Duration) -> Result<UnixStream, Stri
             Ok(stream) => return Ok(stream),
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!(
-                    "the connection agent did not start within 3 s ({e}); see {}",
+                    "the connection daemon did not start within 3 s ({e}); see {}",
                     dir.join(LOG).display()
                 ))
             }
@@ -114,7 +114,7 @@ async fn connect_or_start(dir: &Path, idle: Duration) -> Result<UnixStream, Stri
     }
 }
 
-/// Connects to the agent's socket and checks that the agent is this user's.
+/// Connects to the daemon's socket and checks that the daemon is this user's.
 async fn connect(socket: &Path) -> Result<UnixStream, String> {
     let stream = UnixStream::connect(socket)
         .await
@@ -137,7 +137,7 @@ async fn connect(socket: &Path) -> Result<UnixStream, String> {
 /// Starts `reach connections daemon` in the background: its own process group (a Ctrl-C at
 /// the terminal is not for it), no terminal, stdout closed, stderr to its log, and none of
 /// the secrets this call has in its environment.
-fn spawn_agent(dir: &Path, idle: Duration) -> Result<(), String> {
+fn spawn_daemon(dir: &Path, idle: Duration) -> Result<(), String> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find reach itself: {e}"))?;
@@ -159,10 +159,10 @@ fn spawn_agent(dir: &Path, idle: Duration) -> Result<(), String> {
         .process_group(0)
         .spawn()
         .map(drop)
-        .map_err(|e| format!("cannot start the connection agent: {e}"))
+        .map_err(|e| format!("cannot start the connection daemon: {e}"))
 }
 
-/// Sends a list or close request to this build's agent, or a stop request to every build's;
+/// Sends a list or close request to this build's daemon, or a stop request to every build's;
 /// `None` when none runs.
 pub async fn ask(request: &Request) -> reach::Result<Option<Value>> {
     let dir = super::runtime_dir().map_err(|e| Error::new(ErrorKind::PermissionDenied, e))?;
@@ -178,13 +178,13 @@ pub async fn ask(request: &Request) -> reach::Result<Option<Value>> {
     Ok(stopped)
 }
 
-/// Sends one request to the agent at `socket`; `None` when none listens there.
+/// Sends one request to the daemon at `socket`; `None` when none listens there.
 async fn ask_at(socket: &Path, request: &Request) -> reach::Result<Option<Value>> {
     let mut stream = match connect(socket).await {
         Ok(stream) => stream,
         Err(_) if !socket.exists() => return Ok(None),
         Err(why) => {
-            // A socket left by an agent that is gone refuses connections: nothing runs.
+            // A socket left by a daemon that is gone refuses connections: nothing runs.
             if UnixStream::connect(socket)
                 .await
                 .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::ConnectionRefused))
@@ -200,7 +200,7 @@ async fn ask_at(socket: &Path, request: &Request) -> reach::Result<Option<Value>
         write_frame(&mut stream, frame::REQUEST, &body).await?;
         read_frame(&mut stream).await
     };
-    let context = format!("ask the connection agent at `{}`", socket.display());
+    let context = format!("ask the connection daemon at `{}`", socket.display());
     match talk.await.map_err(|e| Error::io(&context, e))? {
         Some((frame::REPLY, body)) => serde_json::from_slice(&body)
             .map(Some)
@@ -213,7 +213,7 @@ async fn ask_at(socket: &Path, request: &Request) -> reach::Result<Option<Value>
     }
 }
 
-/// A command running through the agent.
+/// A command running through the daemon.
 struct WarmProcess {
     streams: Streams,
     status: watch::Receiver<Option<reach::Result<ExitStatus>>>,
@@ -288,7 +288,7 @@ impl WarmProcess {
                 Err(Error::new(
                     ErrorKind::SessionDropped,
                     format!(
-                        "the reach connection agent went away before the command on \
+                        "the reach connection daemon went away before the command on \
                          `{destination}` finished ({why}); its status is unknown"
                     ),
                 ))
@@ -311,7 +311,7 @@ impl WarmProcess {
 }
 
 /// Copies output frames to their streams until the exit frame; the streams end (EOF) when
-/// this returns. `Err` when the agent closed the connection first.
+/// this returns. `Err` when the daemon closed the connection first.
 async fn demux(
     from: &mut tokio::net::unix::OwnedReadHalf,
     out: DuplexStream,
@@ -343,7 +343,7 @@ fn exit_status(body: &[u8]) -> reach::Result<ExitStatus> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         Error::new(
             ErrorKind::Protocol,
-            format!("the connection agent sent a malformed exit status: {e}"),
+            format!("the connection daemon sent a malformed exit status: {e}"),
         )
     })?;
     if let Some(code) = value.get("code").and_then(Value::as_i64) {
@@ -362,7 +362,7 @@ fn exit_status(body: &[u8]) -> reach::Result<ExitStatus> {
         Some(error) => Err(super::error_from_json(error)),
         None => Err(Error::new(
             ErrorKind::Protocol,
-            "the connection agent sent an exit frame without a status",
+            "the connection daemon sent an exit frame without a status",
         )),
     }
 }
@@ -382,7 +382,7 @@ impl Process for WarmProcess {
         ended.unwrap_or_else(|| {
             Err(Error::new(
                 ErrorKind::SessionDropped,
-                "the reach connection agent went away before the command finished",
+                "the reach connection daemon went away before the command finished",
             ))
         })
     }
@@ -391,7 +391,7 @@ impl Process for WarmProcess {
         self.signals.send(signal).map_err(|_| {
             Error::new(
                 ErrorKind::SessionDropped,
-                "the connection to the reach connection agent is closed",
+                "the connection to the reach connection daemon is closed",
             )
         })
     }
@@ -406,7 +406,7 @@ impl Process for WarmProcess {
 
 impl Drop for WarmProcess {
     fn drop(&mut self) {
-        // Closing the socket tells the agent to drop (kill) the command if it still runs.
+        // Closing the socket tells the daemon to drop (kill) the command if it still runs.
         for task in &self.tasks {
             task.abort();
         }

@@ -1,4 +1,4 @@
-//! The connection agent: `reach connections daemon`, started by the first call that wants a
+//! The connection daemon: `reach connections daemon`, started by the first call that wants a
 //! warm connection. One per user, found by its socket in the runtime directory.
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -29,7 +29,7 @@ struct Entry {
     running: usize,
 }
 
-/// What the agent holds.
+/// What the daemon holds.
 struct State {
     entries: Mutex<Vec<Entry>>,
     idle: Duration,
@@ -47,13 +47,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs the agent until it has been idle for `idle`, is told to stop, or gets SIGTERM/SIGINT.
-/// Exits at once (0) when another agent holds the lock.
+/// Runs the daemon until it has been idle for `idle`, is told to stop, or gets SIGTERM/SIGINT.
+/// Exits at once (0) when another daemon holds the lock.
 pub async fn serve(idle: Duration) -> reach::Result<i32> {
     let dir = super::runtime_dir().map_err(|e| Error::new(ErrorKind::PermissionDenied, e))?;
     let Some(_lock) = take_lock(&dir.join(super::lock_name())).await? else {
         eprintln!(
-            "reach agent {}: another agent is running",
+            "reach daemon {}: another daemon is running",
             std::process::id()
         );
         return Ok(0);
@@ -71,7 +71,7 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
         listen(SignalKind::hangup())?,
     );
     eprintln!(
-        "reach agent {}: serving uid {} on {} (idle {idle:?})",
+        "reach daemon {}: serving uid {} on {} (idle {idle:?})",
         std::process::id(),
         super::uid(),
         socket.display()
@@ -92,7 +92,7 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
                 Ok((stream, _)) => {
                     tokio::spawn(client(state.clone(), stream));
                 }
-                Err(e) => eprintln!("reach agent: accept: {e}"),
+                Err(e) => eprintln!("reach daemon: accept: {e}"),
             },
             _ = tick.tick() => {
                 if state.sweep() {
@@ -110,12 +110,12 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
     for backend in closing {
         let _ = tokio::time::timeout(Duration::from_secs(2), backend.close()).await;
     }
-    eprintln!("reach agent {}: stopped", std::process::id());
+    eprintln!("reach daemon {}: stopped", std::process::id());
     Ok(0)
 }
 
-/// Takes the agent lock, waiting up to a second for an agent that is exiting; `None` when
-/// another agent keeps it.
+/// Takes the daemon lock, waiting up to a second for a daemon that is exiting; `None` when
+/// another daemon keeps it.
 async fn take_lock(path: &Path) -> reach::Result<Option<Flock<std::fs::File>>> {
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
@@ -147,7 +147,7 @@ impl State {
         *lock(&self.last_activity) = Instant::now();
     }
 
-    /// Closes connections unused for the idle time; whether the agent should now exit
+    /// Closes connections unused for the idle time; whether the daemon should now exit
     /// (nothing held, no client, idle).
     fn sweep(&self) -> bool {
         let mut entries = lock(&self.entries);
@@ -156,7 +156,7 @@ impl State {
             .partition(|e| e.running == 0 && e.last_used.elapsed() >= self.idle);
         *entries = kept;
         for entry in stale {
-            eprintln!("reach agent: closing idle {}", entry.destination);
+            eprintln!("reach daemon: closing idle {}", entry.destination);
             tokio::spawn(async move { entry.backend.close().await });
         }
         entries.is_empty()
@@ -269,10 +269,10 @@ async fn client(state: Arc<State>, stream: UnixStream) {
             Ok(uid) => format!("uid {uid}"),
             Err(e) => format!("an unknown peer ({e})"),
         };
-        eprintln!("reach agent: refused a connection from {who}");
+        eprintln!("reach daemon: refused a connection from {who}");
         let err = Error::new(
             ErrorKind::PermissionDenied,
-            format!("this reach connection agent serves uid {me} only; {who} was refused"),
+            format!("this reach connection daemon serves uid {me} only; {who} was refused"),
         );
         let _ = write_frame(&mut to, frame::FAILED, &super::error_json(&err)).await;
         return;
@@ -316,7 +316,7 @@ async fn exec(
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     if request.conn.home != home {
         let why = format!(
-            "the connection agent runs with HOME={}, this call with HOME={}",
+            "the connection daemon runs with HOME={}, this call with HOME={}",
             show(home.as_deref()),
             show(request.conn.home.as_deref())
         );

@@ -1,15 +1,15 @@
 //! Warm connections across CLI calls.
 //!
 //! The first `reach exec` on an SSH or Docker destination starts a per-user background
-//! process, the *connection agent* (`reach connections daemon`). It listens on a Unix socket in
+//! process, the *connection daemon* (`reach connections daemon`). It listens on a Unix socket in
 //! a private runtime directory, opens the connection, runs the command on it and keeps the
 //! connection afterwards; later calls with the same destination and connection settings send
-//! their command to it and pay no handshake. The agent closes a connection unused for its idle
+//! their command to it and pay no handshake. The daemon closes a connection unused for its idle
 //! time and exits when it holds none.
 //!
 //! The protocol is frames of `[kind: u8][length: u32 big-endian][payload]`: one JSON request,
 //! then, for an exec, stdin/signal frames one way and stdout/stderr/exit frames the other. All
-//! output frames precede the exit frame, so the completion contract holds through the agent.
+//! output frames precede the exit frame, so the completion contract holds through the daemon.
 
 pub mod client;
 pub mod daemon;
@@ -27,23 +27,23 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cli::ConnArgs;
 
-/// How long the agent keeps an unused connection (and itself, once it holds none).
+/// How long the daemon keeps an unused connection (and itself, once it holds none).
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(300);
-/// The name of this build's agent socket in the runtime directory.
+/// The name of this build's daemon socket in the runtime directory.
 fn socket_name() -> String {
-    format!("agent-{}.sock", build_id())
+    format!("daemon-{}.sock", build_id())
 }
 
-/// Held (flock) by this build's running agent, so that two starting at once do not both
+/// Held (flock) by this build's running daemon, so that two starting at once do not both
 /// serve.
 fn lock_name() -> String {
-    format!("agent-{}.lock", build_id())
+    format!("daemon-{}.lock", build_id())
 }
 
 /// Names this build of reach: its version and the executable file (device, inode, size,
-/// modification time). The agent's socket and lock carry it, so an agent started by another
+/// modification time). The daemon's socket and lock carry it, so a daemon started by another
 /// build (before an upgrade, or a development build beside the installed one) never serves
-/// this one: each build has its own agent, and an old one exits once idle.
+/// this one: each build has its own daemon, and an old one exits once idle.
 pub fn build_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
@@ -68,7 +68,7 @@ pub fn build_id() -> &'static str {
     })
 }
 
-/// The sockets of every build's agent in `dir` (this build's among them, if it runs).
+/// The sockets of every build's daemon in `dir` (this build's among them, if it runs).
 fn agent_sockets(dir: &Path) -> Vec<PathBuf> {
     let mut sockets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -78,7 +78,7 @@ fn agent_sockets(dir: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("agent") && n.ends_with(".sock"))
+                        .is_some_and(|n| n.starts_with("daemon") && n.ends_with(".sock"))
                 })
                 .collect()
         })
@@ -86,34 +86,34 @@ fn agent_sockets(dir: &Path) -> Vec<PathBuf> {
     sockets.sort();
     sockets
 }
-/// The agent's stderr: its start, stop and refusals.
-const LOG: &str = "agent.log";
+/// The daemon's stderr: its start, stop and refusals.
+const LOG: &str = "daemon.log";
 /// Larger frames are a protocol error (data frames are at most 64 KiB).
 const MAX_FRAME: usize = 1 << 20;
 
 /// Frame kinds.
 pub mod frame {
-    /// Client → agent: the JSON request, first and once.
+    /// Client → daemon: the JSON request, first and once.
     pub const REQUEST: u8 = b'Q';
-    /// Client → agent: bytes for the command's stdin.
+    /// Client → daemon: bytes for the command's stdin.
     pub const STDIN: u8 = b'I';
-    /// Client → agent: stdin ended.
+    /// Client → daemon: stdin ended.
     pub const STDIN_EOF: u8 = b'E';
-    /// Client → agent: a signal name for the command.
+    /// Client → daemon: a signal name for the command.
     pub const SIGNAL: u8 = b'S';
-    /// Agent → client: the command started.
+    /// Daemon → client: the command started.
     pub const STARTED: u8 = b'K';
-    /// Agent → client: the request failed (JSON `{kind, message}`); nothing runs.
+    /// Daemon → client: the request failed (JSON `{kind, message}`); nothing runs.
     pub const FAILED: u8 = b'F';
-    /// Agent → client: this agent cannot serve the request; connect directly instead.
+    /// Daemon → client: this daemon cannot serve the request; connect directly instead.
     pub const UNAVAILABLE: u8 = b'U';
-    /// Agent → client: bytes the command wrote to stdout.
+    /// Daemon → client: bytes the command wrote to stdout.
     pub const STDOUT: u8 = b'O';
-    /// Agent → client: bytes the command wrote to stderr.
+    /// Daemon → client: bytes the command wrote to stderr.
     pub const STDERR: u8 = b'R';
-    /// Agent → client: how the command ended (JSON), after all of its output.
+    /// Daemon → client: how the command ended (JSON), after all of its output.
     pub const EXIT: u8 = b'X';
-    /// Agent → client: the JSON answer to a list, close or stop request.
+    /// Daemon → client: the JSON answer to a list, close or stop request.
     pub const REPLY: u8 = b'J';
 }
 
@@ -122,7 +122,7 @@ pub fn uid() -> u32 {
     nix::unistd::getuid().as_raw()
 }
 
-/// The private directory holding the agent's socket: `$XDG_RUNTIME_DIR/reach`, else
+/// The private directory holding the daemon's socket: `$XDG_RUNTIME_DIR/reach`, else
 /// `/run/user/UID/reach`, else `$TMPDIR/reach-UID`. Created 0700; refused unless it is a
 /// directory of ours that no one else can enter.
 pub fn runtime_dir() -> Result<PathBuf, String> {
@@ -209,13 +209,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(from: &mut R) -> io::Result<Option
     Ok(Some((head[0], payload)))
 }
 
-/// A request to the agent.
+/// A request to the daemon.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Run a command on a warm connection (made first if needed).
     Exec(Box<ExecRequest>),
-    /// Describe the agent and its connections.
+    /// Describe the daemon and its connections.
     List,
     /// Close the connections to these destinations (every one when empty).
     Close {
@@ -296,7 +296,7 @@ impl ExecRequest {
     }
 }
 
-/// The connection settings of one call, as the agent needs them: paths made absolute, the
+/// The connection settings of one call, as the daemon needs them: paths made absolute, the
 /// environment the backends would read (HOME, SSH_AUTH_SOCK, DOCKER_HOST) captured, secrets
 /// from the environment included (never logged, never part of the key).
 #[derive(Serialize, Deserialize)]
@@ -423,7 +423,7 @@ impl ConnWire {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Whether the call may be asked for a secret the agent cannot ask for.
+    /// Whether the call may be asked for a secret the daemon cannot ask for.
     pub fn has_secrets(&self) -> bool {
         self.password.is_some() || self.passphrase.is_some()
     }
@@ -518,7 +518,7 @@ pub fn error_from_json(value: &serde_json::Value) -> reach::Error {
     let message = value
         .get("message")
         .and_then(|m| m.as_str())
-        .unwrap_or("the connection agent sent a malformed error");
+        .unwrap_or("the connection daemon sent a malformed error");
     let error = reach::Error::new(kind, message);
     match value
         .get("subject")

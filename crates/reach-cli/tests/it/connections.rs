@@ -1,5 +1,5 @@
-//! The connection agent: warm connections across `reach` calls, shown by the real sshd's own
-//! log; opting out; closing; an agent that dies or idles out; and its refusal of other users.
+//! The connection daemon: warm connections across `reach` calls, shown by the real sshd's own
+//! log; opting out; closing; a daemon that dies or idles out; and its refusal of other users.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -13,35 +13,35 @@ use reach_test::sshd::SshdFixture;
 
 use crate::{reach, Reach};
 
-/// A runtime directory of its own, so that each test has its own agent; stops it at the end.
-struct Agent {
+/// A runtime directory of its own, so that each test has its own daemon; stops it at the end.
+struct Daemon {
     dir: tempfile::TempDir,
 }
 
-impl Agent {
-    fn new() -> Agent {
-        Agent {
+impl Daemon {
+    fn new() -> Daemon {
+        Daemon {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// The socket of the (first) agent running here.
+    /// The socket of the (first) daemon running here.
     fn socket(&self) -> PathBuf {
         let dir = self.dir.path().join("reach");
         sockets(&dir)
             .into_iter()
             .next()
-            .unwrap_or_else(|| dir.join("no-agent.sock"))
+            .unwrap_or_else(|| dir.join("no-daemon.sock"))
     }
 
-    /// `reach ARGS...` that goes through this test's agent.
+    /// `reach ARGS...` that goes through this test's daemon.
     fn reach(&self, args: &[&str]) -> Reach {
         reach(args)
             .env_remove("REACH_NO_REUSE")
             .env("XDG_RUNTIME_DIR", self.dir.path())
     }
 
-    /// Starts `reach ARGS...` through this test's agent, stdout and stderr piped.
+    /// Starts `reach ARGS...` through this test's daemon, stdout and stderr piped.
     fn spawn(&self, args: &[&str], inventory: Option<&Path>) -> std::process::Child {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reach"));
         command
@@ -75,13 +75,13 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.reach(&["connections", "stop"]).run();
     }
 }
 
-/// The agent sockets in a runtime directory: one per build of reach whose agent runs.
+/// The daemon sockets in a runtime directory: one per build of reach whose daemon runs.
 fn sockets(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -96,7 +96,7 @@ fn sockets(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// The connections the agent holds to `dest`.
+/// The connections the daemon holds to `dest`.
 fn held(list: &serde_json::Value, dest: &str) -> Vec<serde_json::Value> {
     list["connections"]
         .as_array()
@@ -137,7 +137,7 @@ fn logins(sshd: &SshdFixture) -> usize {
     sshd.log().matches("Accepted publickey").count()
 }
 
-/// What an error is about crosses the warm-connection process with it: a missing working
+/// What an error is about crosses the connection daemon with it: a missing working
 /// directory exits 1, a missing command 127, as on the direct path.
 #[test]
 fn a_missing_working_directory_is_no_missing_command_when_warm() {
@@ -146,9 +146,9 @@ fn a_missing_working_directory_is_no_missing_command_when_warm() {
     else {
         return;
     };
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let f = Flags::of(&sshd);
-    let nowhere = agent
+    let nowhere = daemon
         .reach(&exec_args(&f, &["-C", "/no/such/dir"], &["true"]))
         .run();
     assert_eq!(nowhere.code, 1, "{}", nowhere.stderr);
@@ -157,11 +157,11 @@ fn a_missing_working_directory_is_no_missing_command_when_warm() {
         "{}",
         nowhere.stderr
     );
-    let missing = agent
+    let missing = daemon
         .reach(&exec_args(&f, &[], &["reach-no-such-command"]))
         .run();
     assert_eq!(missing.code, 127, "{}", missing.stderr);
-    let list = agent.list();
+    let list = daemon.list();
     assert_eq!(
         held(&list, &f.dest).len(),
         1,
@@ -175,30 +175,33 @@ fn a_warm_second_call_opens_no_new_connection() {
     else {
         return;
     };
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let f = Flags::of(&sshd);
 
-    let first = agent
+    let first = daemon
         .reach(&exec_args(&f, &[], &["echo one; echo two >&2; exit 3"]))
         .run();
     assert_eq!(first.code, 3, "{}", first.stderr);
     assert_eq!(first.stdout_text(), "one\n");
     assert_eq!(first.stderr, "two\n", "nothing but the command's stderr");
-    assert!(agent.socket().exists(), "the first call started the agent");
+    assert!(
+        daemon.socket().exists(),
+        "the first call started the daemon"
+    );
     assert_eq!(logins(&sshd), 1);
 
-    let second = agent
+    let second = daemon
         .reach(&exec_args(&f, &[], &["cat"]))
-        .stdin("through the agent and back")
+        .stdin("through the daemon and back")
         .run();
     assert_eq!(second.code, 0, "{}", second.stderr);
-    assert_eq!(second.stdout_text(), "through the agent and back");
-    let third = agent
+    assert_eq!(second.stdout_text(), "through the daemon and back");
+    let third = daemon
         .reach(&exec_args(&f, &["--json"], &["printf", "%s", "a b"]))
         .run();
     assert_eq!(third.json()["stdout"], "a b");
     assert_eq!(third.json()["status"]["code"], 0);
-    let missing = agent
+    let missing = daemon
         .reach(&exec_args(&f, &[], &["reach-no-such-command"]))
         .run();
     assert_eq!(missing.code, 127, "{}", missing.stderr);
@@ -208,13 +211,13 @@ fn a_warm_second_call_opens_no_new_connection() {
         "four calls, one login; sshd said:\n{}",
         sshd.log()
     );
-    let list = agent.list();
+    let list = daemon.list();
     let conns = held(&list, &f.dest);
     assert_eq!(conns.len(), 1, "{list}");
     assert_eq!(conns[0]["uses"], 4);
     assert_eq!(conns[0]["running"], 0);
     assert_eq!(conns[0]["connected"], true);
-    let table = agent.reach(&["connections"]).run();
+    let table = daemon.reach(&["connections"]).run();
     assert!(
         table.stdout_text().contains(&f.dest),
         "{}",
@@ -222,12 +225,12 @@ fn a_warm_second_call_opens_no_new_connection() {
     );
 
     // Opting out connects directly, by flag or by environment.
-    let direct = agent
+    let direct = daemon
         .reach(&exec_args(&f, &["--no-reuse"], &["echo", "direct"]))
         .run();
     assert_eq!(direct.stdout_text(), "direct\n");
     assert_eq!(logins(&sshd), 2);
-    let direct = agent
+    let direct = daemon
         .reach(&exec_args(&f, &[], &["true"]))
         .env("REACH_NO_REUSE", "1")
         .run();
@@ -247,7 +250,7 @@ fn a_warm_second_call_opens_no_new_connection() {
     sshd.authorize(public.trim()).unwrap();
     let other = other.display().to_string();
     for _ in 0..2 {
-        let out = agent
+        let out = daemon
             .reach(&[
                 "exec",
                 "-i",
@@ -263,28 +266,28 @@ fn a_warm_second_call_opens_no_new_connection() {
         assert_eq!(out.stdout_text(), "other\n", "{}", out.stderr);
     }
     assert_eq!(logins(&sshd), 4, "one login for the second identity");
-    assert_eq!(held(&agent.list(), &f.dest).len(), 2);
+    assert_eq!(held(&daemon.list(), &f.dest).len(), 2);
 
     // Closing drops them: the next call logs in again.
-    let closed = agent.reach(&["connections", "close", &f.dest]).run();
+    let closed = daemon.reach(&["connections", "close", &f.dest]).run();
     assert_eq!(
         closed.stdout_text(),
         "closed 2 connections\n",
         "{}",
         closed.stderr
     );
-    let again = agent.reach(&exec_args(&f, &[], &["true"])).run();
+    let again = daemon.reach(&exec_args(&f, &[], &["true"])).run();
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert_eq!(logins(&sshd), 5);
 
-    let stopped = agent.reach(&["connections", "stop"]).run();
+    let stopped = daemon.reach(&["connections", "stop"]).run();
     assert_eq!(stopped.code, 0, "{}", stopped.stderr);
-    agent.wait_for(
-        "the agent to remove its socket",
+    daemon.wait_for(
+        "the daemon to remove its socket",
         Duration::from_secs(10),
-        || !agent.socket().exists(),
+        || !daemon.socket().exists(),
     );
-    let none = agent.reach(&["connections"]).run();
+    let none = daemon.reach(&["connections"]).run();
     assert!(
         none.stdout_text().contains("not running"),
         "{}",
@@ -299,7 +302,7 @@ fn an_edited_or_new_included_ssh_config_file_makes_a_new_connection() {
     ) else {
         return;
     };
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let f = Flags::of(&sshd);
     let dir = tempfile::tempdir().unwrap();
     let parts = dir.path().join("conf.d");
@@ -309,7 +312,7 @@ fn an_edited_or_new_included_ssh_config_file_makes_a_new_connection() {
     std::fs::write(&config, format!("Include {}/*.conf\n", parts.display())).unwrap();
     let config = config.display().to_string();
     let call = || {
-        let out = agent
+        let out = daemon
             .reach(&exec_args(&f, &["-F", &config], &["echo", "hi"]))
             .run();
         assert_eq!(out.stdout_text(), "hi\n", "{}", out.stderr);
@@ -335,17 +338,18 @@ fn an_edited_or_new_included_ssh_config_file_makes_a_new_connection() {
 }
 
 #[test]
-fn a_lost_agent_is_an_error_and_an_idle_agent_exits() {
-    let Some(sshd) = SshdFixture::start_or_skip("a_lost_agent_is_an_error_and_an_idle_agent_exits")
+fn a_lost_daemon_is_an_error_and_an_idle_daemon_exits() {
+    let Some(sshd) =
+        SshdFixture::start_or_skip("a_lost_daemon_is_an_error_and_an_idle_daemon_exits")
     else {
         return;
     };
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let f = Flags::of(&sshd);
-    let inventory = agent.dir.path().join("reach.toml");
+    let inventory = daemon.dir.path().join("reach.toml");
     std::fs::write(&inventory, "[connections]\nidle = \"2s\"\n").unwrap();
 
-    let mut child = agent.spawn(
+    let mut child = daemon.spawn(
         &exec_args(&f, &[], &["echo started; sleep 60"]),
         Some(&inventory),
     );
@@ -354,11 +358,11 @@ fn a_lost_agent_is_an_error_and_an_idle_agent_exits() {
     stdout.read_exact(&mut started).unwrap();
     assert_eq!(&started, b"started\n");
     let mut pid = 0;
-    agent.wait_for(
-        "the command to run in the agent",
+    daemon.wait_for(
+        "the command to run in the daemon",
         Duration::from_secs(20),
         || {
-            let list = agent.list();
+            let list = daemon.list();
             pid = list["pid"].as_u64().unwrap_or(0);
             held(&list, &f.dest).first().map(|c| c["running"].clone()) == Some(1.into())
         },
@@ -377,37 +381,37 @@ fn a_lost_agent_is_an_error_and_an_idle_agent_exits() {
     );
     let mut rest = Vec::new();
     stdout.read_to_end(&mut rest).unwrap();
-    assert_eq!(rest, b"", "nothing after the agent died");
-    assert!(stderr.contains("connection agent went away"), "{stderr}");
+    assert_eq!(rest, b"", "nothing after the daemon died");
+    assert!(stderr.contains("connection daemon went away"), "{stderr}");
 
-    // The dead agent's socket is left behind; the next call starts a new agent anyway.
-    let again = agent
+    // The dead daemon's socket is left behind; the next call starts a new daemon anyway.
+    let again = daemon
         .reach(&exec_args(&f, &[], &["echo", "again"]))
         .env("REACH_INVENTORY", &inventory)
         .run();
     assert_eq!(again.stdout_text(), "again\n", "{}", again.stderr);
     assert_eq!(again.code, 0);
-    assert_ne!(agent.list()["pid"].as_u64(), Some(pid), "a new agent");
+    assert_ne!(daemon.list()["pid"].as_u64(), Some(pid), "a new daemon");
 
-    // With `idle = "2s"`, the connection is closed and the agent exits on its own.
-    agent.wait_for("the idle agent to exit", Duration::from_secs(30), || {
-        !agent.socket().exists()
+    // With `idle = "2s"`, the connection is closed and the daemon exits on its own.
+    daemon.wait_for("the idle daemon to exit", Duration::from_secs(30), || {
+        !daemon.socket().exists()
     });
-    assert_eq!(agent.list()["running"], false);
+    assert_eq!(daemon.list()["running"], false);
 
-    // `reuse = false` in the inventory: no agent at all.
+    // `reuse = false` in the inventory: no daemon at all.
     std::fs::write(&inventory, "[connections]\nreuse = false\n").unwrap();
     let before = logins(&sshd);
-    let direct = agent
+    let direct = daemon
         .reach(&exec_args(&f, &[], &["echo", "direct"]))
         .env("REACH_INVENTORY", &inventory)
         .run();
     assert_eq!(direct.stdout_text(), "direct\n", "{}", direct.stderr);
-    assert!(!agent.socket().exists());
+    assert!(!daemon.socket().exists());
     assert_eq!(logins(&sshd), before + 1);
 
     std::fs::write(&inventory, "[connections]\nidle = \"soon\"\n").unwrap();
-    let bad = agent
+    let bad = daemon
         .reach(&exec_args(&f, &[], &["true"]))
         .env("REACH_INVENTORY", &inventory)
         .run();
@@ -425,10 +429,10 @@ fn docker_targets_are_kept_warm_too() {
         return;
     }
     let c = ContainerFixture::busybox().expect("busybox container");
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let dest = c.destination(None);
     for round in 1..=2 {
-        let out = agent
+        let out = daemon
             .reach(&["exec", &dest, "--", "sh", "-c", "echo $((20 + 22)); exit 5"])
             .run();
         assert_eq!(
@@ -437,13 +441,13 @@ fn docker_targets_are_kept_warm_too() {
             "{}",
             out.stderr
         );
-        let conns = held(&agent.list(), &dest);
+        let conns = held(&daemon.list(), &dest);
         assert_eq!(conns.len(), 1);
         assert_eq!(conns[0]["uses"], round);
     }
 
-    // A Ctrl-C sent to reach travels through the agent to the command.
-    let mut child = agent.spawn(
+    // A Ctrl-C sent to reach travels through the daemon to the command.
+    let mut child = daemon.spawn(
         &[
             "exec",
             &dest,
@@ -468,7 +472,7 @@ fn docker_targets_are_kept_warm_too() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got-int\n");
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(held(&agent.list(), &dest)[0]["uses"], 3);
+    assert_eq!(held(&daemon.list(), &dest)[0]["uses"], 3);
 }
 
 /// Writes a request frame and reads the one frame that answers it.
@@ -480,7 +484,7 @@ fn ask_raw(socket: &Path, body: &[u8]) -> (u8, String) {
     let mut frame = vec![b'Q'];
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(body);
-    // The agent may have answered and closed before reading the request.
+    // The daemon may have answered and closed before reading the request.
     let _ = stream.write_all(&frame);
     let mut head = [0u8; 5];
     stream.read_exact(&mut head).unwrap();
@@ -491,15 +495,15 @@ fn ask_raw(socket: &Path, body: &[u8]) -> (u8, String) {
 }
 
 #[test]
-fn the_agent_refuses_every_other_user() {
+fn the_daemon_refuses_every_other_user() {
     const NOBODY: u32 = 65534;
     if !nix::unistd::getuid().is_root() {
-        let why = "the_agent_refuses_every_other_user: needs root to run an agent as another user";
+        let why = "the_daemon_refuses_every_other_user: needs root to run a daemon as another user";
         assert!(std::env::var_os("REACH_REQUIRE_REAL").is_none(), "{why}");
         eprintln!("SKIP {why}");
         return;
     }
-    // An agent run by `nobody`, from a copy of reach that `nobody` can execute.
+    // A daemon run by `nobody`, from a copy of reach that `nobody` can execute.
     let base = tempfile::tempdir().unwrap();
     std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = base.path().join("reach");
@@ -508,7 +512,7 @@ fn the_agent_refuses_every_other_user() {
     std::fs::create_dir(&runtime).unwrap();
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(&runtime, Some(NOBODY), Some(NOBODY)).unwrap();
-    let log = std::fs::File::create(base.path().join("agent.log")).unwrap();
+    let log = std::fs::File::create(base.path().join("daemon.log")).unwrap();
     let mut daemon = std::process::Command::new(&exe)
         .args(["connections", "daemon", "--idle", "60s"])
         .env("XDG_RUNTIME_DIR", &runtime)
@@ -525,11 +529,11 @@ fn the_agent_refuses_every_other_user() {
         if let Some(socket) = sockets(&runtime.join("reach")).pop() {
             break socket;
         }
-        assert!(Instant::now() < deadline, "the agent made no socket");
+        assert!(Instant::now() < deadline, "the daemon made no socket");
         std::thread::sleep(Duration::from_millis(20));
     };
 
-    // Root can open the socket (the 0700 directory does not stop root), but the agent
+    // Root can open the socket (the 0700 directory does not stop root), but the daemon
     // checks who is calling and answers only its own user.
     let (kind, body) = ask_raw(&socket, br#"{"op":"list"}"#);
     assert_eq!(kind, b'F', "{body}");
@@ -544,7 +548,10 @@ fn the_agent_refuses_every_other_user() {
         kind, b'F',
         "a stop from another user is refused too: {body}"
     );
-    assert!(daemon.try_wait().unwrap().is_none(), "the agent still runs");
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon still runs"
+    );
 
     // reach itself, as root, will not even use another user's runtime directory.
     let out = reach(&["connections"])
@@ -557,29 +564,29 @@ fn the_agent_refuses_every_other_user() {
         "{}",
         out.stderr
     );
-    // And the agent's directory and socket keep everyone else out.
+    // And the daemon's directory and socket keep everyone else out.
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&runtime.join("reach")), 0o700);
     assert_eq!(mode(&socket), 0o600);
 
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    let logged = std::fs::read_to_string(base.path().join("agent.log")).unwrap();
+    let logged = std::fs::read_to_string(base.path().join("daemon.log")).unwrap();
     assert!(
         logged.contains("refused a connection from uid 0"),
         "{logged}"
     );
 }
 
-/// An agent serves only the build of reach that started it: after an upgrade (here, a copy of
-/// the binary) the next call starts its own agent instead of handing its command to code that
+/// A daemon serves only the build of reach that started it: after an upgrade (here, a copy of
+/// the binary) the next call starts its own daemon instead of handing its command to code that
 /// is not its own; both are warm for their own calls, and `connections stop` stops both.
 #[test]
-fn each_build_of_reach_has_its_own_agent() {
-    let Some(sshd) = SshdFixture::start_or_skip("each_build_of_reach_has_its_own_agent") else {
+fn each_build_of_reach_has_its_own_daemon() {
+    let Some(sshd) = SshdFixture::start_or_skip("each_build_of_reach_has_its_own_daemon") else {
         return;
     };
-    let agent = Agent::new();
+    let daemon = Daemon::new();
     let f = Flags::of(&sshd);
     let other = tempfile::tempdir().unwrap();
     let other_exe = other.path().join("reach");
@@ -588,7 +595,7 @@ fn each_build_of_reach_has_its_own_agent() {
         let out = Command::new(&other_exe)
             .args(exec_args(&f, &[], &["echo other"]))
             .env_remove("REACH_NO_REUSE")
-            .env("XDG_RUNTIME_DIR", agent.dir.path())
+            .env("XDG_RUNTIME_DIR", daemon.dir.path())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -597,27 +604,27 @@ fn each_build_of_reach_has_its_own_agent() {
     };
     run_other();
     assert_eq!(logins(&sshd), 1);
-    let dir = agent.dir.path().join("reach");
-    assert_eq!(sockets(&dir).len(), 1, "the other build started its agent");
+    let dir = daemon.dir.path().join("reach");
+    assert_eq!(sockets(&dir).len(), 1, "the other build started its daemon");
 
-    let out = agent.reach(&exec_args(&f, &[], &["echo this"])).run();
+    let out = daemon.reach(&exec_args(&f, &[], &["echo this"])).run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout_text(), "this\n");
     assert_eq!(
         logins(&sshd),
         2,
-        "this build was not served by the other's agent"
+        "this build was not served by the other's daemon"
     );
     assert_eq!(sockets(&dir).len(), 2);
 
-    let out = agent.reach(&exec_args(&f, &[], &["true"])).run();
+    let out = daemon.reach(&exec_args(&f, &[], &["true"])).run();
     assert_eq!(out.code, 0, "{}", out.stderr);
     run_other();
     assert_eq!(logins(&sshd), 2, "each build's second call was warm");
 
-    let out = agent.reach(&["connections", "stop"]).run();
+    let out = daemon.reach(&["connections", "stop"]).run();
     assert_eq!(out.code, 0, "{}", out.stderr);
-    agent.wait_for("both agents to stop", Duration::from_secs(10), || {
+    daemon.wait_for("both daemons to stop", Duration::from_secs(10), || {
         sockets(&dir).is_empty()
     });
 }

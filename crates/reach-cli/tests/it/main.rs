@@ -40,8 +40,8 @@ pub struct Reach {
     stdin: Vec<u8>,
 }
 
-/// `reach ARGS...`, connecting directly: only the connection agent's own tests
-/// (`connections.rs`) go through the agent, each with a runtime directory of its own.
+/// `reach ARGS...`, connecting directly: only the connection daemon's own tests
+/// (`connections.rs`) go through the daemon, each with a runtime directory of its own.
 pub fn reach(args: &[&str]) -> Reach {
     let mut command = Command::new(env!("CARGO_BIN_EXE_reach"));
     command.args(args).env("REACH_NO_REUSE", "1");
