@@ -56,8 +56,8 @@ fn exec_latency(
     let dest = container.destination(None);
     let docker = || run_ok(Command::new("docker").args(["exec", &name, "true"]));
     let library = || rt.block_on(exec_true(backend));
-    let agent = crate::WarmAgent::new(reach_bin)?;
-    let warm = || run_ok(agent.reach().args(["exec", "-n", &dest, "--", "true"]));
+    let daemon = crate::WarmDaemon::new(reach_bin)?;
+    let warm = || run_ok(daemon.reach().args(["exec", "-n", &dest, "--", "true"]));
     let cli =
         || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-reuse", &dest, "--", "true"]));
     let cli_bare = || {
@@ -74,7 +74,8 @@ fn exec_latency(
     let samples = (args.iterations / 3).max(10);
     let mut theirs = Series::new("docker CLI: `docker exec NAME true`");
     let mut ours = Series::new("reach library: exec `true` on a held backend");
-    let mut ours_warm = Series::new("reach CLI: `reach exec docker://NAME -- true` (warm agent)");
+    let mut ours_warm =
+        Series::new("reach CLI: `reach exec docker://NAME -- true` (connection daemon)");
     let mut ours_cli = Series::new("reach CLI, direct: `reach exec --no-reuse ...`");
     let mut ours_bare = Series::new("reach CLI, direct, engine only: `... --no-agent ...`");
     for _ in 0..5 {
@@ -335,7 +336,7 @@ fn exec_streams(
     let size = mib << 20;
     let name = container.name().to_owned();
     let dest = container.destination(None);
-    let agent = crate::WarmAgent::new(reach_bin)?;
+    let daemon = crate::WarmDaemon::new(reach_bin)?;
     let dd = dd_argv(mib);
     let steps: Vec<(&'static str, Step)> = vec![
         (
@@ -354,9 +355,9 @@ fn exec_streams(
             }),
         ),
         (
-            "output: `reach exec docker://NAME -- dd …` (warm agent)",
+            "output: `reach exec docker://NAME -- dd …` (connection daemon)",
             Box::new(|| {
-                let (got, _) = counted(agent.reach().args(["exec", &dest, "--"]).args(&dd), None)?;
+                let (got, _) = counted(daemon.reach().args(["exec", &dest, "--"]).args(&dd), None)?;
                 expect_count("reach exec dd", got, size)
             }),
         ),
@@ -378,10 +379,10 @@ fn exec_streams(
             }),
         ),
         (
-            "input: `reach exec docker://NAME -- wc -c` (warm agent)",
+            "input: `reach exec docker://NAME -- wc -c` (connection daemon)",
             Box::new(|| {
                 let (_, said) = counted(
-                    agent.reach().args(["exec", &dest, "--", "wc", "-c"]),
+                    daemon.reach().args(["exec", &dest, "--", "wc", "-c"]),
                     Some(size),
                 )?;
                 expect_wc("reach exec stdin", &said, size)

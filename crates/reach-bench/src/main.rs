@@ -142,20 +142,20 @@ pub fn time<T>(f: impl FnOnce() -> T) -> (Duration, T) {
 /// A connection daemon of the benchmark's own (its runtime directory is private to this run),
 /// stopped when dropped.
 #[derive(Debug)]
-pub struct WarmAgent {
+pub struct WarmDaemon {
     dir: tempfile::TempDir,
     reach_bin: PathBuf,
 }
 
-impl WarmAgent {
-    pub fn new(reach_bin: &Path) -> Result<WarmAgent, String> {
-        Ok(WarmAgent {
+impl WarmDaemon {
+    pub fn new(reach_bin: &Path) -> Result<WarmDaemon, String> {
+        Ok(WarmDaemon {
             dir: tempfile::tempdir().map_err(|e| e.to_string())?,
             reach_bin: reach_bin.to_owned(),
         })
     }
 
-    /// `reach` going through this agent.
+    /// `reach` going through this daemon.
     pub fn reach(&self) -> Command {
         let mut cmd = Command::new(&self.reach_bin);
         cmd.env("XDG_RUNTIME_DIR", self.dir.path())
@@ -164,7 +164,7 @@ impl WarmAgent {
     }
 }
 
-impl Drop for WarmAgent {
+impl Drop for WarmDaemon {
     fn drop(&mut self) {
         let _ = self.reach().args(["connections", "stop"]).output();
     }

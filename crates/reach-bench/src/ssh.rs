@@ -114,11 +114,11 @@ fn held_connection(
     };
     let ssh = backend(sshd)?;
     rt.block_on(ssh.connect()).map_err(|e| e.to_string())?;
-    let agent = crate::WarmAgent::new(reach_bin)?;
+    let daemon = crate::WarmDaemon::new(reach_bin)?;
     let (key, known, dest) = (sshd.client_key(), sshd.known_hosts(), sshd.destination());
     let warm_cli = || {
         run_ok(
-            agent
+            daemon
                 .reach()
                 .args(["exec", "-n", "-i"])
                 .arg(&key)
@@ -128,7 +128,8 @@ fn held_connection(
         )
     };
     let mut theirs = Series::new("OpenSSH: `ssh -S ctl host true` through a ControlMaster");
-    let mut ours_cli = Series::new("reach CLI: `reach exec host -- true` through its agent");
+    let mut ours_cli =
+        Series::new("reach CLI: `reach exec host -- true` through its connection daemon");
     let mut ours = Series::new("reach library: exec `true` on a held connection");
     for _ in 0..20 {
         through_master()?;
