@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+use reach_core::sync::lock;
 use reach_core::{Error, ErrorKind, ExitStatus, Result, Signal};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -285,7 +286,7 @@ impl AgentConn {
 
     /// Why the agent's connection ended, if it has.
     pub fn lost(&self) -> Option<String> {
-        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.lost).clone()
     }
 
     fn dropped(&self, why: &str) -> Error {
@@ -293,7 +294,7 @@ impl AgentConn {
     }
 
     fn route(&self, kind: u8, id: u32, payload: Bytes) {
-        let mut guard = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.waiters);
         let Some(waiters) = guard.as_mut() else {
             return;
         };
@@ -374,16 +375,12 @@ impl AgentConn {
     }
 
     fn fail_all(&self, why: String) {
-        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        *lock(&self.lost) = Some(why.clone());
         // Writers waiting for room in a stdin window give up.
         for (_, credit) in lock(&self.credits).drain() {
             credit.close();
         }
-        let waiters = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let waiters = lock(&self.waiters).take();
         for (_, waiter) in waiters.into_iter().flatten() {
             if let Waiter::Process(route) = waiter {
                 drop(route.stdout);
@@ -395,7 +392,7 @@ impl AgentConn {
 
     fn register(&self, waiter: Waiter) -> Result<u32> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut guard = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&self.waiters);
         match guard.as_mut() {
             Some(waiters) => {
                 waiters.insert(id, waiter);
@@ -406,12 +403,7 @@ impl AgentConn {
     }
 
     fn forget(&self, id: u32) {
-        if let Some(waiters) = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
+        if let Some(waiters) = lock(&self.waiters).as_mut() {
             waiters.remove(&id);
         }
     }
@@ -606,8 +598,4 @@ pub struct Spawned {
     pub exit: watch::Receiver<Option<Result<ExitStatus>>>,
     /// Where the outcome is published (a timeout publishes there too).
     pub slot: Arc<Slot>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -10,6 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
+use crate::lock;
 use reach_agent::protocol::*;
 
 use crate::flow::pump;
@@ -136,7 +137,7 @@ pub(crate) fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         start_piped(out, table, id, child)
     };
     if let Err(err) = threads {
-        table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        lock(table).remove(&id);
         send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
     }
 }
@@ -196,7 +197,7 @@ fn start_terminal(
     let fd = m.as_raw_fd();
     let wired = m.try_clone().and_then(|writer| {
         let stdin = feed(out, id, writer)?;
-        table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        lock(table).insert(
             id,
             Running {
                 pid,
@@ -219,7 +220,7 @@ fn start_piped(out: &Out, table: &Table, id: u32, mut child: Child) -> io::Resul
             .take()
             .map(|pipe| feed(out, id, pipe))
             .transpose()?;
-        table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        lock(table).insert(
             id,
             Running {
                 pid,
@@ -297,7 +298,7 @@ fn wait(
         let _ = reader.join();
     }
     let status = child.wait();
-    table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    lock(&table).remove(&id);
     let mut payload = Vec::with_capacity(6);
     match status {
         Ok(status) => match (status.code(), status.signal()) {

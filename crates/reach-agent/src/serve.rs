@@ -74,7 +74,7 @@ pub(crate) fn run() {
                 let (Some(signo), Some(group)) = (fields.u8(), fields.u8()) else {
                     continue;
                 };
-                let table = table.lock().unwrap_or_else(|p| p.into_inner());
+                let table = lock(&table);
                 if let Some(running) = table.get(&id) {
                     if let Some(socket) = &running.socket {
                         let _ = socket.shutdown(Shutdown::Both);
@@ -93,7 +93,7 @@ pub(crate) fn run() {
                 let (Some(rows), Some(cols)) = (fields.u32(), fields.u32()) else {
                     continue;
                 };
-                let table = table.lock().unwrap_or_else(|p| p.into_inner());
+                let table = lock(&table);
                 if let Some(fd) = table.get(&id).and_then(|r| r.pty) {
                     sys::set_size(fd, rows as u16, cols as u16);
                 }
@@ -114,7 +114,7 @@ pub(crate) fn run() {
         }
     }
     // The connection is gone: end everything this agent started.
-    let table = table.lock().unwrap_or_else(|p| p.into_inner());
+    let table = lock(&table);
     for running in table.values().filter(|r| r.pid > 0) {
         sys::send_signal(-running.pid, 9);
     }

@@ -4,6 +4,7 @@ use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::channel;
 
+use crate::lock;
 use reach_agent::protocol::*;
 
 use crate::flow::pump;
@@ -43,13 +44,13 @@ pub(crate) fn connect(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         let mut writer = writer;
         forward(&feeder_out, id, &rx, &mut writer);
         let _ = writer.shutdown(Shutdown::Write);
-        rows.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        lock(&rows).remove(&id);
     });
     if let Err(err) = feeder {
         send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
         return;
     }
-    table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+    lock(table).insert(
         id,
         Running {
             pid: 0,
@@ -59,7 +60,7 @@ pub(crate) fn connect(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         },
     );
     let close = || {
-        if let Some(running) = table.lock().unwrap_or_else(|p| p.into_inner()).remove(&id) {
+        if let Some(running) = lock(table).remove(&id) {
             if let Some(socket) = running.socket {
                 let _ = socket.shutdown(Shutdown::Both);
             }

@@ -363,9 +363,7 @@ pub struct Streams {
 }
 
 fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
-    slot.lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take()
+    crate::sync::lock(slot).take()
 }
 
 impl Streams {

@@ -11,7 +11,8 @@
 //!   so that callers choose a path up front.
 //! - [`glob`]: wildcards in remote paths, expanded through [`FileSystem`] on any target;
 //!   [`pattern`]: the one wildcard matcher every pattern in reach uses; [`path`]: joining
-//!   and splitting paths on a target.
+//!   and splitting paths on a target; [`sync::lock`] and [`local::home_dir`], the two
+//!   helpers every crate needs.
 //! - One [`Error`] type with a `#[non_exhaustive]` [`ErrorKind`] that every backend maps onto.
 //!
 //! It holds no network or process code: that lives in the backend crates (`reach-local`,
@@ -38,8 +39,10 @@ mod error;
 mod exec;
 mod fs;
 pub mod glob;
+pub mod local;
 pub mod path;
 pub mod pattern;
+pub mod sync;
 
 pub use backend::{tcp_address, tcp_connect_error, Backend, Platform, TcpTunnel};
 pub use capability::{BackendKind, Capabilities, Capability};

@@ -39,6 +39,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::query_parameters::InspectContainerOptions;
 use bollard::Docker;
+use reach_core::sync::lock;
 use reach_core::{
     Backend, BackendKind, Capabilities, Capability, Destination, Error, ErrorKind, ExecSpec,
     FileSystem, Platform, Process, Result, Subject,
@@ -216,7 +217,7 @@ pub(crate) struct Conn {
 
 impl Conn {
     fn slot(&self) -> std::sync::MutexGuard<'_, AgentSlot> {
-        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.agent)
     }
 
     /// The agent, started on first use and started again when it has been lost (a few
@@ -245,7 +246,7 @@ impl Conn {
         if let Some(why) = lost {
             slot.restarts += 1;
             if let Err(e) = &started {
-                *self.agent_gone.lock().unwrap_or_else(|p| p.into_inner()) =
+                *lock(&self.agent_gone) =
                     Some(format!("{why}; starting the agent again failed: {e}"));
             }
         }
@@ -284,12 +285,7 @@ impl Conn {
     /// the engine went away, the process was killed) and could not be started again, or
     /// was lost more than [`AGENT_RESTARTS`] times.
     pub(crate) fn agent_lost(&self) -> Option<String> {
-        if let Some(why) = self
-            .agent_gone
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(why) = lock(&self.agent_gone).clone() {
             return Some(why);
         }
         let slot = self.slot();
@@ -385,7 +381,7 @@ impl DockerBackend {
 
     fn remember(&self, err: &Error) {
         if err.kind().is_transport() {
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.clone());
+            *lock(&self.last_error) = Some(err.clone());
         }
     }
 
@@ -566,10 +562,7 @@ impl Backend for DockerBackend {
     }
 
     fn last_error(&self) -> Option<Error> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.last_error).clone()
     }
 
     async fn health_check(&self) -> Result<()> {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use reach_core::pattern::{list_matches, wildcard};
+use reach_core::sync::lock;
 use reach_core::{Error, ErrorKind, Result};
 use russh::keys::PublicKey;
 
@@ -217,7 +218,7 @@ pub fn keys_path(template: &Path, user: &str) -> Option<PathBuf> {
     let text = template.to_string_lossy();
     let text = text.replace("%u", user);
     Some(match text.strip_prefix("~/") {
-        Some(rest) => crate::config::home_dir().join(rest),
+        Some(rest) => reach_core::local::home_dir().join(rest),
         None => PathBuf::from(text),
     })
 }
@@ -299,7 +300,7 @@ impl FailureLimiter {
     /// Records a failure from `addr`.
     pub fn fail(&self, addr: IpAddr) {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.seen);
         // Keep the map from growing without bound under a spray of addresses.
         if seen.len() > 10_000 {
             let window = self.window;
@@ -311,7 +312,7 @@ impl FailureLimiter {
     /// Whether `addr` has used up its failures.
     pub fn blocked(&self, addr: IpAddr) -> bool {
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = lock(&self.seen);
         match seen.get_mut(&addr) {
             Some(times) => {
                 times.retain(|t| now.duration_since(*t) < self.window);

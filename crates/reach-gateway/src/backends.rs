@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use reach_core::sync::lock;
 use reach_core::{Backend, CommandLine, Destination, Error, ErrorKind, ExecSpec, Process, Result};
 use reach_docker::{ContainerSpec, Containers, DockerBackend, DockerOptions};
 use reach_local::LocalBackend;
@@ -238,9 +239,9 @@ impl Provider {
             }
             ContainerMode::Persistent => {
                 let found = {
-                    let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut map = lock(&docker.persistent);
                     map.get_mut(user).map(|p| {
-                        let mut held = leased.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut held = lock(leased);
                         if held.as_deref() != Some(p.container.id.as_str()) {
                             p.leases += 1;
                             *held = Some(p.container.id.clone());
@@ -267,8 +268,8 @@ impl Provider {
                 let (container, backend) =
                     self.make(docker, name, conn, user, "persistent").await?;
                 let agent = container.agent.clone();
-                *leased.lock().unwrap_or_else(|p| p.into_inner()) = Some(container.id.clone());
-                let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
+                *lock(leased) = Some(container.id.clone());
+                let mut map = lock(&docker.persistent);
                 map.insert(
                     user.to_owned(),
                     Persistent {
@@ -425,11 +426,7 @@ impl Provider {
     }
 
     async fn forget_persistent(&self, docker: &Docker, user: &str) {
-        let old = docker
-            .persistent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
+        let old = lock(&docker.persistent).remove(user);
         if let Some(old) = old {
             self.remove_container(docker, &old.container, "").await;
         }
@@ -575,7 +572,7 @@ impl Provider {
             return;
         }
         let generation = {
-            let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = lock(&docker.persistent);
             let Some(p) = map.get_mut(user).filter(|p| p.container.id == id) else {
                 return;
             };
@@ -592,7 +589,7 @@ impl Provider {
         tokio::spawn(async move {
             tokio::time::sleep(idle).await;
             let expired = {
-                let mut map = docker.persistent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = lock(&docker.persistent);
                 match map.get(&user) {
                     Some(p) if p.leases == 0 && p.generation == generation => map.remove(&user),
                     _ => None,

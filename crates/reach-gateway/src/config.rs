@@ -298,7 +298,7 @@ impl Config {
             let base = std::env::var_os("XDG_STATE_HOME")
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
-                .unwrap_or_else(|| home_dir().join(".local/state"));
+                .unwrap_or_else(|| reach_core::local::home_dir().join(".local/state"));
             base.join("reach/serve")
         })
     }
@@ -307,14 +307,6 @@ impl Config {
     pub fn keepalive(&self) -> Option<Duration> {
         (self.keepalive_secs > 0).then(|| Duration::from_secs(self.keepalive_secs))
     }
-}
-
-/// The gateway user's home directory (`$HOME`, else `/`).
-pub fn home_dir() -> PathBuf {
-    std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 /// `512m`, `2g`, `1024k` or plain bytes.

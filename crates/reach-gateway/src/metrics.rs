@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reach_core::sync::lock;
 use reach_core::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -62,10 +63,7 @@ impl Metrics {
 
     /// Records how long a container lifecycle `phase` (one of [`PHASES`]) took.
     pub fn container_phase(&self, phase: &str, took: Duration) {
-        let mut sums = self
-            .container_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut sums = lock(&self.container_seconds);
         let slot = &mut sums[index(&PHASES, phase)];
         slot.0 += took.as_secs_f64();
         slot.1 += 1;
@@ -130,10 +128,7 @@ impl Metrics {
             "Backend requests that failed, by operation.",
             labelled("op", &BACKEND_OPS, &self.backend_failures),
         );
-        let sums = *self
-            .container_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let sums = *lock(&self.container_seconds);
         let mut rows = Vec::new();
         for (phase, (sum, count)) in PHASES.iter().zip(sums) {
             rows.push((format!("_sum{{phase=\"{phase}\"}}"), format!("{sum:.6}")));

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use reach_core::sync::lock;
 use reach_core::{Backend, Result};
 use russh::keys::{HashAlg, PublicKey};
 use russh::server::{Auth, Msg, Session};
@@ -107,7 +108,7 @@ impl Conn {
 
     /// What the accepted key allows.
     pub fn permissions(&self) -> Permissions {
-        *self.permissions.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.permissions)
     }
 
     /// Whether an `env` request for `name` is accepted.
@@ -148,10 +149,7 @@ impl Conn {
     }
 
     fn hold(&self, container: &Container) {
-        self.channel_containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(container.clone());
+        lock(&self.channel_containers).push(container.clone());
     }
 
     /// Where a new channel's session runs (with the container made for that channel alone).
@@ -195,10 +193,7 @@ impl Conn {
 
     /// Removes a channel's own container.
     pub async fn release(&self, container: Container, backend: Option<Arc<dyn Backend>>) {
-        self.channel_containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|c| c.id() != container.id());
+        lock(&self.channel_containers).retain(|c| c.id() != container.id());
         self.shared
             .provider
             .release(container, backend, &self.id)
@@ -207,12 +202,7 @@ impl Conn {
 
     /// The connection is over: remove what was made for it.
     async fn finish(&self) {
-        let left: Vec<Container> = std::mem::take(
-            &mut *self
-                .channel_containers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let left: Vec<Container> = std::mem::take(&mut *lock(&self.channel_containers));
         for container in left {
             self.shared
                 .provider
@@ -227,7 +217,7 @@ impl Conn {
         }
         // Only a connection that took a lease gives one back: one that opened no channel
         // must not start the idle timer under another's running session.
-        let leased = self.leased.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let leased = lock(&self.leased).take();
         if let (Some(user), Some(id)) = (self.user.get(), leased) {
             self.shared.provider.connection_ended(user, &id);
         }
@@ -281,11 +271,7 @@ impl Client {
 
     fn accept(&self, user: &str, method: &str, permissions: Permissions, detail: &str) -> Auth {
         let _ = self.conn.user.set(user.to_owned());
-        *self
-            .conn
-            .permissions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = permissions;
+        *lock(&self.conn.permissions) = permissions;
         self.conn
             .shared
             .metrics

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use nix::sys::signal::{killpg, Signal as NixSignal};
 use nix::unistd::Pid;
+use reach_core::sync::lock;
 use reach_core::{
     BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
     Result, Signal, StdinMode, Streams, Subject,
@@ -52,10 +53,6 @@ impl Shared {
             other => other,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl LocalProcess {

@@ -14,7 +14,8 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
 use russh::{client, MethodKind, MethodSet};
 use zeroize::Zeroizing;
 
-use crate::{home, Hop, SshOptions};
+use crate::{Hop, SshOptions};
+use reach_core::local::home_dir;
 
 type Handle = client::Handle<crate::HostKeyCheck>;
 
@@ -202,7 +203,7 @@ pub(crate) fn agent_socket(given: Option<&PathBuf>, configured: Option<&str>) ->
 fn agent_path(text: &str) -> PathBuf {
     let text = match text.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-            format!("{}{rest}", crate::home().display())
+            format!("{}{rest}", reach_core::local::home_dir().display())
         }
         _ => text.to_owned(),
     };
@@ -393,7 +394,7 @@ pub(crate) async fn authenticate(
     }
     let defaults = ["id_ed25519", "id_ecdsa", "id_rsa"]
         .iter()
-        .map(|name| home().join(".ssh").join(name));
+        .map(|name| home_dir().join(".ssh").join(name));
     let files: Vec<PathBuf> = hop.identity_files.iter().cloned().chain(defaults).collect();
     for file in files {
         if tried.contains(&file) || !file.exists() || !attempts.allows(MethodKind::PublicKey) {
@@ -445,7 +446,7 @@ mod tests {
 
     #[test]
     fn agent_paths_expand_home_and_variables() {
-        let home = crate::home().display().to_string();
+        let home = reach_core::local::home_dir().display().to_string();
         assert_eq!(agent_path("~/.a/s"), PathBuf::from(format!("{home}/.a/s")));
         assert_eq!(agent_path("$HOME/s"), PathBuf::from(format!("{home}/s")));
         assert_eq!(

@@ -240,12 +240,6 @@ pub(crate) fn local_user() -> String {
         .unwrap_or_default()
 }
 
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
-
 /// Splits a line into words, honouring double quotes and `Key=Value`.
 fn words(line: &str) -> Vec<String> {
     let line = line.trim();
@@ -285,8 +279,8 @@ fn words(line: &str) -> Vec<String> {
 
 fn expand_tilde(path: &str) -> PathBuf {
     match path.strip_prefix("~/") {
-        Some(rest) => home().join(rest),
-        None if path == "~" => home(),
+        Some(rest) => reach_core::local::home_dir().join(rest),
+        None if path == "~" => reach_core::local::home_dir(),
         None => PathBuf::from(path),
     }
 }
@@ -325,7 +319,7 @@ impl SshConfig {
 
     /// Reads `~/.ssh/config` if it exists; an empty configuration otherwise.
     pub fn load_default() -> Result<SshConfig> {
-        let path = home().join(".ssh").join("config");
+        let path = reach_core::local::home_dir().join(".ssh").join("config");
         if path.exists() {
             Self::load(&path)
         } else {
@@ -429,7 +423,7 @@ impl SshConfig {
                         let path = if path.is_absolute() {
                             path
                         } else {
-                            home().join(".ssh").join(path)
+                            reach_core::local::home_dir().join(".ssh").join(path)
                         };
                         // The included lines belong to the block that includes them.
                         let block = self.blocks.len() - 1;
@@ -524,7 +518,7 @@ impl SshConfig {
         let user = out.user.clone().unwrap_or_default();
         let host_name = out.host_name.clone().unwrap_or_else(|| host.to_owned());
         let port = out.port.unwrap_or(22).to_string();
-        let home_dir = home().to_string_lossy().into_owned();
+        let home_dir = reach_core::local::home_dir().to_string_lossy().into_owned();
         for path in &mut out.identity_files {
             let text = path.to_string_lossy();
             if text.contains('%') {
@@ -759,7 +753,10 @@ mod tests {
             Some(2200),
             "Match host sees the HostName set before it"
         );
-        assert_eq!(web.identity_files, vec![home().join(".ssh/web")]);
+        assert_eq!(
+            web.identity_files,
+            vec![reach_core::local::home_dir().join(".ssh/web")]
+        );
         assert_eq!(web.connect_timeout, Some(Duration::from_secs(7)));
         assert_eq!(web.server_alive_interval, Some(Duration::from_secs(9)));
         let root = config.resolve_as("web", Some("root")).unwrap();
@@ -847,7 +844,7 @@ mod tests {
         assert_eq!(alias.user.as_deref(), Some("never"));
         assert_eq!(
             alias.identity_files,
-            vec![home().join(".ssh/a")],
+            vec![reach_core::local::home_dir().join(".ssh/a")],
             "not twice"
         );
     }

@@ -283,7 +283,11 @@ fn resolve_hop(
             .known_hosts
             .clone()
             .or(host_config.user_known_hosts_file)
-            .unwrap_or_else(|| home().join(".ssh").join("known_hosts")),
+            .unwrap_or_else(|| {
+                reach_core::local::home_dir()
+                    .join(".ssh")
+                    .join("known_hosts")
+            }),
         host_key_alias: host_config.host_key_alias,
         identity_agent: identity_agent.clone(),
         certificate_files: host_config.certificate_files,
@@ -343,12 +347,6 @@ pub struct SshBackend {
     jumps: Vec<Hop>,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     last_error: Mutex<Option<Error>>,
-}
-
-fn home() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 impl SshBackend {

@@ -26,7 +26,7 @@ pub(crate) fn expand(command: &str, host: &str, port: u16, user: &str, alias: &s
             Some('r') => out.push_str(user),
             Some('n') => out.push_str(alias),
             Some('u') => out.push_str(&crate::config::local_user()),
-            Some('d') => out.push_str(&crate::home().to_string_lossy()),
+            Some('d') => out.push_str(&reach_core::local::home_dir().to_string_lossy()),
             Some('%') => out.push('%'),
             Some(other) => {
                 out.push('%');

@@ -3,11 +3,12 @@
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use reach::ssh::zeroize::Zeroizing;
+use reach::sync::lock;
 use reach::{Backend, Destination, Error, ErrorKind, ExitStatus, Process, Registry, Signal};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,12 +40,6 @@ struct State {
     clients: Mutex<usize>,
     started: Instant,
     stop: Notify,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs the daemon until it has been idle for `idle`, is told to stop, or gets SIGTERM/SIGINT.
