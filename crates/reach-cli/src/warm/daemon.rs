@@ -309,11 +309,11 @@ async fn exec(
     mut to: OwnedWriteHalf,
 ) {
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    if request.conn.home != home {
+    if request.conn.settings.home != home {
         let why = format!(
             "the connection daemon runs with HOME={}, this call with HOME={}",
             show(home.as_deref()),
-            show(request.conn.home.as_deref())
+            show(request.conn.settings.home.as_deref())
         );
         let _ = write_frame(&mut to, frame::UNAVAILABLE, why.as_bytes()).await;
         return;

@@ -301,6 +301,18 @@ impl ExecRequest {
 /// from the environment included (never logged, never part of the key).
 #[derive(Serialize, Deserialize)]
 pub struct ConnWire {
+    /// Everything but the secrets: what the connection's key is made of.
+    #[serde(flatten)]
+    pub settings: ConnSettings,
+    #[serde(with = "secret")]
+    password: Option<Zeroizing<String>>,
+    #[serde(with = "secret")]
+    passphrase: Option<Zeroizing<String>>,
+}
+
+/// The settings of a [`ConnWire`] that are no secret.
+#[derive(Serialize, Deserialize, Default)]
+pub struct ConnSettings {
     identity: Option<PathBuf>,
     known_hosts: Option<PathBuf>,
     accept_new_host_key: bool,
@@ -321,10 +333,6 @@ pub struct ConnWire {
     forward_agent: bool,
     /// The caller's HOME: where default keys and configuration are found.
     pub home: Option<PathBuf>,
-    #[serde(with = "secret")]
-    password: Option<Zeroizing<String>>,
-    #[serde(with = "secret")]
-    passphrase: Option<Zeroizing<String>>,
 }
 
 impl ConnWire {
@@ -335,7 +343,7 @@ impl ConnWire {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        ConnWire {
+        let settings = ConnSettings {
             identity: conn.identity.as_deref().map(absolute_unless_key_text),
             known_hosts: conn.known_hosts.as_deref().map(absolute),
             accept_new_host_key: conn.accept_new_host_key,
@@ -358,6 +366,9 @@ impl ConnWire {
             agent_socket: env_path("SSH_AUTH_SOCK"),
             forward_agent: conn.forward_agent,
             home: env_path("HOME"),
+        };
+        ConnWire {
+            settings,
             password: secret_from_env("REACH_SSH_PASSWORD"),
             passphrase: secret_from_env("REACH_SSH_PASSPHRASE"),
         }
@@ -366,24 +377,25 @@ impl ConnWire {
     /// The backend options these settings describe; `prompt` asks for secrets not given.
     pub fn options(&self, prompt: Option<reach::ssh::Prompt>) -> reach::ConnectOptions {
         let mut options = reach::ConnectOptions::default();
+        let settings = &self.settings;
         let ssh = &mut options.ssh;
-        ssh.identity = self.identity.clone();
-        ssh.known_hosts = self.known_hosts.clone();
-        ssh.accept_new_host_key = self.accept_new_host_key;
-        ssh.config_file = self.ssh_config.clone();
-        ssh.config_options = self.ssh_options.clone();
-        ssh.port = self.port;
-        ssh.user = self.login.clone();
-        ssh.proxy_jump = self.jump.clone();
-        ssh.connect_timeout = self.connect_timeout_ms.map(Duration::from_millis);
-        ssh.agent_socket = self.agent_socket.clone();
-        ssh.forward_agent = self.forward_agent.then_some(true);
+        ssh.identity = settings.identity.clone();
+        ssh.known_hosts = settings.known_hosts.clone();
+        ssh.accept_new_host_key = settings.accept_new_host_key;
+        ssh.config_file = settings.ssh_config.clone();
+        ssh.config_options = settings.ssh_options.clone();
+        ssh.port = settings.port;
+        ssh.user = settings.login.clone();
+        ssh.proxy_jump = settings.jump.clone();
+        ssh.connect_timeout = settings.connect_timeout_ms.map(Duration::from_millis);
+        ssh.agent_socket = settings.agent_socket.clone();
+        ssh.forward_agent = settings.forward_agent.then_some(true);
         ssh.password = self.password.clone();
         ssh.passphrase = self.passphrase.clone();
         ssh.prompt = prompt;
         let docker = &mut options.docker;
-        docker.host = self.docker_host.clone();
-        docker.agent = self.docker_agent;
+        docker.host = settings.docker_host.clone();
+        docker.agent = settings.docker_agent;
         options
     }
 
@@ -393,29 +405,18 @@ impl ConnWire {
     /// an `Include` glob, gets a new connection), and of whether secrets were given (not
     /// their values).
     pub fn key(&self, destination: &str) -> String {
-        let config = self.ssh_config.clone().or_else(|| {
-            self.home
+        let settings = &self.settings;
+        let config = settings.ssh_config.clone().or_else(|| {
+            settings
+                .home
                 .as_ref()
                 .map(|home| home.join(".ssh").join("config"))
         });
         let parts = serde_json::json!({
             "destination": destination,
-            "identity": self.identity,
-            "identity_file": self.identity.as_deref().map(stamp),
-            "known_hosts": self.known_hosts,
-            "accept_new_host_key": self.accept_new_host_key,
-            "ssh_config": config,
+            "settings": settings,
+            "identity_file": settings.identity.as_deref().map(stamp),
             "ssh_config_files": config.as_deref().map(config_stamps),
-            "ssh_options": self.ssh_options,
-            "port": self.port,
-            "login": self.login,
-            "jump": self.jump,
-            "connect_timeout_ms": self.connect_timeout_ms,
-            "docker_host": self.docker_host,
-            "docker_agent": self.docker_agent,
-            "agent_socket": self.agent_socket,
-            "forward_agent": self.forward_agent,
-            "home": self.home,
             "password": self.password.is_some(),
             "passphrase": self.passphrase.is_some(),
         });
@@ -589,20 +590,12 @@ mod tests {
         let key_file = dir.path().join("id");
         std::fs::write(&key_file, "one").expect("write");
         let conn = |identity: Option<&Path>| ConnWire {
-            identity: identity.map(Path::to_owned),
-            known_hosts: None,
-            accept_new_host_key: false,
-            ssh_config: Some(dir.path().join("config")),
-            ssh_options: Vec::new(),
-            port: None,
-            login: None,
-            jump: None,
-            connect_timeout_ms: None,
-            docker_host: None,
-            docker_agent: true,
-            agent_socket: None,
-            forward_agent: false,
-            home: None,
+            settings: ConnSettings {
+                identity: identity.map(Path::to_owned),
+                ssh_config: Some(dir.path().join("config")),
+                docker_agent: true,
+                ..ConnSettings::default()
+            },
             password: None,
             passphrase: None,
         };
@@ -619,10 +612,8 @@ mod tests {
         );
         std::fs::write(&key_file, "a replaced key").expect("write");
         assert_ne!(with_key, conn(Some(&key_file)).key("ssh://h"));
-        let with_option = ConnWire {
-            ssh_options: vec!["Ciphers=aes128-ctr".into()],
-            ..conn(None)
-        };
+        let mut with_option = conn(None);
+        with_option.settings.ssh_options = vec!["Ciphers=aes128-ctr".into()];
         assert_ne!(
             conn(None).key("ssh://h"),
             with_option.key("ssh://h"),
