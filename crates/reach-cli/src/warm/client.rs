@@ -170,7 +170,7 @@ pub async fn ask(request: &Request) -> reach::Result<Option<Value>> {
         return ask_at(&dir.join(super::socket_name()), request).await;
     }
     let mut stopped = None;
-    for socket in super::agent_sockets(&dir) {
+    for socket in super::daemon_sockets(&dir) {
         if let Some(reply) = ask_at(&socket, request).await? {
             stopped = Some(reply);
         }
