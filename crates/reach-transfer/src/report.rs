@@ -17,7 +17,7 @@ pub enum Verified {
     SourceHash,
     /// The copy was read back and hashed here.
     ReadBack,
-    /// Not checked ([`CopyOptions::verify`] was off).
+    /// Not checked ([`crate::CopyOptions::verify`] was off).
     Skipped,
 }
 
