@@ -14,7 +14,8 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg};
 use russh::{client, MethodKind, MethodSet};
 use zeroize::Zeroizing;
 
-use crate::{Hop, SshOptions};
+use crate::hop::Hop;
+use crate::SshOptions;
 use reach_core::local::home_dir;
 
 type Handle = client::Handle<crate::HostKeyCheck>;
