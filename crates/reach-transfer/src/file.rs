@@ -19,6 +19,8 @@ const REMOTE_HASH_MIN: u64 = 8 * 1024 * 1024;
 /// How much of the end of an interrupted part `resume` distrusts and writes again: more than
 /// any backend keeps in flight (SFTP 16 × 256 KiB, the Docker agent 6 × 512 KiB).
 const RESUME_DISTRUST: u64 = 8 * 1024 * 1024;
+/// How long a failed write waits for the target's hasher to let go of the part.
+const HASHER_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A filled temporary: the digest of the whole source, its length, and the bytes kept from
 /// an interrupted copy.
@@ -175,7 +177,7 @@ impl Transfer {
         } else {
             (dst.fs.open_write(part, options).await?, None)
         };
-        let sent = pump(
+        let pumped = pump(
             reader,
             writer,
             &mut hasher,
@@ -184,7 +186,19 @@ impl Transfer {
             &shown_from,
             &shown_to,
         )
-        .await?;
+        .await;
+        let sent = match pumped {
+            Ok(sent) => sent,
+            Err(e) => {
+                // The target's hasher may still hold the part open: its input ended with the
+                // writer, so let it finish, and the part's space is free once the failure is
+                // reported (a full disk must not stay full after reach has exited).
+                if let Some(landed) = landed {
+                    let _ = tokio::time::timeout(HASHER_GRACE, landed).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Filled {
             digest: hasher.finalize().into(),
             bytes: kept + sent,
