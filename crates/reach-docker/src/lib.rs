@@ -26,11 +26,15 @@
 //!   [`Process`] (`docker run -it` without the CLI).
 #![deny(missing_docs)]
 
+mod archive;
 mod attached;
 mod fs;
+mod image;
 mod lifecycle;
+mod ops;
 mod process;
 mod tunnel;
+mod upload;
 use reach_tar as tar;
 
 use std::sync::{Arc, Mutex};
@@ -303,7 +307,7 @@ impl Conn {
     pub(crate) async fn has_shell(&self) -> bool {
         *self
             .shell
-            .get_or_init(|| async { fs::stat_raw(self, "/bin/sh").await.is_ok() })
+            .get_or_init(|| async { archive::stat_raw(self, "/bin/sh").await.is_ok() })
             .await
     }
 }
@@ -468,7 +472,7 @@ impl DockerBackend {
             shell: OnceCell::new(),
         };
         if self.destination.user().is_some() && conn.os == "linux" {
-            fs::check_user(&conn).await?;
+            image::check_user(&conn).await?;
         }
         Ok(conn)
     }
@@ -567,7 +571,7 @@ impl Backend for DockerBackend {
 
     async fn health_check(&self) -> Result<()> {
         let conn = self.conn().await?;
-        fs::stat_raw(&conn, "/").await.map(drop)
+        archive::stat_raw(&conn, "/").await.map(drop)
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>> {
@@ -584,7 +588,7 @@ impl Backend for DockerBackend {
 
     async fn platform(&self) -> Result<Platform> {
         let conn = self.conn().await?;
-        let variant = fs::os_release(&conn).await;
+        let variant = image::os_release(&conn).await;
         Ok(Platform {
             os: conn.os.clone(),
             arch: uname_arch(&conn.arch).to_owned(),

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use bollard::container::LogOutput;
 use reach_agent_client::{self as agent, publish, AgentConn, Chunk, PipeReader, SpawnFailure};
 
-use crate::{engine_error, fs, tar, Conn};
+use crate::{archive, engine_error, tar, Conn};
 
 /// Bytes buffered between a caller's stdin writes and the container.
 const PIPE: usize = 256 * 1024;
@@ -66,7 +66,7 @@ pub(crate) fn attached_stdin(
 /// Installs the agent if the container lacks this version of it, and starts it.
 pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentConn>, String> {
     let path = agent::install_path();
-    if fs::stat_raw(conn, &path).await.is_err() {
+    if archive::stat_raw(conn, &path).await.is_err() {
         install_agent(conn, &path).await?;
     }
     let created = conn
@@ -114,7 +114,7 @@ pub(crate) async fn start_agent(conn: &Conn) -> std::result::Result<Arc<AgentCon
 async fn install_agent(conn: &Conn, path: &str) -> std::result::Result<(), String> {
     let relative = path.trim_start_matches('/');
     let dir = relative.split('/').next().unwrap_or(".reach");
-    let now = fs::unix_now();
+    let now = archive::unix_now();
     let mut archive = tar::header_bytes(&tar::Header {
         name: format!("{dir}/"),
         kind: tar::Kind::Dir,
@@ -427,7 +427,7 @@ const OCI_FAILURE: &[u8] = b"OCI runtime exec failed";
 impl EngineProcess {
     async fn start(conn: Arc<Conn>, spec: ExecSpec) -> Result<Self> {
         if let Some(dir) = &spec.cwd {
-            match fs::stat_follow(&conn, dir).await {
+            match archive::stat_follow(&conn, dir).await {
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
                     return Err(Error::new(
