@@ -11,7 +11,7 @@ use reach_agent::protocol::WINDOW;
 
 use crate::frames::{header, send_framed, Out};
 use crate::lock;
-use crate::process::spawn_thread;
+use crate::spawn_thread;
 
 /// One output stream's flow control: what is sent and not yet acknowledged.
 #[derive(Default)]

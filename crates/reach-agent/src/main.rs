@@ -7,7 +7,9 @@
 //! One module per concern: `serve` (the frame loop), `process` (commands), `flow` (output
 //! windows), `tcp`, `files`, `hash`, `frames` (encoding), `sys` (libc).
 
+use std::io;
 use std::sync::{Mutex, MutexGuard};
+use std::thread;
 
 mod files;
 mod flow;
@@ -22,6 +24,11 @@ mod tcp;
 /// stays usable: every critical section leaves it consistent).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a thread, or says why the system has none to give instead of panicking.
+fn spawn_thread(f: impl FnOnce() + Send + 'static) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().spawn(f)
 }
 
 fn main() {

@@ -10,7 +10,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::lock;
+use crate::{lock, spawn_thread};
 use reach_agent::protocol::*;
 
 use crate::flow::pump;
@@ -140,13 +140,6 @@ pub(crate) fn spawn(out: &Out, table: &Table, id: u32, payload: &[u8]) {
         lock(table).remove(&id);
         send(out, SPAWN_FAILED, id, &error_payload(&err, 0));
     }
-}
-
-/// Starts a thread, or says why the system has none to give instead of panicking.
-pub(crate) fn spawn_thread(
-    f: impl FnOnce() + Send + 'static,
-) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new().spawn(f)
 }
 
 /// Feeds stdin to `sink` from a channel; `None` ends the input. On a terminal, the end of

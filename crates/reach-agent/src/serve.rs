@@ -12,7 +12,8 @@ use reach_agent::protocol::*;
 use crate::files::fs_op;
 use crate::flow::windows;
 use crate::frames::{error_payload, put_bytes, send, Fields, Out};
-use crate::process::{spawn, spawn_thread, Table};
+use crate::process::{spawn, Table};
+use crate::spawn_thread;
 use crate::tcp::connect;
 use crate::{lock, sys};
 

@@ -9,7 +9,8 @@ use reach_agent::protocol::*;
 
 use crate::flow::pump;
 use crate::frames::{error_payload, send, Fields, Out};
-use crate::process::{forward, spawn_thread, Running, Table};
+use crate::process::{forward, Running, Table};
+use crate::spawn_thread;
 
 /// How long a TCP connection may take to be made.
 const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
