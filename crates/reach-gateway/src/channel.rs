@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::backends::{public_reason, AgentDir, Container};
 use crate::log::Level;
-use crate::server::Conn;
+use crate::conn::Conn;
 
 /// What the client asked for before starting something.
 #[derive(Debug, Default)]

@@ -10,7 +10,7 @@ use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelOpenFailure};
 
 use crate::log::Level;
-use crate::server::Conn;
+use crate::conn::Conn;
 
 /// What the client asked to be connected to.
 pub(crate) struct Request {

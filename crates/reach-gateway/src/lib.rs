@@ -17,6 +17,7 @@ pub mod agent;
 pub mod auth;
 pub mod backends;
 mod channel;
+pub(crate) mod conn;
 pub mod config;
 mod forward;
 pub mod log;
@@ -37,7 +38,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 use log::Level;
 use metrics::Metrics;
-use server::Shared;
+use conn::Shared;
 
 /// What a client may send on one channel before the gateway consumes it (see the russh
 /// config in [`Gateway::start`]).
@@ -72,7 +73,7 @@ impl Gateway {
         )
         .await?;
 
-        let methods = server::methods(&config);
+        let methods = conn::methods(&config);
         let ssh = russh::server::Config {
             server_id: russh::SshId::Standard(
                 concat!("SSH-2.0-reach_", env!("CARGO_PKG_VERSION")).into(),
