@@ -194,7 +194,7 @@ impl SshBackend {
                     format!("`{addr}` refused the SFTP subsystem: {e}"),
                 )
             })?;
-            let exec = sftp::RemoteExec {
+            let exec = tree::RemoteExec {
                 handle: conn.handle.clone(),
                 sessions: conn.sessions.clone(),
                 refused: Arc::default(),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use crate::tree::RemoteExec;
 use async_trait::async_trait;
 use reach_core::{
     BoxRead, BoxWrite, Capabilities, Capability, DirEntry, Error, ErrorKind, FileSystem, FileType,
@@ -48,16 +49,6 @@ pub struct SftpFs {
     exec: Option<RemoteExec>,
     /// Whether the server has GNU tar, find and sha256sum (asked once).
     tree_tools: tokio::sync::OnceCell<bool>,
-}
-
-/// What [`SftpFs::sha256`] needs to run `sha256sum` on the server.
-#[derive(Clone)]
-pub(crate) struct RemoteExec {
-    pub(crate) handle: Arc<russh::client::Handle<crate::HostKeyCheck>>,
-    pub(crate) sessions: Arc<tokio::sync::Semaphore>,
-    /// Set once the server, with the connection alive, would not start a command beside the
-    /// SFTP session (a `MaxSessions 1` server): later commands are not tried again.
-    pub(crate) refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for SftpFs {

@@ -3,6 +3,7 @@
 //! SFTP round trips per file (OpenSSH's `sftp-server` is single-threaded and was the limit).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use reach_core::{
@@ -11,7 +12,15 @@ use reach_core::{
 };
 use tokio::io::AsyncWriteExt;
 
-use crate::sftp::RemoteExec;
+/// What the fast paths need to run commands on the server beside the SFTP session.
+#[derive(Clone)]
+pub(crate) struct RemoteExec {
+    pub(crate) handle: Arc<russh::client::Handle<crate::HostKeyCheck>>,
+    pub(crate) sessions: Arc<tokio::sync::Semaphore>,
+    /// Set once the server, with the connection alive, would not start a command beside the
+    /// SFTP session (a `MaxSessions 1` server): later commands are not tried again.
+    pub(crate) refused: Arc<std::sync::atomic::AtomicBool>,
+}
 
 /// Starts `line` through the user's shell on the connection, once a session is free.
 async fn start(
