@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::backends::{public_reason, AgentDir, Container};
-use crate::log::Level;
 use crate::conn::Conn;
+use crate::log::Level;
 
 /// What the client asked for before starting something.
 #[derive(Debug, Default)]

@@ -9,8 +9,8 @@ use reach_core::{tcp_address, ErrorKind};
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelOpenFailure};
 
-use crate::log::Level;
 use crate::conn::Conn;
+use crate::log::Level;
 
 /// What the client asked to be connected to.
 pub(crate) struct Request {

@@ -17,8 +17,8 @@ pub mod agent;
 pub mod auth;
 pub mod backends;
 mod channel;
-pub(crate) mod conn;
 pub mod config;
+pub(crate) mod conn;
 mod forward;
 pub mod log;
 pub mod metrics;
@@ -36,9 +36,9 @@ use reach_core::{Error, Result};
 use tokio::net::TcpListener;
 
 pub use config::Config;
+use conn::Shared;
 use log::Level;
 use metrics::Metrics;
-use conn::Shared;
 
 /// What a client may send on one channel before the gateway consumes it (see the russh
 /// config in [`Gateway::start`]).

@@ -11,10 +11,9 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId};
 
 use crate::auth::{self, AuthorizedKey, Permissions};
-use crate::log::Level;
 use crate::conn::{Conn, Shared};
+use crate::log::Level;
 use crate::webhook;
-
 
 /// The russh handler of one connection.
 pub(crate) struct Client {

@@ -1,12 +1,10 @@
 //! Streaming writes to a local file: each buffer the caller hands over is written on a
 //! blocking thread while the caller prepares the next one.
 //!
-//! The write(2) calls are kept to [`WRITE_CALL`] bytes. The kernel backs a large write with
-//! large page cache folios, and on the virtual machines reach is measured on, filling them
-//! was at times several times dearer than filling small ones: 1 GiB written 256 KiB at a
-//! time took 1.3 to 2.7 s of kernel time where 32 KiB at a time took 0.5 to 0.7 s and
-//! 64 KiB 0.5 to 1.3 s. At other times all three cost 0.25 to 0.4 s, 64 KiB calls 0.05 s
-//! more than 256 KiB ones.
+//! The write(2) calls are kept to [`WRITE_CALL`] bytes: the kernel backs a large write with
+//! large page cache folios, which on virtual machines can cost several times more kernel
+//! time to fill than small ones, while small calls cost little more when it does not
+//! (docs/BENCHMARKS.md, under "where the time of the 1 GiB copy goes", has the figures).
 
 use std::future::Future;
 use std::io::Write;

@@ -1,6 +1,7 @@
 //! Whole-tree fast paths over an exec channel on the same connection: GNU `tar` to pack and
 //! unpack, `find` + `sha256sum` to hash, `sync -f` to flush. One stream instead of several
-//! SFTP round trips per file (OpenSSH's `sftp-server` is single-threaded and was the limit).
+//! SFTP round trips per file (OpenSSH's `sftp-server` is single-threaded, so per-file round
+//! trips bound a tree of small files).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
