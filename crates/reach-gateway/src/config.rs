@@ -103,12 +103,30 @@ pub struct UserConfig {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct WebhookConfig {
-    /// `http://host:port/path`; it receives a JSON POST and answers `{"allow": true}` to let
-    /// the key in. Anything else — another answer, an error, a timeout — denies.
+    /// `https://host[:port]/path` (or `http://` to a loopback address); it receives a JSON
+    /// POST and answers `{"allow": true}` to let the key in. Anything else — another answer,
+    /// an error, a timeout, a certificate that does not verify — denies.
     pub url: String,
     /// How long to wait for the answer, in milliseconds (default 2000).
     #[serde(default = "default_webhook_timeout")]
     pub timeout_ms: u64,
+    /// PEM file of the CA(s) that sign the webhook's certificate; when set, the only ones
+    /// trusted (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate the gateway presents to the webhook (with `client_key`).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// File (mode 0600) holding a shared secret, sent as `Authorization: Bearer <secret>`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Accept a plain `http://` URL to a host that is not loopback (default false: an allow
+    /// sent in the clear can be forged on the way).
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 fn default_webhook_timeout() -> u64 {
@@ -287,7 +305,7 @@ impl Config {
             }
         }
         if let Some(hook) = &self.auth.webhook {
-            crate::webhook::Url::parse(&hook.url)?;
+            crate::webhook::parse_url(&hook.url, hook.allow_plain_http)?;
         }
         Ok(())
     }

@@ -4,7 +4,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use reach_core::sync::lock;
 use reach_core::{Backend, Result};
@@ -24,7 +23,7 @@ pub(crate) struct Shared {
     pub provider: Provider,
     pub metrics: Arc<Metrics>,
     pub limiter: FailureLimiter,
-    pub webhook: Option<(webhook::Url, Duration)>,
+    pub webhook: Option<webhook::Webhook>,
     /// What authentication offers: public keys, and passwords when some user has one.
     pub methods: MethodSet,
     pub next_conn: AtomicU64,

@@ -109,10 +109,7 @@ impl Gateway {
             None => (None, None),
         };
         let webhook = match &config.auth.webhook {
-            Some(hook) => Some((
-                webhook::Url::parse(&hook.url)?,
-                Duration::from_millis(hook.timeout_ms),
-            )),
+            Some(hook) => Some(webhook::Webhook::new(hook)?),
             None => None,
         };
         let limiter = auth::FailureLimiter::new(

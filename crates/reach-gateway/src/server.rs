@@ -96,7 +96,7 @@ impl russh::server::Handler for Client {
         if let Some(found) = self.matching_key(user, key) {
             return Ok(self.accept(user, "publickey", found.permissions, &fingerprint));
         }
-        let Some((url, timeout)) = self.conn.shared.webhook.clone() else {
+        let Some(hook) = self.conn.shared.webhook.clone() else {
             self.conn.failed("publickey", user, "key not authorized");
             return Ok(self.reject());
         };
@@ -109,7 +109,7 @@ impl russh::server::Handler for Client {
             remote_address: &remote,
             connection: &self.conn.id,
         };
-        match webhook::ask(&url, timeout, &query).await {
+        match hook.ask(&query).await {
             Ok(true) => Ok(self.accept(user, "webhook", Permissions::ALL, &fingerprint)),
             Ok(false) => {
                 self.conn

@@ -1,61 +1,24 @@
-//! The authentication webhook: a JSON `POST` over plain HTTP/1.1 to a service that answers
-//! allow or deny. Any failure — refused connection, timeout, a status other than 200, a body
-//! without `"allow": true` — is a deny.
+//! The authentication webhook: a JSON `POST` to a service that answers allow or deny, through
+//! reqwest over rustls. Any failure — refused connection, a certificate that does not verify,
+//! timeout, a status other than 200, a body without `"allow": true` — is a deny.
+//!
+//! The client is made once, so logins reuse its connections. `https://` URLs are verified
+//! against the system's roots, or only against `ca_file` when one is configured; plain
+//! `http://` is accepted only to a loopback address unless `allow_plain_http` says otherwise,
+//! since an allow crossing a network in the clear can be forged by anyone on the path.
 
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use reach_core::{Error, ErrorKind, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use zeroize::Zeroizing;
 
-/// An `http://host[:port]/path` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    /// `host:port`, as connected to.
-    pub authority: String,
-    /// The host, for the `Host` header.
-    pub host: String,
-    /// The path and query.
-    pub path: String,
-}
+use crate::config::WebhookConfig;
 
-impl Url {
-    /// Parses a webhook URL; only `http://` is supported (put the service on loopback or
-    /// behind a local TLS proxy).
-    pub fn parse(url: &str) -> Result<Url> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            Error::new(
-                ErrorKind::InvalidInput,
-                format!("webhook URL `{url}`: only http:// URLs are supported"),
-            )
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!("webhook URL `{url}` names no host"),
-            ));
-        }
-        let has_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !authority.ends_with(']');
-        let host = authority.to_owned();
-        let authority = if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(Url {
-            authority,
-            host,
-            path: path.to_owned(),
-        })
-    }
-}
+/// The most of an answer read: an allow is a few bytes, and a webhook that sends more is wrong.
+const MAX_ANSWER: usize = 64 * 1024;
 
 /// What the gateway tells the webhook about one attempt.
 #[derive(Debug, Clone)]
@@ -72,91 +35,266 @@ pub struct Query<'a> {
     pub connection: &'a str,
 }
 
-/// Asks the webhook; `Ok(true)` only for a 200 answer whose JSON body has `"allow": true`.
-pub async fn ask(url: &Url, timeout: Duration, query: &Query<'_>) -> Result<bool> {
-    match tokio::time::timeout(timeout, exchange(url, query)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(Error::new(
-            ErrorKind::Timeout,
+/// A configured webhook, ready to ask (cheap to clone: clones share the connection pool).
+#[derive(Clone)]
+pub struct Webhook {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    /// `Bearer <secret>`, marked sensitive so no layer below prints it.
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &self.url.as_str())
+            .field("secret", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a webhook URL against the transport policy and parses it.
+pub fn parse_url(url: &str, allow_plain_http: bool) -> Result<reqwest::Url> {
+    let invalid = |why: String| Error::new(ErrorKind::InvalidInput, why);
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| invalid(format!("webhook URL `{url}`: {e} (give https://host/path)")))?;
+    let Some(host) = parsed.host_str() else {
+        return Err(invalid(format!("webhook URL `{url}` names no host")));
+    };
+    match parsed.scheme() {
+        "https" => Ok(parsed),
+        "http" if allow_plain_http || is_loopback(host) => Ok(parsed),
+        "http" => Err(invalid(format!(
+            "webhook URL `{url}`: plain http:// is accepted only to a loopback address, since \
+             an allow sent in the clear can be forged on the way; use https://, or set \
+             `allow_plain_http = true` in [auth.webhook] if the network is trusted"
+        ))),
+        other => Err(invalid(format!(
+            "webhook URL `{url}`: scheme `{other}` is not supported (use https://)"
+        ))),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| Error::io(format!("[auth.webhook] {what} `{}`", path.display()), e))
+}
+
+/// The shared secret, from a file only its owner can read.
+fn read_secret(path: &Path) -> Result<Zeroizing<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        Error::io(
+            format!("[auth.webhook] secret_file `{}`", path.display()),
+            e,
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
             format!(
-                "the auth webhook at {} did not answer within {timeout:?}",
-                url.authority
+                "[auth.webhook] secret_file `{}` can be read by others (mode {:o}): \
+                 `chmod 600` it",
+                path.display(),
+                meta.permissions().mode() & 0o777
             ),
-        )),
+        ));
     }
+    let bytes = Zeroizing::new(read_file(path, "secret_file")?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "[auth.webhook] secret_file `{}` is not UTF-8 text",
+                path.display()
+            ),
+        )
+    })?;
+    let secret = Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_owned());
+    if secret.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("[auth.webhook] secret_file `{}` is empty", path.display()),
+        ));
+    }
+    Ok(secret)
 }
 
-async fn exchange(url: &Url, query: &Query<'_>) -> Result<bool> {
-    let body = serde_json::json!({
-        "user": query.user,
-        "method": "publickey",
-        "key_fingerprint": query.fingerprint,
-        "key_type": query.key_type,
-        "remote_address": query.remote_address,
-        "connection_id": query.connection,
-    })
-    .to_string();
-    let request = format!(
-        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: \
-         {}\r\nConnection: close\r\nUser-Agent: reach-serve\r\n\r\n{body}",
-        url.path,
-        url.host,
-        body.len()
-    );
-    let fail = |e: std::io::Error| Error::io(format!("the auth webhook at {}", url.authority), e);
-    let mut stream = TcpStream::connect(&url.authority).await.map_err(fail)?;
-    stream.write_all(request.as_bytes()).await.map_err(fail)?;
-    let mut response = Vec::new();
-    // An answer is small; a webhook that sends more is wrong.
-    (&mut stream)
-        .take(64 * 1024)
-        .read_to_end(&mut response)
-        .await
-        .map_err(fail)?;
-    Ok(allowed(&response))
-}
-
-/// Whether an HTTP response says allow.
-fn allowed(response: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let status_ok = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("200");
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    status_ok
-        && serde_json::from_str::<serde_json::Value>(body.trim())
-            .ok()
-            .and_then(|v| v.get("allow").and_then(serde_json::Value::as_bool))
-            == Some(true)
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
+impl Webhook {
+    /// Builds the client `config` describes: its URL checked, its CA, client certificate and
+    /// secret read.
+    pub fn new(config: &WebhookConfig) -> Result<Webhook> {
+        let url = parse_url(&config.url, config.allow_plain_http)?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let tls_error = |what: &str, e: reqwest::Error| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                format!("[auth.webhook] {what}: {}", chain(&e)),
+            )
         };
-        if n == 0 || after.len() < n {
-            break;
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .https_only(url.scheme() == "https")
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("reach-serve/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            let pem = read_file(ca, "ca_file")?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| tls_error(&format!("ca_file `{}`", ca.display()), e))?;
+            if certs.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "[auth.webhook] ca_file `{}` holds no PEM certificate",
+                        ca.display()
+                    ),
+                ));
+            }
+            // A configured CA is the only one trusted: the system's roots would let any
+            // public certificate for that name answer for the webhook.
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
+        match (&config.client_cert, &config.client_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = Zeroizing::new(read_file(cert, "client_cert")?);
+                pem.extend_from_slice(b"\n");
+                pem.extend_from_slice(&Zeroizing::new(read_file(key, "client_key")?));
+                let identity = reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| tls_error("client_cert and client_key", e))?;
+                builder = builder.identity(identity);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "[auth.webhook] client_cert and client_key go together: give both or neither",
+                ))
+            }
+        }
+        let authorization = match &config.secret_file {
+            Some(path) => {
+                let secret = read_secret(path)?;
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", secret.as_str()))
+                    .map_err(|_| {
+                        Error::new(
+                            ErrorKind::InvalidInput,
+                            format!(
+                                "[auth.webhook] secret_file `{}` holds characters a header \
+                                 cannot carry",
+                                path.display()
+                            ),
+                        )
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let client = builder
+            .build()
+            .map_err(|e| tls_error("building the HTTP client", e))?;
+        Ok(Webhook {
+            client,
+            url,
+            authorization,
+            timeout,
+        })
     }
-    out
+
+    /// Asks the webhook; `Ok(true)` only for a 200 answer whose JSON body has
+    /// `"allow": true`. `Err` says why it could not be asked (the caller denies).
+    pub async fn ask(&self, query: &Query<'_>) -> Result<bool> {
+        let body = serde_json::json!({
+            "user": query.user,
+            "method": "publickey",
+            "key_fingerprint": query.fingerprint,
+            "key_type": query.key_type,
+            "remote_address": query.remote_address,
+            "connection_id": query.connection,
+        })
+        .to_string();
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        if let Some(value) = &self.authorization {
+            request = request.header(AUTHORIZATION, value.clone());
+        }
+        let fail = |e: reqwest::Error| {
+            // The URL's path and query may carry a token: the origin alone is named.
+            let e = e.without_url();
+            let kind = if e.is_timeout() {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Io
+            };
+            Error::new(
+                kind,
+                format!(
+                    "the auth webhook at {} (timeout {:?}): {}",
+                    self.origin(),
+                    self.timeout,
+                    chain(&e)
+                ),
+            )
+        };
+        let mut response = request.send().await.map_err(fail)?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Ok(false);
+        }
+        let mut answer = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(fail)? {
+            if answer.len() + chunk.len() > MAX_ANSWER {
+                return Ok(false);
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        Ok(allows(&answer))
+    }
+
+    /// Scheme, host and port: what logs name (a path may carry a token).
+    fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+}
+
+/// Whether a 200 answer's body says allow.
+fn allows(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("allow").and_then(serde_json::Value::as_bool))
+        == Some(true)
+}
+
+/// An error with its causes (reqwest's own message is only the outermost one: "error
+/// sending request"; the certificate problem is further down).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -165,23 +303,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
-        let u = Url::parse("http://127.0.0.1:8080/auth?x=1").unwrap();
-        assert_eq!(u.authority, "127.0.0.1:8080");
-        assert_eq!(u.path, "/auth?x=1");
-        assert_eq!(Url::parse("http://hook").unwrap().authority, "hook:80");
-        assert!(Url::parse("https://hook/").is_err());
+    fn plain_http_only_to_loopback_unless_allowed() {
+        for ok in [
+            "https://hook.example/auth",
+            "http://127.0.0.1:8080/auth?x=1",
+            "http://[::1]/auth",
+            "http://localhost:9/",
+        ] {
+            assert!(parse_url(ok, false).is_ok(), "{ok}");
+        }
+        let err = parse_url("http://hook.example/auth", false).unwrap_err();
+        assert!(matches!(err.kind(), ErrorKind::InvalidInput));
+        assert!(err.message().contains("allow_plain_http"), "{err}");
+        assert!(parse_url("http://hook.example/auth", true).is_ok());
+        assert!(parse_url("ftp://hook.example/", true).is_err());
+        assert!(parse_url("hook.example", false).is_err());
     }
 
     #[test]
     fn only_an_explicit_allow_allows() {
-        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\n{\"allow\":true}";
-        assert!(allowed(ok));
-        assert!(!allowed(b"HTTP/1.1 200 OK\r\n\r\n{\"allow\":false}"));
-        assert!(!allowed(b"HTTP/1.1 500 Oops\r\n\r\n{\"allow\":true}"));
-        assert!(!allowed(b"HTTP/1.1 200 OK\r\n\r\nyes"));
-        assert!(allowed(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\n{\"allow\":true}\r\n0\r\n\r\n"
-        ));
+        assert!(allows(b"{\"allow\":true}"));
+        assert!(allows(b" {\"allow\": true, \"why\": \"ok\"}\n"));
+        assert!(!allows(b"{\"allow\":false}"));
+        assert!(!allows(b"{\"allow\":\"true\"}"));
+        assert!(!allows(b"yes"));
+        assert!(!allows(b""));
     }
 }

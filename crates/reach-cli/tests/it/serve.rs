@@ -703,6 +703,290 @@ listen = "127.0.0.1:0"
     assert!(gw.log_text().contains("webhook error"), "{}", gw.log_text());
 }
 
+/// Runs `openssl` (the certificates of the HTTPS webhook test), failing the test if it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// A certificate `name` (`name.pem`, `name.key`) signed by the CA in `dir`, for `san` and
+/// `usage` (`serverAuth` or `clientAuth`).
+fn signed(dir: &Path, name: &str, cn: &str, san: &str, usage: &str) {
+    let ext = format!("{name}.ext");
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n"),
+    )
+    .unwrap();
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ],
+    );
+}
+
+/// A CA and the certificates the HTTPS webhook test needs, in `dir`.
+fn webhook_pki(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=reach test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+    signed(
+        dir,
+        "hook",
+        "127.0.0.1",
+        "IP:127.0.0.1,DNS:localhost",
+        "serverAuth",
+    );
+    signed(
+        dir,
+        "impostor",
+        "elsewhere.example",
+        "DNS:elsewhere.example",
+        "serverAuth",
+    );
+    signed(
+        dir,
+        "gateway",
+        "reach-gateway",
+        "DNS:reach-gateway",
+        "clientAuth",
+    );
+}
+
+/// The HTTPS webhook (`webhook_server.py`, CPython's ssl): its port and the requests it saw.
+struct HttpsHook {
+    child: Child,
+    port: u16,
+    seen: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl HttpsHook {
+    fn start(dir: &Path, cert: &str, client_ca: Option<&str>) -> HttpsHook {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/webhook_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg(dir.join(format!("{cert}.pem")))
+            .arg(dir.join(format!("{cert}.key")));
+        if let Some(ca) = client_ca {
+            cmd.arg(dir.join(ca));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (apt-get install python3)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let port = first.strip_prefix("PORT ").unwrap().parse().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                record
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str(&line).unwrap());
+            }
+        });
+        HttpsHook { child, port, seen }
+    }
+
+    fn requests(&self) -> Vec<serde_json::Value> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for HttpsHook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_webhook_speaks_https_with_its_own_ca_a_client_certificate_and_a_secret() {
+    let pki = tempfile::tempdir().unwrap();
+    webhook_pki(pki.path());
+    let secret = "hook-secret-5b1c9e";
+    let secret_file = pki.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let p = |name: &str| pki.path().join(name).display().to_string();
+    let hook_config = |port: u16, ca: bool| {
+        let ca = if ca {
+            format!("ca_file = \"{}\"\n", p("ca.pem"))
+        } else {
+            String::new()
+        };
+        format!(
+            "[auth]\nauthorized_keys = \"{{dir}}/keys/%u\"\n[auth.webhook]\n\
+             url = \"https://127.0.0.1:{port}/auth\"\ntimeout_ms = 3000\n{ca}\
+             client_cert = \"{}\"\nclient_key = \"{}\"\nsecret_file = \"{}\"\n",
+            p("gateway.pem"),
+            p("gateway.key"),
+            secret_file.display()
+        )
+    };
+
+    // The webhook's certificate chains to the configured CA and names 127.0.0.1; it wants
+    // the gateway's client certificate.
+    let hook = HttpsHook::start(pki.path(), "hook", Some("ca.pem"));
+    let gw = Gateway::start(&hook_config(hook.port, true));
+    for round in ["first", "second"] {
+        let out = run(gw.ssh_with("stranger", "bob", &[], &["echo hooked"]), b"");
+        assert_eq!(text(&out.stdout), "hooked\n", "{round}: {}", gw.log_text());
+    }
+    let seen = hook.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for request in &seen {
+        assert_eq!(request["path"], "/auth");
+        assert_eq!(request["authorization"], format!("Bearer {secret}"));
+        assert_eq!(request["client_cn"], "reach-gateway");
+        assert!(request["body"]
+            .as_str()
+            .unwrap()
+            .contains("\"user\":\"bob\""));
+    }
+    // Both logins asked over one TLS connection.
+    assert_eq!(seen[0]["client_port"], seen[1]["client_port"], "{seen:?}");
+    assert!(
+        !gw.log_text().contains(secret),
+        "the secret reached the log"
+    );
+    drop(gw);
+
+    // The system's roots do not know the test CA: refused, and the log says why.
+    let gw = Gateway::start(&hook_config(hook.port, false));
+    let out = run(gw.ssh_with("stranger", "bob", &[], &["echo in"]), b"");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stdout));
+    assert!(out.stdout.is_empty());
+    let log = gw.log_text();
+    assert!(log.contains("webhook error"), "{log}");
+    assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
+    assert_eq!(
+        hook.requests().len(),
+        2,
+        "an unverified webhook was sent a query"
+    );
+    drop(gw);
+
+    // A server whose certificate is signed by the CA but for another name: refused.
+    let impostor = HttpsHook::start(pki.path(), "impostor", None);
+    let gw = Gateway::start(&hook_config(impostor.port, true));
+    let out = run(gw.ssh_with("stranger", "bob", &[], &["echo in"]), b"");
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out.stdout));
+    assert!(out.stdout.is_empty());
+    let log = gw.log_text();
+    assert!(log.contains("webhook error"), "{log}");
+    assert!(log.contains("not valid for name"), "{log}");
+    assert!(
+        impostor.requests().is_empty(),
+        "the impostor was sent a query"
+    );
+}
+
+#[test]
+fn a_plain_http_webhook_off_loopback_and_a_readable_secret_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |config: &str| {
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_reach"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stderr))
+    };
+    let (code, stderr) = start("[auth.webhook]\nurl = \"http://192.0.2.1/auth\"\n");
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("http://192.0.2.1/auth"), "{stderr}");
+    assert!(stderr.contains("allow_plain_http"), "{stderr}");
+
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, stderr) = start(&format!(
+        "[auth.webhook]\nurl = \"https://hook.example/auth\"\nsecret_file = \"{}\"\n",
+        secret.display()
+    ));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
 #[test]
 fn wrong_keys_unknown_users_and_then_the_rate_limit() {
     let gw = Gateway::start(
