@@ -84,6 +84,29 @@ pub enum Command {
     /// settings skips the handshake. It closes connections unused for the idle time
     /// (`[connections] idle` in reach.toml, default 5m) and then exits.
     Connections(ConnectionsArgs),
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// bash: `source <(reach completions bash)`, or save it as
+    /// /usr/share/bash-completion/completions/reach. zsh: save it as `_reach` in a directory
+    /// of $fpath. fish: save it as ~/.config/fish/completions/reach.fish.
+    Completions(CompletionsArgs),
+    /// Print reach's manual page (roff), for `man -l -`; with --out-dir, write it and one
+    /// page per subcommand (`reach-cp.1`, ...) there instead.
+    Manpage(ManpageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// Write `reach.1` and a page per subcommand into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod exec;
 mod fanout;
 mod files;
 mod forward;
+mod generate;
 mod info;
 mod serve;
 
@@ -28,6 +29,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
             return err.exit_code();
         }
     };
+    // What describes the command line itself needs no runtime.
+    match &cli.command {
+        Command::Completions(args) => return generate::completions(args.shell),
+        Command::Manpage(args) => return generate::manpage(args.out_dir.as_deref()),
+        _ => {}
+    }
     // A copy hashes and encrypts on separate threads; everything else is I/O-bound.
     let threaded = match &cli.command {
         Command::Cp(_) | Command::Serve(_) | Command::Forward(_) => true,
@@ -92,6 +99,7 @@ async fn dispatch(cli: Cli) -> reach::Result<i32> {
         Command::Forward(args) => forward::forward(args, json).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
+        Command::Completions(_) | Command::Manpage(_) => Ok(0),
     }
 }
 

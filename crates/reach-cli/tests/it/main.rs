@@ -8,6 +8,7 @@ mod exec;
 mod fanout;
 mod files;
 mod forward;
+mod install;
 mod serve;
 mod ssh;
 
