@@ -166,6 +166,28 @@ fn parse_octal(field: &[u8]) -> Option<u64> {
     u64::from_str_radix(text, 8).ok()
 }
 
+/// The most an extended header (PAX records, a GNU long name) may hold: it is buffered whole,
+/// and real ones are a few hundred bytes.
+const MAX_EXTENDED: u64 = 1 << 20;
+
+/// Whether a header block's checksum field holds the sum of its bytes (the field itself
+/// counted as spaces); old archivers summed signed bytes, which is accepted too.
+fn checksum_matches(block: &[u8]) -> bool {
+    let Some(stored) = parse_octal(&block[148..156]) else {
+        return false;
+    };
+    let spaces = 8 * u64::from(b' ');
+    let (head, tail) = (&block[..148], &block[156..]);
+    let unsigned: u64 = head.iter().chain(tail).map(|&b| u64::from(b)).sum::<u64>() + spaces;
+    let signed: i64 = head
+        .iter()
+        .chain(tail)
+        .map(|&b| i64::from(b as i8))
+        .sum::<i64>()
+        + spaces as i64;
+    stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed)
+}
+
 fn cstr(field: &[u8]) -> String {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     String::from_utf8_lossy(&field[..end]).into_owned()
@@ -271,11 +293,22 @@ impl Reader {
                         self.state = State::End;
                         continue;
                     }
+                    if !checksum_matches(&block) {
+                        return Err("not a tar header (its checksum does not match): the \
+                                    stream is corrupt or is not a tar archive"
+                            .to_owned());
+                    }
                     let size = parse_octal(&block[124..136])
                         .ok_or("a tar header has a malformed size field")?;
                     let typeflag = block[156];
                     match typeflag {
                         b'x' | b'L' | b'K' | b'g' => {
+                            if size > MAX_EXTENDED {
+                                return Err(format!(
+                                    "a tar extended header of {size} bytes (more than \
+                                     {MAX_EXTENDED} is not a name but corruption)"
+                                ));
+                            }
                             self.state = State::Extended {
                                 kind: typeflag,
                                 left: size,
@@ -339,7 +372,8 @@ impl Reader {
                     else {
                         break;
                     };
-                    if len <= space || len > rest.len() {
+                    // A record is `LEN KEY=VALUE\n`, LEN counting all of it.
+                    if len <= space + 1 || len > rest.len() {
                         break;
                     }
                     let record = &rest[space + 1..len - 1];
@@ -362,7 +396,9 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use proptest::prelude::*;
 
     fn archive(entries: &[(Header, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -423,6 +459,133 @@ mod tests {
                 assert_eq!(data.as_slice(), *body);
             }
         }
+    }
+
+    /// Feeds `bytes` in pieces of the given sizes (cycled); every event, or the first error.
+    fn events(bytes: &[u8], pieces: &[usize]) -> Result<Vec<Event>, String> {
+        let mut reader = Reader::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut sizes = pieces.iter().cycle();
+        while at < bytes.len() {
+            let n = (*sizes.next().unwrap_or(&512)).clamp(1, bytes.len() - at);
+            reader.feed(&bytes[at..at + n]);
+            at += n;
+            while let Some(event) = reader.next_event()? {
+                let end = matches!(event, Event::End);
+                out.push(event);
+                if end {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn kind_strategy() -> impl Strategy<Value = Kind> {
+        prop_oneof![Just(Kind::File), Just(Kind::Dir), Just(Kind::Symlink)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever names (any Unicode, any length up to 300 characters), sizes and chunking:
+        /// what is written is what is read.
+        #[test]
+        fn any_entries_round_trip_in_any_chunking(
+            specs in proptest::collection::vec(
+                ("[^\\x00/]{1,40}(/[^\\x00/]{1,40}){0,6}", kind_strategy(),
+                 proptest::collection::vec(any::<u8>(), 0..3000), "[^\\x00]{0,300}"),
+                1..6),
+            pieces in proptest::collection::vec(1usize..2000, 1..8),
+        ) {
+            let entries: Vec<(Header, Vec<u8>)> = specs
+                .into_iter()
+                .map(|(name, kind, body, link)| {
+                    let body = if kind == Kind::File { body } else { Vec::new() };
+                    let link = if kind == Kind::Symlink { link } else { String::new() };
+                    (header(&name, kind, body.len() as u64, &link), body)
+                })
+                .collect();
+            let borrowed: Vec<(Header, &[u8])> =
+                entries.iter().map(|(h, b)| (h.clone(), b.as_slice())).collect();
+            let bytes = archive(&borrowed);
+            let got = events(&bytes, &pieces).map_err(TestCaseError::fail)?;
+            let mut read: Vec<(Header, Vec<u8>)> = Vec::new();
+            let mut ended = false;
+            for event in got {
+                match event {
+                    Event::Entry(h) => read.push((h, Vec::new())),
+                    Event::Data(d) => read
+                        .last_mut()
+                        .ok_or_else(|| TestCaseError::fail("data before an entry"))?
+                        .1
+                        .extend_from_slice(&d),
+                    Event::End => ended = true,
+                }
+            }
+            prop_assert!(ended);
+            prop_assert_eq!(read, entries);
+        }
+
+        /// Garbage, or a valid archive with bytes flipped: the parser never panics, never
+        /// yields more body than the input held, and either ends, errs or waits for more.
+        #[test]
+        fn garbage_and_corruption_never_panic(
+            noise in proptest::collection::vec(any::<u8>(), 0..4096),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..16),
+            pieces in proptest::collection::vec(1usize..700, 1..6),
+        ) {
+            let _ = events(&noise, &pieces);
+            let body = vec![7u8; 1500];
+            let long = "p/".repeat(90) + "ü";
+            let mut bytes = archive(&[
+                (header(&long, Kind::File, body.len() as u64, ""), &body[..]),
+                (header("l", Kind::Symlink, 0, &long), &b""[..]),
+            ]);
+            for (at, value) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= value;
+            }
+            if let Ok(got) = events(&bytes, &pieces) {
+                let data: usize = got
+                    .iter()
+                    .map(|e| match e {
+                        Event::Data(d) => d.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                prop_assert!(data <= bytes.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_header_and_a_huge_extended_header_are_errors() {
+        let mut bytes = archive(&[(header("f", Kind::File, 3, ""), b"abc")]);
+        bytes[10] ^= 0x55;
+        let err = events(&bytes, &[512]).err().unwrap_or_default();
+        assert!(err.contains("checksum"), "{err}");
+        // A PAX header claiming 4 GiB: refused before anything is buffered.
+        let mut huge =
+            ustar_block("PaxHeader", b'x', &header("p", Kind::Other, 0, ""), 1 << 32).to_vec();
+        huge.extend(vec![b'x'; 4096]);
+        let err = events(&huge, &[512]).err().unwrap_or_default();
+        assert!(err.contains("extended header"), "{err}");
+        // A PAX record whose length ends right after the space must not panic.
+        let records = b"2 3 x=\n";
+        let mut short = ustar_block(
+            "PaxHeader",
+            b'x',
+            &header("p", Kind::Other, 0, ""),
+            records.len() as u64,
+        )
+        .to_vec();
+        short.extend_from_slice(records);
+        short.resize(1024, 0);
+        short.extend(header_bytes(&header("f", Kind::Dir, 0, "")));
+        short.extend(end_of_archive());
+        assert!(events(&short, &[3]).is_ok());
     }
 
     #[test]
