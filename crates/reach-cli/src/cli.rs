@@ -14,6 +14,13 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Tell what happens on stderr: -v the connection's phases and host key check, -vv also
+    /// the algorithms negotiated and each authentication method tried (and why it was
+    /// refused), -vvv everything. Connects directly, not through the connection daemon.
+    /// RUST_LOG (e.g. `reach_ssh=debug`) takes precedence. Secrets are never logged.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
     #[command(flatten)]
     pub conn: ConnArgs,
 

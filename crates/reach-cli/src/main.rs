@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod exit;
 mod inventory;
+mod logging;
 mod output;
 mod term;
 mod warm;

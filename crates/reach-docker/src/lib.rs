@@ -245,7 +245,22 @@ impl Conn {
             AgentNow::Start => {}
         }
         let lost = self.slot().lost();
+        match &lost {
+            Some(why) => tracing::info!(
+                "starting the agent in container `{}` again: {why}",
+                self.name
+            ),
+            None => tracing::debug!("starting the agent in container `{}`", self.name),
+        }
         let started = process::start_agent(self).await;
+        match &started {
+            Ok(_) => tracing::info!("the agent runs in container `{}`", self.name),
+            Err(why) => tracing::info!(
+                "no agent in container `{}` ({why}): commands run as engine execs, files \
+                 go through the archive API",
+                self.name
+            ),
+        }
         let mut slot = self.slot();
         if let Some(why) = lost {
             slot.restarts += 1;

@@ -54,10 +54,21 @@ impl Attempts<'_> {
 
     fn record(&mut self, result: client::AuthResult, what: String) -> Outcome {
         match result {
-            client::AuthResult::Success => Outcome::Success,
+            client::AuthResult::Success => {
+                tracing::info!(
+                    "authenticated as `{}` on {}",
+                    self.hop.user,
+                    self.hop.addr()
+                );
+                Outcome::Success
+            }
             client::AuthResult::Failure {
                 remaining_methods, ..
             } => {
+                tracing::info!(
+                    "{what}; the server accepts: {}",
+                    method_names(&remaining_methods)
+                );
                 self.methods = Some(remaining_methods);
                 self.problems.push(what);
                 Outcome::Refused
@@ -70,6 +81,15 @@ impl Attempts<'_> {
             .as_ref()
             .is_none_or(|methods| methods.contains(&method))
     }
+}
+
+/// `publickey, password`: what a server still accepts.
+fn method_names(methods: &MethodSet) -> String {
+    methods
+        .iter()
+        .map(|k| <&str>::from(k).to_owned())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The signature hash the server takes for RSA keys (`None`: the old SHA-1 one, or not RSA).
@@ -132,6 +152,7 @@ async fn try_key(
     let key = match load_key(source, options) {
         Ok(key) => key,
         Err(problem) => {
+            tracing::debug!("not offering {name}: {problem}");
             attempts.problems.push(problem);
             return Ok(Outcome::Refused);
         }
@@ -141,6 +162,10 @@ async fn try_key(
     // A certificate for this key goes first, as `ssh` offers it; then the bare key.
     if let Some((cert, cert_path)) = certificate_for(source, &key, &attempts.hop.certificate_files)
     {
+        tracing::debug!(
+            "trying publickey: {name} with the certificate `{}`",
+            cert_path.display()
+        );
         let result = handle
             .authenticate_openssh_cert(user.clone(), key.clone(), cert)
             .await
@@ -154,6 +179,11 @@ async fn try_key(
         }
     }
     let hash = rsa_hash(handle).await;
+    tracing::debug!(
+        "trying publickey: {name} ({} {})",
+        key.algorithm().as_str(),
+        key.public_key().fingerprint(russh::keys::HashAlg::Sha256)
+    );
     let offer = PrivateKeyWithHashAlg::new(key, hash);
     let result = handle
         .authenticate_publickey(user, offer)
@@ -241,6 +271,7 @@ async fn try_agent(
     let Some(socket) = agent_socket(options.agent_socket.as_ref(), configured) else {
         return Ok(Outcome::Refused);
     };
+    tracing::debug!("asking the ssh-agent at `{}` for keys", socket.display());
     let mut agent = match AgentClient::connect_uds(&socket).await {
         Ok(agent) => agent,
         Err(e) => {
@@ -265,21 +296,31 @@ async fn try_agent(
         let user = attempts.hop.user.clone();
         // Certificates the agent holds are offered as they come, as `ssh` offers them.
         let (signed, comment) = match identity {
-            AgentIdentity::PublicKey { key, comment } => (
-                handle
-                    .authenticate_publickey_with(user, key, hash, &mut agent)
-                    .await,
-                comment,
-            ),
+            AgentIdentity::PublicKey { key, comment } => {
+                tracing::debug!(
+                    "trying publickey: the agent's key `{comment}` ({} {})",
+                    key.algorithm().as_str(),
+                    key.fingerprint(russh::keys::HashAlg::Sha256)
+                );
+                (
+                    handle
+                        .authenticate_publickey_with(user, key, hash, &mut agent)
+                        .await,
+                    comment,
+                )
+            }
             AgentIdentity::Certificate {
                 certificate,
                 comment,
-            } => (
-                handle
-                    .authenticate_certificate_with(user, certificate, hash, &mut agent)
-                    .await,
-                format!("{comment} (certificate)"),
-            ),
+            } => {
+                tracing::debug!("trying publickey: the agent's certificate `{comment}`");
+                (
+                    handle
+                        .authenticate_certificate_with(user, certificate, hash, &mut agent)
+                        .await,
+                    format!("{comment} (certificate)"),
+                )
+            }
         };
         match signed {
             Ok(result) => {
@@ -314,9 +355,13 @@ async fn try_password(
             .and_then(|ask| ask(&format!("{}@{}'s password: ", hop.user, hop.host)))
     });
     let Some(password) = password else {
+        tracing::debug!(
+            "no password to try (REACH_SSH_PASSWORD is not set and there is no terminal to ask on)"
+        );
         return Ok(Outcome::Refused);
     };
     if by_password {
+        tracing::debug!("trying password");
         let result = handle
             .authenticate_password(hop.user.clone(), password.as_str())
             .await
@@ -326,6 +371,7 @@ async fn try_password(
         }
     }
     if by_keyboard && attempts.allows(MethodKind::KeyboardInteractive) {
+        tracing::debug!("trying keyboard-interactive with the password");
         let mut reply = handle
             .authenticate_keyboard_interactive_start(hop.user.clone(), None)
             .await
@@ -408,6 +454,7 @@ pub(crate) async fn authenticate(
     }
     if attempts.methods.is_none() {
         // No key was offered: ask the server which methods it takes ("none" auth).
+        tracing::debug!("no key to offer: asking which methods the server accepts");
         let result = handle
             .authenticate_none(hop.user.clone())
             .await
@@ -422,12 +469,7 @@ pub(crate) async fn authenticate(
     let methods = attempts
         .methods
         .as_ref()
-        .map(|m| {
-            m.iter()
-                .map(|k| <&str>::from(k).to_owned())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
+        .map(method_names)
         .unwrap_or_default();
     Err(Error::new(
         ErrorKind::AuthFailed,

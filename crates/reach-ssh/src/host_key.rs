@@ -262,13 +262,36 @@ impl client::Handler for HostKeyCheck {
         &mut self,
         server_key: &russh::keys::PublicKeyOrCertificate,
     ) -> std::result::Result<bool, Self::Error> {
-        let verdict = match server_key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.verdict(key),
-            russh::keys::PublicKeyOrCertificate::Certificate(cert) => self.certified(cert),
+        let name = known_hosts::host_entry_name(&self.host, self.port);
+        let (verdict, shown) = match server_key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => (
+                self.verdict(key),
+                format!(
+                    "host key {} {}",
+                    key.algorithm().as_str(),
+                    key.fingerprint(HashAlg::Sha256)
+                ),
+            ),
+            russh::keys::PublicKeyOrCertificate::Certificate(cert) => (
+                self.certified(cert),
+                format!(
+                    "host certificate {} signed by {}",
+                    cert.public_key().algorithm().as_str(),
+                    cert.signature_key().fingerprint(HashAlg::Sha256)
+                ),
+            ),
         };
+        tracing::debug!("server `{name}` offers {shown}");
         match verdict {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                tracing::info!(
+                    "{shown} of `{name}` accepted (known_hosts: {})",
+                    self.known.user.display()
+                );
+                Ok(true)
+            }
             Err(err) => {
+                tracing::info!("{shown} of `{name}` refused: {}", err.message());
                 if let Ok(mut slot) = self.rejection.lock() {
                     *slot = Some(err);
                 }

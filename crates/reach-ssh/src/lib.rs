@@ -227,6 +227,10 @@ impl SshBackend {
             let handle = match carriers.last() {
                 None if hop.proxy_command.is_some() => {
                     let command = hop.proxy_command.as_deref().unwrap_or_default();
+                    tracing::info!(
+                        "connecting to {} through ProxyCommand `{command}`",
+                        hop.addr()
+                    );
                     let stream = proxy::ProxyStream::start(command, &hop.addr())?;
                     self.handshake(hop, stream).await.map_err(|e| {
                         if matches!(e.kind(), ErrorKind::Protocol) {
@@ -244,6 +248,7 @@ impl SshBackend {
                     })?
                 }
                 None => {
+                    tracing::info!("connecting to {} over TCP", hop.addr());
                     let stream = tokio::net::TcpStream::connect((hop.host.as_str(), hop.port))
                         .await
                         .map_err(|e| {
@@ -257,9 +262,17 @@ impl SshBackend {
                             .with_source(e)
                         })?;
                     let _ = stream.set_nodelay(true);
+                    if let Ok(peer) = stream.peer_addr() {
+                        tracing::debug!("TCP connection to {peer} open");
+                    }
                     self.handshake(hop, stream).await?
                 }
                 Some(via) => {
+                    tracing::info!(
+                        "connecting to {} through jump host `{}`",
+                        hop.addr(),
+                        hops[i - 1].alias
+                    );
                     let channel = via
                         .channel_open_direct_tcpip(
                             hop.host.clone(),
@@ -322,6 +335,7 @@ impl SshBackend {
             preferred: hop.algorithms.preferred(!authorities.is_empty()),
             ..Default::default()
         });
+        tracing::trace!("offering algorithms: {:?}", config.preferred);
         let rejection = Arc::new(Mutex::new(None));
         let checker = HostKeyCheck {
             // An alias is the known_hosts name as it stands, as `ssh` uses it (port 22 is
@@ -352,6 +366,11 @@ impl SshBackend {
                 }));
             }
         };
+        tracing::debug!(
+            "SSH handshake with {} done, authenticating as `{}`",
+            hop.addr(),
+            hop.user
+        );
         auth::authenticate(&mut handle, hop, &self.options).await?;
         Ok(handle)
     }

@@ -61,6 +61,15 @@ impl Transfer {
             && src.fs.capabilities().has(Capability::Sha256)
             && !src.fs.capabilities().has(Capability::HostFiles)
             && dst.fs.capabilities().has(Capability::HostFiles);
+        tracing::debug!(
+            "copying `{from}` ({} bytes) to `{to}` through `{part}`{}",
+            meta.len,
+            if source_hash {
+                ", hashed at the source as it streams"
+            } else {
+                ""
+            }
+        );
         let filled = self.fill_part(src, dst, from, &part, meta);
         let (outcome, theirs) = if source_hash {
             // A failed fill drops the hash at once; a hash that fails is no failure of the
@@ -125,6 +134,7 @@ impl Transfer {
                 // Pipelined writes land out of order: a writer killed mid-copy can leave
                 // holes in the last few chunks. Keep the part only up to well before its end.
                 let len = len.saturating_sub(RESUME_DISTRUST);
+                tracing::info!("resuming `{part}`: keeping its first {len} bytes");
                 if len > 0 {
                     dst.fs.truncate(part, len).await?;
                 }

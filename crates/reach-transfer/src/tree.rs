@@ -122,8 +122,10 @@ impl Transfer {
             other => other,
         };
         let Some(outcome) = tried else {
+            tracing::debug!("no whole-tree stream for `{target}`: copying file by file");
             return Ok(false);
         };
+        tracing::debug!("copying the tree into `{target}` as one stream");
         let finished = match outcome {
             Ok((sent, sums)) => {
                 self.seal(src, dst, &staging, target, sent, sums, summary)

@@ -79,8 +79,24 @@ fn connect_options(conn: &ConnArgs) -> reach::ConnectOptions {
     crate::warm::ConnWire::from_args(conn).options(Some(Arc::new(term::prompt_secret)))
 }
 
-async fn dispatch(cli: Cli) -> reach::Result<i32> {
+async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
     let json = cli.json;
+    let mode = match &cli.command {
+        Command::Serve(_) => crate::logging::Mode::Serve,
+        Command::Connections(args)
+            if matches!(
+                args.action,
+                Some(crate::cli::ConnectionsAction::Daemon { .. })
+            ) =>
+        {
+            crate::logging::Mode::Daemon
+        }
+        _ => crate::logging::Mode::Command,
+    };
+    if crate::logging::init(cli.verbose, mode) {
+        // The connection's story is told by the process that makes it.
+        cli.conn.no_reuse = true;
+    }
     let options = connect_options(&cli.conn);
     let _ = REGISTRY.set(Registry::with_options(&options));
     match cli.command {

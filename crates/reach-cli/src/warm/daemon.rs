@@ -47,10 +47,7 @@ struct State {
 pub async fn serve(idle: Duration) -> reach::Result<i32> {
     let dir = super::runtime_dir().map_err(|e| Error::new(ErrorKind::PermissionDenied, e))?;
     let Some(_lock) = take_lock(&dir.join(super::lock_name())).await? else {
-        eprintln!(
-            "reach daemon {}: another daemon is running",
-            std::process::id()
-        );
+        tracing::info!("daemon {}: another daemon is running", std::process::id());
         return Ok(0);
     };
     let socket = dir.join(super::socket_name());
@@ -65,8 +62,8 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
         listen(SignalKind::interrupt())?,
         listen(SignalKind::hangup())?,
     );
-    eprintln!(
-        "reach daemon {}: serving uid {} on {} (idle {idle:?})",
+    tracing::info!(
+        "daemon {}: serving uid {} on {} (idle {idle:?})",
         std::process::id(),
         super::uid(),
         socket.display()
@@ -87,7 +84,7 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
                 Ok((stream, _)) => {
                     tokio::spawn(client(state.clone(), stream));
                 }
-                Err(e) => eprintln!("reach daemon: accept: {e}"),
+                Err(e) => tracing::warn!("accept: {e}"),
             },
             _ = tick.tick() => {
                 if state.sweep() {
@@ -105,7 +102,7 @@ pub async fn serve(idle: Duration) -> reach::Result<i32> {
     for backend in closing {
         let _ = tokio::time::timeout(Duration::from_secs(2), backend.close()).await;
     }
-    eprintln!("reach daemon {}: stopped", std::process::id());
+    tracing::info!("daemon {}: stopped", std::process::id());
     Ok(0)
 }
 
@@ -151,7 +148,7 @@ impl State {
             .partition(|e| e.running == 0 && e.last_used.elapsed() >= self.idle);
         *entries = kept;
         for entry in stale {
-            eprintln!("reach daemon: closing idle {}", entry.destination);
+            tracing::info!("closing idle {}", entry.destination);
             tokio::spawn(async move { entry.backend.close().await });
         }
         entries.is_empty()
@@ -264,7 +261,7 @@ async fn client(state: Arc<State>, stream: UnixStream) {
             Ok(uid) => format!("uid {uid}"),
             Err(e) => format!("an unknown peer ({e})"),
         };
-        eprintln!("reach daemon: refused a connection from {who}");
+        tracing::warn!("refused a connection from {who}");
         let err = Error::new(
             ErrorKind::PermissionDenied,
             format!("this reach connection daemon serves uid {me} only; {who} was refused"),

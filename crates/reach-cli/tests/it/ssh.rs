@@ -771,3 +771,152 @@ fn ssh_option_allows_an_old_servers_cipher() {
         typo.stderr
     );
 }
+
+/// `-vv` tells a login's story: algorithms, the host key check, each method tried.
+#[test]
+fn verbose_shows_the_handshake_host_key_check_and_each_auth_method() {
+    let Some(sshd) = sshd("verbose_shows_the_handshake_host_key_check_and_each_auth_method") else {
+        return;
+    };
+    let dest = sshd.destination();
+    let out = run_after(&sshd, &["-vv"], &["exec", &dest, "--", "echo", "hi"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), "hi\n");
+    let said = &out.stderr;
+    println!("{said}");
+    for expected in [
+        "connecting to 127.0.0.1",
+        "negotiated algorithms",
+        "kex: ",
+        "cipher: ",
+        "offers host key ssh-ed25519 SHA256:",
+        "accepted (known_hosts:",
+        "trying publickey: `",
+        "authenticated as",
+    ] {
+        assert!(
+            said.contains(expected),
+            "{expected:?} missing from:\n{said}"
+        );
+    }
+    // Without -v, nothing but the command's own output.
+    let quiet = run(&sshd, &["exec", &dest, "--", "echo", "hi"]);
+    assert_eq!(quiet.stderr, "");
+
+    // A key the server does not know: -v says which key was refused and what it accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let stranger = dir.path().join("stranger");
+    let made = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let known = sshd.known_hosts().display().to_string();
+    let out = reach(&[
+        "-v",
+        "exec",
+        &dest,
+        "-i",
+        stranger.to_str().unwrap(),
+        "--known-hosts",
+        &known,
+        "--",
+        "true",
+    ])
+    .env("SSH_AUTH_SOCK", "")
+    .env_remove("REACH_SSH_PASSWORD")
+    .run();
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    println!("{}", out.stderr);
+    let refused = out
+        .stderr
+        .lines()
+        .find(|l| l.contains(" INFO ") && l.contains("was refused"))
+        .unwrap_or_else(|| panic!("no refusal at -v:\n{}", out.stderr));
+    assert!(refused.contains("stranger"), "{refused}");
+    assert!(
+        refused.contains("the server accepts: publickey"),
+        "{refused}"
+    );
+}
+
+/// No level of logging, from -v to RUST_LOG=trace (russh's own messages included), shows
+/// the password or the private key.
+#[test]
+fn no_log_level_shows_a_password_or_a_key() {
+    const TEST: &str = "no_log_level_shows_a_password_or_a_key";
+    if !reach_test::is_root() {
+        reach_test::skip(TEST, "creating a user with a password needs root");
+        return;
+    }
+    let Some(sshd) = SshdFixture::start_or_skip(TEST) else {
+        return;
+    };
+    drop(sshd);
+    let password = "Zq7-log-canary-pw";
+    reach_test::sshd::ensure_password_user("reachlog", password).unwrap();
+    let sshd = SshdFixture::start_with("PasswordAuthentication yes").unwrap();
+    let known = sshd.known_hosts().display().to_string();
+    let key = sshd.client_key();
+    // Every line of the private key's body, as it could appear if the key were printed.
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let key_lines: Vec<&str> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .collect();
+    assert!(!key_lines.is_empty());
+    let dest = format!("ssh://reachlog@127.0.0.1:{}", sshd.port());
+    let key_dest = sshd.destination();
+    let levels: [(&[&str], Option<&str>); 5] = [
+        (&["-v"], None),
+        (&["-vv"], None),
+        (&["-vvv"], None),
+        (&[], Some("trace")),
+        (&["-vvv"], Some("russh=trace,russh_sftp=trace,reach=trace")),
+    ];
+    // No key of its own for the password login: HOME holds none.
+    let home = tempfile::tempdir().unwrap();
+    for (flags, rust_log) in levels {
+        // A password login and a key login.
+        let key_str = key.display().to_string();
+        for (target, what) in [(&dest, "password"), (&key_dest, "key")] {
+            let mut args: Vec<&str> = flags.to_vec();
+            args.extend(["exec", target.as_str()]);
+            if what == "key" {
+                args.extend(["-i", &key_str]);
+            }
+            args.extend(["--known-hosts", &known, "--", "sh", "-c", "printf data"]);
+            let mut cmd = reach(&args)
+                .env("REACH_SSH_PASSWORD", password)
+                .env("HOME", home.path())
+                .env("SSH_AUTH_SOCK", "");
+            cmd = match rust_log {
+                Some(filter) => cmd.env("RUST_LOG", filter),
+                None => cmd.env_remove("RUST_LOG"),
+            };
+            let out = cmd.run();
+            let label = format!("{flags:?} RUST_LOG={rust_log:?} {what}");
+            assert_eq!(out.code, 0, "{label}: {}", out.stderr);
+            assert_eq!(out.stdout_text(), "data", "{label}");
+            assert!(!out.stderr.is_empty(), "{label}: nothing was logged");
+            if what == "password" && flags.len() == 1 && flags[0] != "-v" {
+                assert!(
+                    out.stderr.contains("trying password"),
+                    "{label}: {}",
+                    out.stderr
+                );
+            }
+            assert!(
+                !out.stderr.contains(password),
+                "{label}: the password was logged"
+            );
+            for line in &key_lines {
+                assert!(
+                    !out.stderr.contains(line),
+                    "{label}: the private key was logged"
+                );
+            }
+        }
+    }
+}
