@@ -136,9 +136,7 @@ impl Provider {
                 let containers = Containers::connect(&options).await?;
                 let label = format!("{LABEL_GATEWAY}={instance}");
                 let reaped = containers.reap(&[&label]).await?;
-                metrics
-                    .containers_reaped
-                    .fetch_add(reaped as u64, std::sync::atomic::Ordering::Relaxed);
+                metrics.containers_reaped(reaped as u64);
                 if reaped > 0 {
                     crate::log!(
                         Level::Warn,

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use reach_core::{
     Backend, CommandLine, ExecSpec, ExitStatus, Process, PtyRequest, PtySize, Signal, StdinMode,
@@ -108,6 +109,7 @@ pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Hand
             run_command(channel, &conn, &handle, command, op, requests).await;
         }
         Start::Sftp => {
+            let asked = Instant::now();
             let place = match conn.backend(id).await {
                 Ok(place) => place,
                 Err(err) => {
@@ -116,7 +118,7 @@ pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Hand
                     return;
                 }
             };
-            let _active = Active::new(&conn);
+            let _active = Active::new(&conn, asked);
             run_sftp(channel, &conn, &handle, place.backend.clone()).await;
             if let Some(container) = place.own {
                 conn.release(container, Some(place.backend)).await;
@@ -129,17 +131,17 @@ pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Hand
 struct Active(Arc<crate::metrics::Metrics>);
 
 impl Active {
-    fn new(conn: &Conn) -> Self {
+    /// The session runs; it was asked for at `asked`.
+    fn new(conn: &Conn, asked: Instant) -> Self {
         let metrics = conn.metrics();
-        metrics.sessions_total.fetch_add(1, Ordering::Relaxed);
-        metrics.sessions_active.fetch_add(1, Ordering::Relaxed);
+        metrics.session_started(asked.elapsed());
         Active(metrics)
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.sessions_active.fetch_sub(1, Ordering::Relaxed);
+        self.0.session_ended();
     }
 }
 
@@ -263,6 +265,7 @@ async fn run_command(
     op: &'static str,
     requests: Requests,
 ) {
+    let asked = Instant::now();
     let id = channel.id();
     let mut spec = ExecSpec::new(command).stdin(StdinMode::Piped);
     spec.env = requests.env;
@@ -280,7 +283,7 @@ async fn run_command(
             return;
         }
     };
-    let _active = Active::new(conn);
+    let _active = Active::new(conn, asked);
     started(conn, handle, id, op).await;
     serve_process(
         channel,
@@ -496,9 +499,7 @@ async fn feed(
 ) {
     let mut stdin = stdin;
     while let Some(chunk) = input.recv().await {
-        metrics
-            .bytes_in
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        metrics.bytes_in(chunk.len() as u64);
         if let Some(pipe) = stdin.as_mut() {
             let written = pipe.write_all(&chunk).await.is_ok() && pipe.flush().await.is_ok();
             if !written {
@@ -529,9 +530,7 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        conn.metrics()
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+        conn.metrics().bytes_out(n as u64);
         if sink.write_all(&buf[..n]).await.is_err() {
             break;
         }

@@ -64,7 +64,7 @@ impl Gateway {
         state::ensure_dir(&state_dir)?;
         let host_key = state::host_key(&state_dir)?;
         let instance = state::instance_id(&state_dir, config.instance.as_deref())?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
         let provider = backends::Provider::new(
             &config.backend,
             &instance,

@@ -1,13 +1,22 @@
-//! Counters in Prometheus' text format, served over plain HTTP at `/metrics`.
+//! The gateway's metrics, kept by `prometheus-client` and served in the OpenMetrics text
+//! format at `/metrics` by a hyper HTTP/1.1 server.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use reach_core::sync::lock;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use reach_core::{Error, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Authentication methods, as labelled in `reach_gateway_auth_failures_total`.
@@ -17,165 +26,278 @@ pub const BACKEND_OPS: [&str; 5] = ["exec", "shell", "sftp", "container", "forwa
 /// Container lifecycle phases, as labelled in `reach_gateway_container_seconds`.
 pub const PHASES: [&str; 3] = ["create", "start", "remove"];
 
-/// Everything the gateway counts.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Connections accepted.
-    pub connections_total: AtomicU64,
-    /// Connections open now.
-    pub connections_active: AtomicU64,
-    /// Successful logins.
-    pub auth_successes: AtomicU64,
-    auth_failures: [AtomicU64; 4],
-    /// Channels that ran something (exec, shell, subsystem).
-    pub sessions_total: AtomicU64,
-    /// Such channels running now.
-    pub sessions_active: AtomicU64,
-    backend_requests: [AtomicU64; 5],
-    backend_failures: [AtomicU64; 5],
-    container_seconds: Mutex<[(f64, u64); 3]>,
-    /// Containers removed by the reaper at start.
-    pub containers_reaped: AtomicU64,
-    /// Bytes from clients (stdin, SFTP writes).
-    pub bytes_in: AtomicU64,
-    /// Bytes to clients (stdout, stderr, SFTP reads).
-    pub bytes_out: AtomicU64,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: &'static str,
 }
 
-fn index(names: &[&str], name: &str) -> usize {
-    names.iter().position(|n| *n == name).unwrap_or(0)
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: &'static str,
+}
+
+/// Buckets from 5 ms to about 40 s: a local session starts in milliseconds, a container
+/// in a second or so, a pull-less create in tens of milliseconds.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+/// The label in `names` equal to `name` (the first one for an unknown name).
+fn known(names: &[&'static str], name: &str) -> &'static str {
+    names
+        .iter()
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or(names[0])
+}
+
+/// Everything the gateway counts.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Counter,
+    connections_active: Gauge,
+    auth_successes: Counter,
+    auth_failures: Family<MethodLabel, Counter>,
+    sessions: Counter,
+    sessions_active: Gauge,
+    session_setup: Histogram,
+    backend_requests: Family<OpLabel, Counter>,
+    backend_failures: Family<OpLabel, Counter>,
+    container_seconds: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    containers_reaped: Counter,
+    bytes: Family<DirectionLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
+    /// Every series registered, each labelled one at zero, so that scrapes see them all
+    /// from the start.
+    pub fn new() -> Metrics {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            connections: Counter::default(),
+            connections_active: Gauge::default(),
+            auth_successes: Counter::default(),
+            auth_failures: Family::default(),
+            sessions: Counter::default(),
+            sessions_active: Gauge::default(),
+            session_setup: seconds(),
+            backend_requests: Family::default(),
+            backend_failures: Family::default(),
+            container_seconds: Family::new_with_constructor(seconds),
+            containers_reaped: Counter::default(),
+            bytes: Family::default(),
+        };
+        for method in AUTH_METHODS {
+            let _ = metrics.auth_failures.get_or_create(&MethodLabel { method });
+        }
+        for op in BACKEND_OPS {
+            let _ = metrics.backend_requests.get_or_create(&OpLabel { op });
+            let _ = metrics.backend_failures.get_or_create(&OpLabel { op });
+        }
+        for phase in PHASES {
+            let _ = metrics
+                .container_seconds
+                .get_or_create(&PhaseLabel { phase });
+        }
+        for direction in ["in", "out"] {
+            let _ = metrics.bytes.get_or_create(&DirectionLabel { direction });
+        }
+        metrics.registered()
+    }
+
+    fn registered(mut self) -> Metrics {
+        // OpenMetrics adds `_total` to counters' names.
+        let r = &mut self.registry;
+        r.register(
+            "reach_gateway_connections",
+            "SSH connections accepted",
+            self.connections.clone(),
+        );
+        r.register(
+            "reach_gateway_connections_active",
+            "SSH connections open",
+            self.connections_active.clone(),
+        );
+        r.register(
+            "reach_gateway_auth_successes",
+            "Successful logins",
+            self.auth_successes.clone(),
+        );
+        r.register(
+            "reach_gateway_auth_failures",
+            "Failed authentication attempts, by method",
+            self.auth_failures.clone(),
+        );
+        r.register(
+            "reach_gateway_sessions",
+            "Channels that ran a command, shell or subsystem",
+            self.sessions.clone(),
+        );
+        r.register(
+            "reach_gateway_sessions_active",
+            "Channels running now",
+            self.sessions_active.clone(),
+        );
+        r.register(
+            "reach_gateway_session_setup_seconds",
+            "From a channel's exec, shell or subsystem request to its command running",
+            self.session_setup.clone(),
+        );
+        r.register(
+            "reach_gateway_backend_requests",
+            "Requests to the backend, by operation",
+            self.backend_requests.clone(),
+        );
+        r.register(
+            "reach_gateway_backend_failures",
+            "Backend requests that failed, by operation",
+            self.backend_failures.clone(),
+        );
+        r.register(
+            "reach_gateway_container_seconds",
+            "Time spent creating, starting and removing containers",
+            self.container_seconds.clone(),
+        );
+        r.register(
+            "reach_gateway_containers_reaped",
+            "Containers left by an earlier run and removed at start",
+            self.containers_reaped.clone(),
+        );
+        r.register(
+            "reach_gateway_bytes",
+            "Payload bytes, by direction (in: from clients)",
+            self.bytes.clone(),
+        );
+        self
+    }
+
+    /// A connection was accepted (and is open until [`Metrics::connection_closed`]).
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+        self.connections_active.inc();
+    }
+
+    /// A connection counted by [`Metrics::connection_opened`] ended.
+    pub fn connection_closed(&self) {
+        self.connections_active.dec();
+    }
+
+    /// A connection was accepted and then dropped at once (rate limit): counted, never open.
+    pub fn connection_dropped(&self) {
+        self.connections.inc();
+    }
+
+    /// Counts a successful login.
+    pub fn auth_succeeded(&self) {
+        self.auth_successes.inc();
+    }
+
     /// Counts a failed authentication by `method` (one of [`AUTH_METHODS`]).
     pub fn auth_failed(&self, method: &str) {
-        self.auth_failures[index(&AUTH_METHODS, method)].fetch_add(1, Ordering::Relaxed);
+        let method = known(&AUTH_METHODS, method);
+        self.auth_failures
+            .get_or_create(&MethodLabel { method })
+            .inc();
+    }
+
+    /// A channel started running something, `setup` after it asked.
+    pub fn session_started(&self, setup: Duration) {
+        self.sessions.inc();
+        self.sessions_active.inc();
+        self.session_setup.observe(setup.as_secs_f64());
+    }
+
+    /// A channel counted by [`Metrics::session_started`] ended.
+    pub fn session_ended(&self) {
+        self.sessions_active.dec();
     }
 
     /// Counts a backend request (one of [`BACKEND_OPS`]) and whether it failed.
     pub fn backend(&self, op: &str, ok: bool) {
-        let i = index(&BACKEND_OPS, op);
-        self.backend_requests[i].fetch_add(1, Ordering::Relaxed);
+        let op = known(&BACKEND_OPS, op);
+        self.backend_requests.get_or_create(&OpLabel { op }).inc();
         if !ok {
-            self.backend_failures[i].fetch_add(1, Ordering::Relaxed);
+            self.backend_failures.get_or_create(&OpLabel { op }).inc();
         }
     }
 
     /// Records how long a container lifecycle `phase` (one of [`PHASES`]) took.
     pub fn container_phase(&self, phase: &str, took: Duration) {
-        let mut sums = lock(&self.container_seconds);
-        let slot = &mut sums[index(&PHASES, phase)];
-        slot.0 += took.as_secs_f64();
-        slot.1 += 1;
+        let phase = known(&PHASES, phase);
+        self.container_seconds
+            .get_or_create(&PhaseLabel { phase })
+            .observe(took.as_secs_f64());
     }
 
-    /// The text exposition format.
+    /// Counts containers the reaper removed.
+    pub fn containers_reaped(&self, count: u64) {
+        self.containers_reaped.inc_by(count);
+    }
+
+    /// Counts payload bytes from clients (stdin, SFTP writes).
+    pub fn bytes_in(&self, count: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabel { direction: "in" })
+            .inc_by(count);
+    }
+
+    /// Counts payload bytes to clients (stdout, stderr, SFTP reads).
+    pub fn bytes_out(&self, count: u64) {
+        self.bytes
+            .get_or_create(&DirectionLabel { direction: "out" })
+            .inc_by(count);
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, value) in rows {
-                out.push_str(&format!("{name}{labels} {value}\n"));
-            }
-        };
-        let plain = |v: u64| vec![(String::new(), v.to_string())];
-        metric(
-            "reach_gateway_connections_total",
-            "counter",
-            "SSH connections accepted.",
-            plain(get(&self.connections_total)),
-        );
-        metric(
-            "reach_gateway_connections_active",
-            "gauge",
-            "SSH connections open.",
-            plain(get(&self.connections_active)),
-        );
-        metric(
-            "reach_gateway_auth_successes_total",
-            "counter",
-            "Successful logins.",
-            plain(get(&self.auth_successes)),
-        );
-        metric(
-            "reach_gateway_auth_failures_total",
-            "counter",
-            "Failed authentication attempts, by method.",
-            labelled("method", &AUTH_METHODS, &self.auth_failures),
-        );
-        metric(
-            "reach_gateway_sessions_total",
-            "counter",
-            "Channels that ran a command, shell or subsystem.",
-            plain(get(&self.sessions_total)),
-        );
-        metric(
-            "reach_gateway_sessions_active",
-            "gauge",
-            "Channels running now.",
-            plain(get(&self.sessions_active)),
-        );
-        metric(
-            "reach_gateway_backend_requests_total",
-            "counter",
-            "Requests to the backend, by operation.",
-            labelled("op", &BACKEND_OPS, &self.backend_requests),
-        );
-        metric(
-            "reach_gateway_backend_failures_total",
-            "counter",
-            "Backend requests that failed, by operation.",
-            labelled("op", &BACKEND_OPS, &self.backend_failures),
-        );
-        let sums = *lock(&self.container_seconds);
-        let mut rows = Vec::new();
-        for (phase, (sum, count)) in PHASES.iter().zip(sums) {
-            rows.push((format!("_sum{{phase=\"{phase}\"}}"), format!("{sum:.6}")));
-            rows.push((format!("_count{{phase=\"{phase}\"}}"), count.to_string()));
-        }
-        metric(
-            "reach_gateway_container_seconds",
-            "summary",
-            "Time spent creating, starting and removing containers.",
-            rows,
-        );
-        metric(
-            "reach_gateway_containers_reaped_total",
-            "counter",
-            "Containers left by an earlier run and removed at start.",
-            plain(get(&self.containers_reaped)),
-        );
-        metric(
-            "reach_gateway_bytes_total",
-            "counter",
-            "Payload bytes, by direction (in: from clients).",
-            vec![
-                (
-                    "{direction=\"in\"}".to_owned(),
-                    get(&self.bytes_in).to_string(),
-                ),
-                (
-                    "{direction=\"out\"}".to_owned(),
-                    get(&self.bytes_out).to_string(),
-                ),
-            ],
-        );
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-fn labelled(label: &str, names: &[&str], values: &[AtomicU64]) -> Vec<(String, String)> {
-    names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| {
-            (
-                format!("{{{label}=\"{n}\"}}"),
-                v.load(Ordering::Relaxed).to_string(),
-            )
-        })
-        .collect()
+/// The content type of [`Metrics::render`]'s output.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn answer(
+    request: Request<Incoming>,
+    metrics: Arc<Metrics>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body, kind) = if request.uri().path() == "/metrics" {
+        (StatusCode::OK, metrics.render(), CONTENT_TYPE)
+    } else {
+        (
+            StatusCode::NOT_FOUND,
+            "try /metrics\n".to_owned(),
+            "text/plain",
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(kind) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
 }
 
 /// Serves `GET /metrics` on `addr` until the task is dropped; returns the bound address.
@@ -190,32 +312,73 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| Error::io("reading the metrics address", e))?;
     let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-                    .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
-                let path = request.split_whitespace().nth(1).unwrap_or("");
-                let (status, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-                    ("200 OK", metrics.render())
-                } else {
-                    ("404 Not Found", "try /metrics\n".to_owned())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                let service =
+                    hyper::service::service_fn(move |request| answer(request, metrics.clone()));
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .header_read_timeout(Duration::from_secs(5))
+                    .serve_connection(TokioIo::new(stream), service);
+                // A scraper that goes away mid-request is no concern of the gateway's.
+                let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
             });
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    #[test]
+    fn the_series_keep_their_names_and_histograms_count() {
+        let m = Metrics::new();
+        m.connection_opened();
+        m.auth_failed("password");
+        m.auth_failed("nonsense");
+        m.backend("forward", false);
+        m.session_started(Duration::from_millis(30));
+        m.container_phase("start", Duration::from_millis(700));
+        m.bytes_in(5);
+        let text = m.render();
+        let v = |series: &str| value(&text, series);
+        assert_eq!(v("reach_gateway_connections_total"), Some(1.0), "{text}");
+        assert_eq!(v("reach_gateway_connections_active"), Some(1.0));
+        assert_eq!(
+            v("reach_gateway_auth_failures_total{method=\"password\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("reach_gateway_auth_failures_total{method=\"publickey\"}"),
+            Some(1.0),
+            "an unknown method counts as the first"
+        );
+        assert_eq!(
+            v("reach_gateway_backend_failures_total{op=\"exec\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            v("reach_gateway_backend_failures_total{op=\"forward\"}"),
+            Some(1.0)
+        );
+        assert_eq!(v("reach_gateway_session_setup_seconds_count"), Some(1.0));
+        assert_eq!(
+            v("reach_gateway_container_seconds_count{phase=\"start\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("reach_gateway_container_seconds_bucket{le=\"1.28\",phase=\"start\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(v("reach_gateway_bytes_total{direction=\"in\"}"), Some(5.0));
+        assert!(text.ends_with("# EOF\n"));
+    }
 }

@@ -39,11 +39,7 @@ impl Client {
     fn accept(&self, user: &str, method: &str, permissions: Permissions, detail: &str) -> Auth {
         let _ = self.conn.user.set(user.to_owned());
         *lock(&self.conn.permissions) = permissions;
-        self.conn
-            .shared
-            .metrics
-            .auth_successes
-            .fetch_add(1, Ordering::Relaxed);
+        self.conn.shared.metrics.auth_succeeded();
         crate::log!(
             Level::Info,
             &self.conn.id,
@@ -217,8 +213,8 @@ pub(crate) async fn serve_connection(
     let n = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let id = format!("c{n}");
     let metrics = shared.metrics.clone();
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     if shared.limiter.blocked(peer.ip()) {
+        metrics.connection_dropped();
         metrics.auth_failed("rate_limit");
         crate::log!(
             Level::Warn,
@@ -229,7 +225,7 @@ pub(crate) async fn serve_connection(
         );
         return;
     }
-    metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+    metrics.connection_opened();
     crate::log!(Level::Info, &id, "connection.opened", remote = peer);
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(Conn {
@@ -248,7 +244,7 @@ pub(crate) async fn serve_connection(
         Err(e) => Err(e),
     };
     conn.finish().await;
-    metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
+    metrics.connection_closed();
     match outcome {
         Ok(()) => crate::log!(Level::Info, &id, "connection.closed"),
         Err(e) => crate::log!(Level::Info, &id, "connection.closed", error = e),

@@ -8,7 +8,6 @@
 //! `OpUnsupported` rather than written to the wrong place.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -403,9 +402,7 @@ impl russh_sftp::server::Handler for Sftp {
         if data.is_empty() && len > 0 {
             return Err(SftpError(StatusCode::Eof, "end of file".to_owned()));
         }
-        self.metrics
-            .bytes_out
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.metrics.bytes_out(data.len() as u64);
         Ok(Data { id, data })
     }
 
@@ -465,9 +462,7 @@ impl russh_sftp::server::Handler for Sftp {
             .await
             .map_err(|e| SftpError(StatusCode::Failure, format!("{path}: {e}")))?;
         *pos += data.len() as u64;
-        self.metrics
-            .bytes_in
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.metrics.bytes_in(data.len() as u64);
         Ok(ok(id))
     }
 
