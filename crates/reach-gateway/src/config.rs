@@ -304,9 +304,6 @@ impl Config {
                 })?;
             }
         }
-        if let Some(hook) = &self.auth.webhook {
-            crate::webhook::parse_url(&hook.url, hook.allow_plain_http)?;
-        }
         Ok(())
     }
 

@@ -60,6 +60,12 @@ impl Gateway {
     /// this instance left, and starts listening.
     pub async fn start(config: Config) -> Result<Gateway> {
         config.validate()?;
+        // The webhook's URL, CA, client certificate and secret are checked before anything
+        // else starts.
+        let webhook = match &config.auth.webhook {
+            Some(hook) => Some(webhook::Webhook::new(hook)?),
+            None => None,
+        };
         let state_dir = config.state_dir();
         state::ensure_dir(&state_dir)?;
         let host_key = state::host_key(&state_dir)?;
@@ -107,10 +113,6 @@ impl Gateway {
                 (Some(bound), Some(task))
             }
             None => (None, None),
-        };
-        let webhook = match &config.auth.webhook {
-            Some(hook) => Some(webhook::Webhook::new(hook)?),
-            None => None,
         };
         let limiter = auth::FailureLimiter::new(
             config.auth.max_failures,
