@@ -1,8 +1,8 @@
 //! `reach cp SRC... DEST`: the transfer engine behind scp-like arguments.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reach::transfer::{hex, CopyOptions, Endpoint, Progress, Summary, Transfer};
 use reach::{Error, ErrorKind, Location};
@@ -39,7 +39,7 @@ pub async fn cp(args: CpArgs, json: bool) -> reach::Result<i32> {
     };
     if let Some(bar) = bar {
         bar.abort();
-        eprint!("\r\x1b[K");
+        let _ = bar.await;
     }
     let Some(outcome) = outcome else {
         let removed = transfer.abandon().await;
@@ -133,60 +133,36 @@ fn summary_json(summary: &Summary) -> Value {
     })
 }
 
-/// Redraws one status line on stderr until aborted: bytes, rate, ETA, files.
+/// Draws the copy's progress bar on stderr (bytes, rate, ETA, files) until aborted; the bar
+/// is cleared when the task ends.
 async fn draw(progress: Arc<Progress>) {
-    let started = Instant::now();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(progress.total_bytes()),
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{percent:>3}% {bytes} / {total_bytes}  {bytes_per_sec}  ETA {eta}  files {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Cleared however the task ends: finished, aborted or interrupted.
+    struct Clear(indicatif::ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let bar = Clear(bar);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let (done, total) = (progress.done_bytes(), progress.total_bytes());
-        let secs = started.elapsed().as_secs_f64().max(0.001);
-        let rate = done as f64 / secs;
-        let eta = if rate > 0.0 && total > done {
-            format_eta((total - done) as f64 / rate)
-        } else {
-            "--:--".to_owned()
-        };
-        let percent = (done * 100).checked_div(total).unwrap_or(0);
-        let line = format!(
-            "\r\x1b[K{percent:>3}% {} / {}  {}/s  ETA {eta}  files {}/{}",
-            bytes(done as f64),
-            bytes(total as f64),
-            bytes(rate),
+        bar.0.set_length(progress.total_bytes());
+        bar.0.set_position(progress.done_bytes());
+        bar.0.set_message(format!(
+            "{}/{}",
             progress.done_files(),
             progress.total_files()
-        );
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(line.as_bytes());
-        let _ = err.flush();
-    }
-}
-
-fn bytes(n: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-fn format_eta(secs: f64) -> String {
-    let secs = secs.round() as u64;
-    format!("{}:{:02}", secs / 60, secs % 60)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units() {
-        assert_eq!(bytes(512.0), "512.0 B");
-        assert_eq!(bytes(1536.0), "1.5 KiB");
-        assert_eq!(bytes(1024.0 * 1024.0 * 1024.0), "1.0 GiB");
-        assert_eq!(format_eta(125.4), "2:05");
+        ));
     }
 }

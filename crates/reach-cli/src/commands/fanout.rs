@@ -347,22 +347,30 @@ fn summary(total: usize, counts: &[usize; 4], took: Duration) -> String {
     line
 }
 
-/// Counts by verdict, drawn as a bar on stderr when it is a terminal.
+/// Counts by verdict, drawn as a bar on stderr (indicatif) when it is a terminal.
 struct Progress {
-    total: usize,
     counts: [usize; 4],
-    tty: bool,
-    shown: bool,
+    bar: indicatif::ProgressBar,
 }
 
 impl Progress {
     fn new(total: usize) -> Self {
-        Progress {
-            total,
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(total as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("#> "),
+        );
+        let progress = Progress {
             counts: [0; 4],
-            tty: std::io::stderr().is_terminal(),
-            shown: false,
-        }
+            bar,
+        };
+        progress.show();
+        progress
     }
 
     fn count(&mut self, verdict: Verdict) {
@@ -373,45 +381,24 @@ impl Progress {
             Verdict::Cancelled => 3,
         };
         self.counts[slot] += 1;
-        self.draw();
+        self.bar.inc(1);
+        self.show();
+    }
+
+    fn show(&self) {
+        self.bar.set_message(format!(
+            "ok {} failed {} unreachable {}",
+            self.counts[0], self.counts[1], self.counts[2]
+        ));
     }
 
     /// Prints something with the bar out of its way, then draws it again.
     fn clear_then(&mut self, print: impl FnOnce()) {
-        self.erase();
-        print();
-        self.draw();
-    }
-
-    fn erase(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[K");
-            self.shown = false;
-        }
-    }
-
-    fn draw(&mut self) {
-        if !self.tty {
-            return;
-        }
-        let finished: usize = self.counts.iter().sum();
-        let cells = 30;
-        let filled = (finished * cells).checked_div(self.total).unwrap_or(cells);
-        eprint!(
-            "\r\x1b[K[{}{}] {finished}/{} ok {} failed {} unreachable {}",
-            "#".repeat(filled),
-            " ".repeat(cells - filled),
-            self.total,
-            self.counts[0],
-            self.counts[1],
-            self.counts[2]
-        );
-        let _ = std::io::stderr().flush();
-        self.shown = true;
+        self.bar.suspend(print);
     }
 
     fn finish(&mut self) {
-        self.erase();
+        self.bar.finish_and_clear();
     }
 }
 

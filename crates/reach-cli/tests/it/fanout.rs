@@ -348,3 +348,43 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// On a terminal (made by `script`) the fan-out draws a bar with the counts by verdict; on a
+/// pipe it draws nothing but the summary.
+#[test]
+fn the_bar_shows_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("reach.toml");
+    std::fs::write(&inv, "[groups.here]\nhosts = [\"local\"]\n").unwrap();
+    let line = format!(
+        "REACH_NO_REUSE=1 {} exec @here --inventory {} -- 'sleep 0.3; echo hi'",
+        env!("CARGO_BIN_EXE_reach"),
+        inv.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("[##############################] 1/1 ok 1 failed 0 unreachable 0"),
+        "no bar on a terminal: {shown:?}"
+    );
+    let piped = reach(&[
+        "exec",
+        "@here",
+        "--inventory",
+        &inv.display().to_string(),
+        "--",
+        "true",
+    ])
+    .run();
+    assert_eq!(piped.code, 0, "{}", piped.stderr);
+    assert!(
+        !piped.stderr.contains("/3 ok "),
+        "a bar on a pipe: {}",
+        piped.stderr
+    );
+}
