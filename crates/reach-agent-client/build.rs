@@ -1,8 +1,10 @@
-//! Compiles the `reach-agent` executable (std only) into a static file that this crate
-//! embeds, for every backend that runs the agent. Its sources come from the `reach-agent`
-//! crate (`DEP_REACH_AGENT_SRC`); `rustc` is called directly because the executable must be
-//! static and built for the target with `panic=abort`, which a normal dependency is not. A
-//! target the agent cannot be built for gets an empty file, and backends then do without.
+//! Builds the `reach-agent` executable into a static file that this crate embeds, for every
+//! backend that runs the agent. The `reach-agent` crate says where it is
+//! (`DEP_REACH_AGENT_SRC`); a cargo of its own builds it there with the `agent` profile
+//! (`panic=abort`, stripped), for the target, with `crt-static`, into a target directory
+//! under `OUT_DIR` — a normal dependency can be none of these. It runs offline and `--locked`:
+//! the outer build has already fetched everything the workspace's lock file names. A target
+//! the agent cannot be built for gets an empty file, and backends then do without.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,41 +24,37 @@ fn main() {
     }
 }
 
-/// The library (the protocol) as an rlib, then the executable against it.
 fn build(src: &Path, out_dir: &Path, out: &Path, target: &str) -> bool {
-    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let common = [
-        "--edition",
-        "2021",
-        "-C",
-        "opt-level=2",
-        "-C",
-        "panic=abort",
-        "-C",
-        "codegen-units=1",
-        "-C",
-        "target-feature=+crt-static",
-        "--target",
-        target,
-    ];
-    let rlib = out_dir.join("libreach_agent.rlib");
-    let lib = Command::new(&rustc)
-        .args(common)
-        .args(["--crate-type", "rlib", "--crate-name", "reach_agent"])
-        .arg(src.join("lib.rs"))
-        .arg("-o")
-        .arg(&rlib)
-        .status()
-        .is_ok_and(|status| status.success());
-    lib && Command::new(&rustc)
-        .args(common)
-        .args(["--crate-type", "bin", "--crate-name", "reach_agent_bin"])
-        .args(["-C", "strip=symbols"])
-        .arg("--extern")
-        .arg(format!("reach_agent={}", rlib.display()))
-        .arg(src.join("main.rs"))
-        .arg("-o")
-        .arg(out)
-        .status()
-        .is_ok_and(|status| status.success())
+    let Some(manifest) = src.parent().map(|crate_dir| crate_dir.join("Cargo.toml")) else {
+        return false;
+    };
+    if let Some(lock) = src
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(|root| root.join("Cargo.lock"))
+    {
+        println!("cargo::rerun-if-changed={}", lock.display());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = out_dir.join("agent-build");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--locked", "--offline", "--profile", "agent"])
+        .args(["--bin", "reach-agent", "--target", target])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Only the target's artifacts get these flags (with --target, build scripts do not).
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        return false;
+    }
+    let built = target_dir.join(target).join("agent").join("reach-agent");
+    std::fs::copy(&built, out).is_ok()
 }

@@ -9,10 +9,11 @@
 //! This crate owns both halves of what is fixed about the agent:
 //! - [`protocol`]: the frame kinds, file operations and flow-control window, shared with the
 //!   client side (`reach-agent-client`) so that the two cannot disagree;
-//! - the `reach-agent` executable (`src/main.rs` and its modules), std only, so that it
-//!   builds with `rustc` alone into one static file that runs in images with no libc and no
-//!   shell. `reach-agent-client`'s build step makes that file; this crate's build script
-//!   only points it at the sources.
+//! - the `reach-agent` executable (`src/main.rs` and its modules): std, `libc` calls of its
+//!   own in `sys`, and `sha2` (pure Rust), so that it builds into one static file that runs
+//!   in images with no libc and no shell. `reach-agent-client`'s build step makes that file
+//!   (a cargo build with the `agent` profile); this crate's build script only points it at
+//!   the sources.
 //!
 //! It does not own how the agent reaches a target or is started there: that is the
 //! client's and each backend's.
