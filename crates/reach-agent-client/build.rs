@@ -39,7 +39,14 @@ fn build(src: &Path, out_dir: &Path, out: &Path, target: &str) -> bool {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out_dir.join("agent-build");
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "--locked", "--offline", "--profile", "agent"])
+        .args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--offline",
+            "--profile",
+            "agent",
+        ])
         .args(["--bin", "reach-agent", "--target", target])
         .arg("--manifest-path")
         .arg(&manifest)

@@ -37,6 +37,11 @@ enum Start {
 }
 
 /// Serves one channel until it closes.
+#[tracing::instrument(
+    name = "session",
+    skip_all,
+    fields(conn = %conn.id(), channel = %u32::from(channel.id()))
+)]
 pub(crate) async fn run(mut channel: Channel<Msg>, conn: Arc<Conn>, handle: Handle) {
     let id = channel.id();
     let mut requests = Requests::default();

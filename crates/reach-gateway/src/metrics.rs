@@ -318,6 +318,7 @@ pub async fn serve(
                 let service =
                     hyper::service::service_fn(move |request| answer(request, metrics.clone()));
                 let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(5))
                     .serve_connection(TokioIo::new(stream), service);
                 // A scraper that goes away mid-request is no concern of the gateway's.
@@ -330,11 +331,43 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::panic)]
     use super::*;
 
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_http_1_1_and_keeps_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let metrics = Arc::new(Metrics::new());
+        metrics.connection_opened();
+        let (addr, task) = serve(SocketAddr::from(([127, 0, 0, 1], 0)), metrics)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Two requests on one connection, the second asking to close it.
+        stream
+            .write_all(
+                b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n\
+                  GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        assert!(text.contains("application/openmetrics-text"), "{text}");
+        assert!(text.contains("reach_gateway_connections_total 1"), "{text}");
+        assert!(text.contains("HTTP/1.1 404 Not Found"), "{text}");
+        task.abort();
     }
 
     #[test]

@@ -151,7 +151,10 @@ impl SshBackend {
             }
         }
         let limit = self.target.connect_timeout;
-        let (handle, carriers) = match tokio::time::timeout(limit, self.open()).await {
+        // Every event of the connection's making is told within its span.
+        let span = tracing::info_span!("ssh", to = %self.addr());
+        let opening = tracing::Instrument::instrument(self.open(), span);
+        let (handle, carriers) = match tokio::time::timeout(limit, opening).await {
             Ok(result) => result.map_err(|e| self.remember(e))?,
             Err(_) => {
                 return Err(self.remember(Error::new(

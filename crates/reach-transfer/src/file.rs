@@ -44,6 +44,7 @@ struct Check<'s, 'a> {
 
 impl Transfer {
     /// Copies one regular file through its temporary.
+    #[tracing::instrument(name = "copy", level = "debug", skip_all, fields(from = %from))]
     pub(crate) async fn copy_file(
         &self,
         src: &Side<'_>,

@@ -156,7 +156,7 @@ impl Gateway {
         let addr = self.metrics.as_ref().expect("metrics configured");
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
