@@ -91,6 +91,13 @@ pub enum Command {
     /// settings skips the handshake. It closes connections unused for the idle time
     /// (`[connections] idle` in reach.toml, default 5m) and then exits.
     Connections(ConnectionsArgs),
+    /// List plugin adapters (`reach-backend-<scheme>`) or pin one by its SHA-256.
+    ///
+    /// Adapters and pins come from `[plugins]` in your own configuration
+    /// ($XDG_CONFIG_HOME/reach/reach.toml, else ~/.config/reach/reach.toml) and adapters from
+    /// PATH, never from a reach.toml in the working directory. An adapter runs only when its
+    /// digest matches its pin, unless unpinned ones are allowed (--allow-unpinned-plugin).
+    Plugin(PluginArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// bash: `source <(reach completions bash)`, or save it as
@@ -107,6 +114,27 @@ pub struct ManpageArgs {
     /// Write `reach.1` and a page per subcommand into this directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PluginArgs {
+    #[command(subcommand)]
+    pub action: PluginAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginAction {
+    /// Each adapter: where it came from, its pin, and what it says it can do (asked only of
+    /// adapters allowed to run).
+    List,
+    /// Record the SHA-256 of the adapter for SCHEME (the file PATH, else the configured or
+    /// PATH one) in your configuration, so that reach runs it, and only those bytes.
+    Pin {
+        /// The scheme it serves (`lxd` for `lxd://`).
+        scheme: String,
+        /// The adapter's file.
+        path: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +228,11 @@ pub struct ConnArgs {
     /// target can use them too while it runs. Also `ForwardAgent yes` in the SSH config.
     #[arg(short = 'A', long = "forward-agent", global = true)]
     pub forward_agent: bool,
+    /// Run plugin adapters that have no pin (found on PATH or configured without `sha256`);
+    /// also `[plugins] allow_unpinned = true`. Off by default: a pinned adapter runs only
+    /// when its SHA-256 matches.
+    #[arg(long = "allow-unpinned-plugin", global = true)]
+    pub allow_unpinned_plugin: bool,
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,10 @@ pub struct Inventory {
     /// `[connections]`: the connection daemon.
     #[serde(default)]
     pub connections: Connections,
+    /// `[plugins]`: read by `reach-plugin` from the user's own configuration only; an
+    /// inventory found elsewhere (the working directory) is never asked for adapters.
+    #[serde(default, rename = "plugins")]
+    _plugins: Option<serde::de::IgnoredAny>,
 }
 
 /// `[connections]`: whether single-destination calls reuse warm connections, and for how long

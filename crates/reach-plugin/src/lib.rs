@@ -2,11 +2,18 @@
 //! speaks reach's protocol on stdin/stdout becomes a target, run only when its SHA-256
 //! matches the pin the user recorded.
 //!
-//! Built so far: [`VerifiedProgram`], which checks an adapter's bytes and runs exactly those
-//! bytes (no window between the check and the run). The protocol, resolution from
-//! `reach.toml` and the backend itself are to come (issue 27).
+//! Built so far (issue 27): where an adapter comes from and whether it may run
+//! ([`resolve()`], [`PluginSettings`], [`write_pin`]), running exactly the bytes that were
+//! checked ([`VerifiedProgram`]), and asking an adapter what it is ([`probe()`]). The session
+//! protocol and the backend itself are to come.
 #![deny(missing_docs)]
 
+mod config;
+mod probe;
+mod resolve;
 mod verified;
 
+pub use config::{check_scheme, user_config_path, write_pin, AdapterConfig, PluginSettings};
+pub use probe::{parse as parse_capabilities, probe, AdapterInfo, PROTOCOL};
+pub use resolve::{adapter_name, all, find, resolve, search_path, Adapter, Source};
 pub use verified::{hex, parse_digest, Trust, VerifiedProgram};

@@ -9,6 +9,7 @@ mod files;
 mod forward;
 mod generate;
 mod info;
+mod plugin;
 mod serve;
 
 use std::ffi::OsString;
@@ -115,6 +116,7 @@ async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
         Command::Forward(args) => forward::forward(args, json).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
+        Command::Plugin(args) => plugin::plugin(args, json, &cli.conn).await,
         Command::Completions(_) | Command::Manpage(_) => Ok(0),
     }
 }

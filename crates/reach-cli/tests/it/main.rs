@@ -9,6 +9,7 @@ mod fanout;
 mod files;
 mod forward;
 mod install;
+mod plugin;
 mod serve;
 mod ssh;
 
@@ -60,6 +61,11 @@ impl Reach {
 
     pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Self {
         self.command.env(key, value);
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.command.current_dir(dir);
         self
     }
 
