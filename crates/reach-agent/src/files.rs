@@ -50,7 +50,7 @@ pub(crate) fn fs_op(out: &Out, id: u32, payload: &[u8]) {
                     match file.read_at(&mut buf[filled..], offset + filled as u64) {
                         Ok(0) => break,
                         Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted) => {}
                         Err(e) => return Err(e),
                     }
                 }

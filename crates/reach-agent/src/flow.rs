@@ -72,7 +72,7 @@ pub(crate) fn pump(
                         send_framed(&out, &buf[..9 + n]);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted) => continue,
                 // EIO: a terminal whose other side is closed.
                 Err(_) => break,
             }

@@ -14,7 +14,7 @@ pub(crate) fn sha256_file(path: &str) -> io::Result<[u8; 32]> {
         match file.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted) => continue,
             Err(e) => return Err(e),
         }
     }

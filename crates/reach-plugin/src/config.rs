@@ -135,7 +135,7 @@ pub fn write_pin(config: &Path, scheme: &str, adapter: &Path, digest: &[u8; 32])
     check_scheme(scheme)?;
     let text = match std::fs::read_to_string(config) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound) => String::new(),
         Err(e) => return Err(Error::io(format!("read `{}`", config.display()), e)),
     };
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {

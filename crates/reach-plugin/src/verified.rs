@@ -121,7 +121,7 @@ impl VerifiedProgram {
             let n = match file.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::Interrupted) => continue,
                 Err(e) => return Err(Error::io(format!("read adapter `{}`", path.display()), e)),
             };
             total += n as u64;

@@ -45,7 +45,7 @@ fn emit(bytes: &[u8], what: &str) -> i32 {
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Ok(()) => 0,
         // A reader that stops early (`| head`) is not a failure of ours.
-        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(err) if matches!(err.kind(), std::io::ErrorKind::BrokenPipe) => 0,
         Err(err) => {
             eprintln!("reach: cannot write {what} to stdout: {err}");
             exit::FAILURE
