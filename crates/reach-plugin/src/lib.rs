@@ -15,5 +15,5 @@ mod verified;
 
 pub use config::{check_scheme, user_config_path, write_pin, AdapterConfig, PluginSettings};
 pub use probe::{parse as parse_capabilities, probe, AdapterInfo, PROTOCOL};
-pub use resolve::{adapter_name, all, find, resolve, search_path, Adapter, Source};
+pub use resolve::{adapter_name, all, find, may_run, resolve, search_path, Adapter, Source};
 pub use verified::{hex, parse_digest, Trust, VerifiedProgram};

@@ -70,18 +70,26 @@ fn how_to_pin(scheme: &str, path: &Path) -> String {
 /// allowed (`allow_unpinned`, or the configuration's `[plugins] allow_unpinned`).
 pub fn resolve(scheme: &str, settings: &PluginSettings, allow_unpinned: bool) -> Result<Adapter> {
     let adapter = find(scheme, settings)?;
+    may_run(&adapter, settings, allow_unpinned)?;
+    Ok(adapter)
+}
+
+/// Whether `adapter` may run at all: pinned, or unpinned adapters allowed (`allow_unpinned`,
+/// or the configuration's `[plugins] allow_unpinned`). Its pin is checked when it is opened.
+pub fn may_run(adapter: &Adapter, settings: &PluginSettings, allow_unpinned: bool) -> Result<()> {
     if adapter.trust == Trust::Unpinned && !(allow_unpinned || settings.allow_unpinned) {
         return Err(Error::new(
             ErrorKind::PermissionDenied,
             format!(
-                "adapter `{}` for `{scheme}://` is not pinned, and reach runs an adapter only \
-                 when its SHA-256 matches a pin: {}",
+                "adapter `{}` for `{}://` is not pinned, and reach runs an adapter only when \
+                 its SHA-256 matches a pin: {}",
                 adapter.path.display(),
-                how_to_pin(scheme, &adapter.path)
+                adapter.scheme,
+                how_to_pin(&adapter.scheme, &adapter.path)
             ),
         ));
     }
-    Ok(adapter)
+    Ok(())
 }
 
 /// The adapter for `scheme` and its pin, whether or not it may run.

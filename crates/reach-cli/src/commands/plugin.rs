@@ -35,19 +35,13 @@ async fn describe(
         Source::Config(file) => file.display().to_string(),
         Source::SearchPath => "PATH".to_owned(),
     };
-    let allowed =
-        adapter.trust != Trust::Unpinned || conn.allow_unpinned_plugin || settings.allow_unpinned;
-    let answer = if allowed {
-        let timeout = conn.connect_timeout.unwrap_or(PROBE_TIMEOUT);
-        match VerifiedProgram::open(&adapter.path, adapter.trust) {
-            Ok(program) => reach_plugin::probe(adapter, &program, timeout).await,
-            Err(e) => Err(e),
-        }
-    } else {
-        Err(Error::new(
-            ErrorKind::PermissionDenied,
-            "not run: unpinned (pin it, or pass --allow-unpinned-plugin)",
-        ))
+    // Only an adapter allowed to run is asked, and only as the bytes its pin names.
+    let timeout = conn.connect_timeout.unwrap_or(PROBE_TIMEOUT);
+    let answer = match reach_plugin::may_run(adapter, settings, conn.allow_unpinned_plugin)
+        .and_then(|()| VerifiedProgram::open(&adapter.path, adapter.trust))
+    {
+        Ok(program) => reach_plugin::probe(adapter, &program, timeout).await,
+        Err(e) => Err(e),
     };
     let mut value = json!({
         "scheme": adapter.scheme,
