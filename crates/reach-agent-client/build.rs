@@ -25,16 +25,18 @@ fn main() {
 }
 
 fn build(src: &Path, out_dir: &Path, out: &Path, target: &str) -> bool {
-    let Some(manifest) = src.parent().map(|crate_dir| crate_dir.join("Cargo.toml")) else {
+    // src/ of crates/reach-agent, in the workspace.
+    let Some(crate_dir) = src.parent() else {
         return false;
     };
-    if let Some(lock) = src
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(|root| root.join("Cargo.lock"))
-    {
-        println!("cargo::rerun-if-changed={}", lock.display());
+    let manifest = crate_dir.join("Cargo.toml");
+    // What else decides the agent's bytes: its dependencies (its manifest, the lock file)
+    // and the `agent` profile (the workspace's manifest).
+    println!("cargo::rerun-if-changed={}", manifest.display());
+    if let Some(root) = crate_dir.parent().and_then(Path::parent) {
+        for file in ["Cargo.toml", "Cargo.lock"] {
+            println!("cargo::rerun-if-changed={}", root.join(file).display());
+        }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = out_dir.join("agent-build");
