@@ -18,11 +18,19 @@ pub enum BackendKind {
     Ssh,
     /// A container through the Docker Engine API (`reach-docker`).
     Docker,
+    /// A program that speaks reach's plugin protocol (`reach-plugin`); it serves whichever
+    /// scheme it is configured for, so its name here is `plugin`.
+    Plugin,
 }
 
 impl BackendKind {
     /// Every kind, in declaration order.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Local, BackendKind::Ssh, BackendKind::Docker];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Local,
+        BackendKind::Ssh,
+        BackendKind::Docker,
+        BackendKind::Plugin,
+    ];
 
     /// The destination scheme this kind serves (`local`, `ssh`, `docker`); also its name in
     /// `--json` output.
@@ -31,6 +39,7 @@ impl BackendKind {
             BackendKind::Local => "local",
             BackendKind::Ssh => "ssh",
             BackendKind::Docker => "docker",
+            BackendKind::Plugin => "plugin",
         }
     }
 
