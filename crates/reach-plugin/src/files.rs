@@ -32,7 +32,7 @@ struct Meta {
     len: u64,
     mode: u32,
     #[serde(default)]
-    mtime_ns: Option<i128>,
+    mtime_ns: Option<i64>,
     #[serde(default)]
     uid: Option<u32>,
     #[serde(default)]
@@ -97,7 +97,12 @@ impl PluginFs {
         Ok(self.answer::<Meta>("metadata", value)?.into_metadata())
     }
 
-    async fn write(&self, path: &str, options: WriteOptions, hash: bool) -> Result<(BoxWrite, TargetDigest)> {
+    async fn write(
+        &self,
+        path: &str,
+        options: WriteOptions,
+        hash: bool,
+    ) -> Result<(BoxWrite, TargetDigest)> {
         let (id, _, pipes) = self
             .session
             .open(
@@ -112,7 +117,8 @@ impl PluginFs {
                 }),
             )
             .await?;
-        let (writer, digest) = FileWriter::start(self.session.clone(), id, pipes.credit, pipes.closed);
+        let (writer, digest) =
+            FileWriter::start(self.session.clone(), id, pipes.credit, pipes.closed);
         Ok((Box::pin(writer), digest))
     }
 }
@@ -176,7 +182,9 @@ impl FileSystem for PluginFs {
     }
 
     async fn create_dir(&self, path: &str) -> Result<()> {
-        self.call("create_dir", json!({"path": path})).await.map(drop)
+        self.call("create_dir", json!({"path": path}))
+            .await
+            .map(drop)
     }
 
     async fn create_dir_all(&self, path: &str) -> Result<()> {
@@ -186,11 +194,15 @@ impl FileSystem for PluginFs {
     }
 
     async fn remove_file(&self, path: &str) -> Result<()> {
-        self.call("remove_file", json!({"path": path})).await.map(drop)
+        self.call("remove_file", json!({"path": path}))
+            .await
+            .map(drop)
     }
 
     async fn remove_dir(&self, path: &str) -> Result<()> {
-        self.call("remove_dir", json!({"path": path})).await.map(drop)
+        self.call("remove_dir", json!({"path": path}))
+            .await
+            .map(drop)
     }
 
     async fn remove_dir_all(&self, path: &str) -> Result<()> {
@@ -212,7 +224,7 @@ impl FileSystem for PluginFs {
     }
 
     async fn truncate(&self, path: &str, len: u64) -> Result<()> {
-        self.call("truncate", json!({"path": path, "len": len}))
+        self.call("truncate", json!({"path": path, "size": len}))
             .await
             .map(drop)
     }
@@ -243,7 +255,10 @@ impl FileSystem for PluginFs {
 
     async fn set_modified(&self, path: &str, modified: SystemTime) -> Result<()> {
         if !self.capabilities.has(reach_core::Capability::SetModified) {
-            return Err(Error::unsupported(self.session.name(), "setting modification times"));
+            return Err(Error::unsupported(
+                self.session.name(),
+                "setting modification times",
+            ));
         }
         let ns = modified
             .duration_since(UNIX_EPOCH)

@@ -20,7 +20,12 @@ use crate::session::{publish, Session, Slot, WINDOW};
 const PIPE: usize = 256 * 1024;
 
 /// Copies what is written into `tx` to request `to` as input, then ends its input.
-async fn pump(session: Arc<Session>, to: u64, credit: Arc<Semaphore>, mut rx: impl AsyncRead + Unpin) {
+async fn pump(
+    session: Arc<Session>,
+    to: u64,
+    credit: Arc<Semaphore>,
+    mut rx: impl AsyncRead + Unpin,
+) {
     let mut buf = vec![0u8; WINDOW as usize / 4];
     loop {
         match rx.read(&mut buf).await {
@@ -44,11 +49,14 @@ pub(crate) fn stdin(session: Arc<Session>, to: u64, credit: Arc<Semaphore>) -> B
 
 type Closed = watch::Receiver<Option<Result<Option<String>>>>;
 
+/// The wait for a write's `closed`, once its input has ended.
+type Finish = Pin<Box<dyn Future<Output = Result<Option<String>>> + Send>>;
+
 /// A file being written: `shutdown` returns once the adapter reported it complete.
 pub(crate) struct FileWriter {
     tx: DuplexStream,
     closed: Closed,
-    finish: Option<Pin<Box<dyn Future<Output = Result<Option<String>>> + Send>>>,
+    finish: Option<Finish>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -164,10 +172,7 @@ impl AsyncWrite for FileWriter {
         Pin::new(&mut self.tx).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.finish.is_none() {
             match Pin::new(&mut self.tx).poll_shutdown(cx) {
                 Poll::Ready(Ok(())) => {}

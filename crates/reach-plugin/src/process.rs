@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reach_core::{
-    BoxRead, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize, Result,
-    Signal, StdinMode, Streams,
+    BoxRead, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize, Result, Signal,
+    StdinMode, Streams,
 };
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -52,10 +52,14 @@ impl PluginProcess {
         let stdin = matches!(spec.stdin, StdinMode::Piped)
             .then(|| input::stdin(session.clone(), id, pipes.credit.clone()));
         let stdout = StreamReader::new(pipes.stdout, session.clone(), id, Stream::Stdout);
-        let stderr = spec
-            .pty
-            .is_none()
-            .then(|| Box::pin(StreamReader::new(pipes.stderr, session.clone(), id, Stream::Stderr)) as BoxRead);
+        let stderr = spec.pty.is_none().then(|| {
+            Box::pin(StreamReader::new(
+                pipes.stderr,
+                session.clone(),
+                id,
+                Stream::Stderr,
+            )) as BoxRead
+        });
         if let Some(limit) = spec.timeout {
             let mut finished = pipes.exit.clone();
             let slot = pipes.slot.clone();

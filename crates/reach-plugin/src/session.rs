@@ -57,7 +57,10 @@ struct Route {
 }
 
 impl Route {
-    fn pipe(&mut self, stream: Stream) -> &mut Option<mpsc::UnboundedSender<std::io::Result<Bytes>>> {
+    fn pipe(
+        &mut self,
+        stream: Stream,
+    ) -> &mut Option<mpsc::UnboundedSender<std::io::Result<Bytes>>> {
         match stream {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
@@ -430,7 +433,10 @@ impl Session {
             return;
         };
         for (_, route) in state.routes {
-            for tx in [route.stdout, route.stderr, route.file].into_iter().flatten() {
+            for tx in [route.stdout, route.stderr, route.file]
+                .into_iter()
+                .flatten()
+            {
                 let _ = tx.send(Err(std::io::Error::other(error.clone())));
             }
             if let Some(slot) = route.exit {
@@ -476,11 +482,7 @@ async fn write_queue(
     }
 }
 
-async fn keep_stderr(
-    mut stderr: impl AsyncRead + Unpin,
-    said: Arc<Mutex<Vec<u8>>>,
-    name: String,
-) {
+async fn keep_stderr(mut stderr: impl AsyncRead + Unpin, said: Arc<Mutex<Vec<u8>>>, name: String) {
     use tokio::io::AsyncReadExt;
     let mut buf = vec![0u8; 8192];
     while let Ok(n) = stderr.read(&mut buf).await {

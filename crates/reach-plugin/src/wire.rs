@@ -160,7 +160,10 @@ pub(crate) async fn read<R: AsyncBufRead + Unpin>(
         Some(len) => {
             let mut bytes = vec![0u8; len as usize];
             reader.read_exact(&mut bytes).await.map_err(|e| {
-                format!("`{}`, whose {len} bytes did not all come ({e})", shown(line))
+                format!(
+                    "`{}`, whose {len} bytes did not all come ({e})",
+                    shown(line)
+                )
             })?;
             Some(Bytes::from(bytes))
         }
@@ -174,7 +177,12 @@ pub(crate) async fn read<R: AsyncBufRead + Unpin>(
 fn classify(line: Line, payload: Option<Bytes>) -> std::result::Result<Incoming, String> {
     let stream = || Stream::parse(line.stream.as_deref()).ok_or("no known `stream`");
     let kinds = [
-        line.id, line.data, line.eof, line.exit, line.taken, line.closed,
+        line.id,
+        line.data,
+        line.eof,
+        line.exit,
+        line.taken,
+        line.closed,
     ];
     if kinds.iter().flatten().count() != 1 {
         return Err("a message has exactly one of id, data, eof, exit, taken, closed".into());
@@ -297,7 +305,9 @@ mod tests {
     async fn garbage_is_named() {
         let err = one(b"hello there\n").await.unwrap_err();
         assert!(err.contains("`hello there`"), "{err}");
-        let err = one(b"{\"id\":1,\"exit\":2,\"code\":0}\n").await.unwrap_err();
+        let err = one(b"{\"id\":1,\"exit\":2,\"code\":0}\n")
+            .await
+            .unwrap_err();
         assert!(err.contains("exactly one"), "{err}");
         let err = one(b"{\"data\":1,\"stream\":\"stdout\",\"len\":10}\nshort")
             .await

@@ -1,0 +1,19 @@
+//! The whole conformance suite, unchanged, on the Python reference adapter.
+
+use crate::common::{demo_fixture, Dirs};
+use reach_test::PeerFixture;
+
+async fn fixture() -> Option<PeerFixture<Dirs>> {
+    demo_fixture("reach-plugin conformance")
+}
+
+reach_test::conformance_suite!(fixture());
+
+#[test]
+fn every_check_is_generated() {
+    let all: Vec<&str> = reach_test::conformance::CHECKS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(GENERATED_CHECKS, all.as_slice());
+}
