@@ -20,6 +20,9 @@
 //!   `ssh://[user@]host[:port]` and the bare `[user@]host[:port]` resolve to it.
 //! - `docker` (default): running containers through the Docker Engine API, from
 //!   `reach-docker` (re-exported as [`docker`]); `docker://[user@]container`.
+//! - `plugin` (default): every other scheme, served by the user's pinned adapter
+//!   `reach-backend-<scheme>` (from `reach-plugin`, re-exported as [`plugin`];
+//!   docs/PLUGINS.md).
 //!
 //! [`fanout`] runs one command on many targets at once.
 //!
@@ -33,6 +36,8 @@ use std::sync::Arc;
 pub use reach_core::*;
 #[cfg(feature = "docker")]
 pub use reach_docker as docker;
+#[cfg(feature = "plugin")]
+pub use reach_plugin as plugin;
 #[cfg(feature = "ssh")]
 pub use reach_ssh as ssh;
 /// Copies between any two targets: streamed, verified, atomic, resumable (`reach-transfer`).
@@ -51,6 +56,9 @@ pub struct ConnectOptions {
     /// Settings for `docker` destinations.
     #[cfg(feature = "docker")]
     pub docker: reach_docker::DockerOptions,
+    /// Settings for destinations served by plugin adapters.
+    #[cfg(feature = "plugin")]
+    pub plugin: reach_plugin::PluginOptions,
 }
 
 /// Makes a backend for a destination of the scheme it is registered under.
@@ -60,6 +68,8 @@ pub type Factory = Arc<dyn Fn(&Destination) -> Result<Arc<dyn Backend>> + Send +
 #[derive(Clone)]
 pub struct Registry {
     factories: BTreeMap<String, Factory>,
+    /// What serves a scheme that no factory does (plugin adapters), if anything.
+    fallback: Option<Factory>,
 }
 
 /// Schemes that reach will serve but this build does not.
@@ -70,6 +80,7 @@ impl Registry {
     pub fn empty() -> Self {
         Registry {
             factories: BTreeMap::new(),
+            fallback: None,
         }
     }
 
@@ -107,7 +118,26 @@ impl Registry {
         registry.register("local", |_| {
             Ok(Arc::new(reach_local::LocalBackend::new()) as Arc<dyn Backend>)
         });
+        #[cfg(feature = "plugin")]
+        {
+            let plugin = options.plugin.clone();
+            registry.set_fallback(move |destination| {
+                Ok(Arc::new(reach_plugin::PluginBackend::new(
+                    destination.clone(),
+                    plugin.clone(),
+                )?) as Arc<dyn Backend>)
+            });
+        }
         registry
+    }
+
+    /// Serves every scheme no factory serves with `factory` (the plugin adapters, in a
+    /// build with them), replacing any earlier one.
+    pub fn set_fallback<F>(&mut self, factory: F)
+    where
+        F: Fn(&Destination) -> Result<Arc<dyn Backend>> + Send + Sync + 'static,
+    {
+        self.fallback = Some(Arc::new(factory));
     }
 
     /// Serves `scheme` with `factory`, replacing any earlier one.
@@ -139,13 +169,28 @@ impl Registry {
                      (it serves: {known})"
                 ),
             )),
-            None => Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "unknown scheme `{scheme}` in destination `{destination}`: expected one of \
-                     {known}"
-                ),
-            )),
+            None => match &self.fallback {
+                // No adapter either: the scheme is unknown, and the adapter's error says
+                // what was looked for and how to add one.
+                Some(fallback) => fallback(destination).map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "unknown scheme `{scheme}` in destination `{destination}` (built \
+                             in: {known}); {}",
+                            e.message()
+                        ),
+                    ),
+                    _ => e,
+                }),
+                None => Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "unknown scheme `{scheme}` in destination `{destination}`: expected \
+                         one of {known}"
+                    ),
+                )),
+            },
         }
     }
 
@@ -187,6 +232,8 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.to_string().contains("unknown scheme `nosuch`"), "{err}");
         assert!(err.to_string().contains("local"), "{err}");
+        #[cfg(feature = "plugin")]
+        assert!(err.to_string().contains("reach-backend-nosuch"), "{err}");
         let err = registry.resolve("ssh://@:99999").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
@@ -198,6 +245,37 @@ mod tests {
         let err = registry.resolve("docker://box").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert!(err.to_string().contains("Docker backend"), "{err}");
+    }
+
+    /// A scheme no built-in backend serves goes to its adapter, pinned in the options.
+    #[cfg(feature = "plugin")]
+    #[test]
+    fn other_schemes_resolve_to_their_plugin_adapter() {
+        let mut options = ConnectOptions::default();
+        options.plugin.settings.adapters.insert(
+            "lxd".to_owned(),
+            reach_plugin::AdapterConfig {
+                path: Some("/bin/true".into()),
+                sha256: Some("00".repeat(32)),
+                ..Default::default()
+            },
+        );
+        let registry = Registry::with_options(&options);
+        let backend = registry.resolve("lxd://web").unwrap();
+        assert_eq!(backend.kind(), BackendKind::Plugin);
+        assert_eq!(backend.destination().to_string(), "lxd://web");
+        // Unpinned and not allowed: refused as it is, not as an unknown scheme.
+        options
+            .plugin
+            .settings
+            .adapters
+            .get_mut("lxd")
+            .unwrap()
+            .sha256 = None;
+        let err = Registry::with_options(&options)
+            .resolve("lxd://web")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     }
 
     #[cfg(feature = "ssh")]

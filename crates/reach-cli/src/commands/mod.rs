@@ -77,7 +77,34 @@ static BACKENDS: Mutex<Vec<(String, Arc<dyn Backend>)>> = Mutex::new(Vec::new())
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
 
 fn connect_options(conn: &ConnArgs) -> reach::ConnectOptions {
-    crate::warm::ConnWire::from_args(conn).options(Some(Arc::new(term::prompt_secret)))
+    let mut options =
+        crate::warm::ConnWire::from_args(conn).options(Some(Arc::new(term::prompt_secret)));
+    // A configuration that cannot be read is reported by `registry`.
+    if let Ok(settings) = reach_plugin::PluginSettings::load_user() {
+        options.plugin.settings = settings;
+    }
+    options.plugin.allow_unpinned = conn.allow_unpinned_plugin;
+    if let Some(limit) = conn.connect_timeout {
+        options.plugin.connect_timeout = limit;
+    }
+    // For adapter authors: every control line of each session, both ways.
+    options.plugin.transcript = std::env::var_os("REACH_PLUGIN_TRANSCRIPT")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
+    options
+}
+
+/// The registry for `options`; a plugin configuration that cannot be read is the error of
+/// every plugin destination.
+fn registry(options: &reach::ConnectOptions) -> Registry {
+    match reach_plugin::PluginSettings::load_user() {
+        Ok(_) => Registry::with_options(options),
+        Err(e) => {
+            let mut registry = Registry::with_options(&options);
+            registry.set_fallback(move |_| Err(e.clone()));
+            registry
+        }
+    }
 }
 
 async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
@@ -99,7 +126,7 @@ async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
         cli.conn.no_reuse = true;
     }
     let options = connect_options(&cli.conn);
-    let _ = REGISTRY.set(Registry::with_options(&options));
+    let _ = REGISTRY.set(registry(&options));
     match cli.command {
         Command::Exec(args) => exec::exec(args, json, &cli.conn, &options).await,
         Command::Shell(args) => exec::shell(args, json).await,

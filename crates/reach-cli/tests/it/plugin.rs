@@ -220,3 +220,87 @@ fn a_wrong_version_garbage_and_silence_are_errors_that_name_the_adapter() {
     assert_eq!(err["kind"], "timeout", "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+/// The reference adapter, pinned with `reach plugin pin`, is a target like any other: a
+/// command's output and exit code, fan-out beside `local`, a verified copy both ways, and a
+/// dead adapter reported as a lost connection (exit 255), never as the command's exit.
+#[test]
+fn the_reference_adapter_serves_exec_fan_out_and_cp() {
+    let s = Scratch::new();
+    let adapter = s.path("bin").join("reach-backend-demo");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/plugins/reach-backend-demo"),
+        &adapter,
+    )
+    .unwrap();
+    let work = s.path("work");
+    std::fs::create_dir_all(s.path("config/reach")).unwrap();
+    std::fs::write(
+        s.path("config/reach/reach.toml"),
+        format!(
+            "[plugins.demo]\nargs = [\"--root\", \"{}\"]\n",
+            work.display()
+        ),
+    )
+    .unwrap();
+    // Not pinned yet: refused, with the way to pin.
+    let out = s.run(&["exec", "demo://box", "--", "true"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("reach plugin pin demo"),
+        "{}",
+        out.stderr
+    );
+    let out = s.run(&["plugin", "pin", "demo"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        s.config().contains("--root"),
+        "the pin kept the args: {}",
+        s.config()
+    );
+
+    let out = s.run(&[
+        "exec",
+        "demo://box",
+        "--",
+        "sh",
+        "-c",
+        "pwd; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert_eq!(out.stdout_text(), format!("{}\n", work.display()));
+    assert_eq!(out.stderr, "err\n");
+
+    let out = s.run(&["exec", "demo://box", "local", "--", "echo", "both"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.stdout_text();
+    assert!(text.contains("demo://box: both"), "{text}");
+    assert!(
+        text.contains("local") && text.matches("both").count() == 2,
+        "{text}"
+    );
+
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(s.path("up.bin"), &data).unwrap();
+    let remote = format!("demo://box:{}/landed.bin", work.display());
+    let out = s.run(&["cp", s.path("up.bin").to_str().unwrap(), &remote]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(work.join("landed.bin")).unwrap(), data);
+    let back = s.path("back.bin");
+    let out = s.run(&["cp", &remote, back.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    // The adapter is the command's parent: killing it loses the session.
+    let out = s.run(&[
+        "exec",
+        "demo://box",
+        "--",
+        "sh",
+        "-c",
+        "kill -KILL $PPID; sleep 3",
+    ]);
+    assert_eq!(out.code, 255, "{}", out.stderr);
+    assert!(out.stderr.contains("reach-backend-demo"), "{}", out.stderr);
+}
