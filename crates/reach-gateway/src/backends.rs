@@ -82,6 +82,8 @@ pub struct Provider {
 enum Kind {
     Local(Arc<LocalBackend>),
     Docker(Arc<Docker>),
+    /// One plugin target that every session shares, like the local host.
+    Plugin(Arc<dyn Backend>),
 }
 
 #[derive(Debug)]
@@ -130,6 +132,7 @@ impl Provider {
     ) -> Result<Self> {
         let kind = match config.kind {
             SessionBackend::Local => Kind::Local(Arc::new(LocalBackend::new())),
+            SessionBackend::Plugin => Kind::Plugin(plugin_backend(config).await?),
             SessionBackend::Docker => {
                 let mut options = DockerOptions::new();
                 options.host = config.docker_host.clone();
@@ -170,6 +173,8 @@ impl Provider {
         match &self.kind {
             Kind::Local(_) => true,
             Kind::Docker(docker) => docker.agent_root.is_some(),
+            // Sessions run wherever the adapter runs them: no agent socket reaches there.
+            Kind::Plugin(_) => false,
         }
     }
 
@@ -177,7 +182,7 @@ impl Provider {
     /// connection's or user's container. A container per session has none.
     pub fn forwarding_possible(&self) -> bool {
         match &self.kind {
-            Kind::Local(_) => true,
+            Kind::Local(_) | Kind::Plugin(_) => true,
             Kind::Docker(docker) => docker.config.mode != ContainerMode::Session,
         }
     }
@@ -199,6 +204,13 @@ impl Provider {
             Kind::Local(local) => {
                 return Ok(Place {
                     backend: local.clone(),
+                    own: None,
+                    agent: None,
+                })
+            }
+            Kind::Plugin(backend) => {
+                return Ok(Place {
+                    backend: backend.clone(),
                     own: None,
                     agent: None,
                 })
@@ -676,6 +688,26 @@ fn agent_dir(docker: &Docker, name: &str) -> Result<Option<AgentDir>> {
         host,
         seen_as: AGENT_MOUNT.to_owned(),
     }))
+}
+
+/// The plugin target of `config`, connected (so that a bad pin or a missing adapter stops
+/// the gateway at its start, not at its first user).
+async fn plugin_backend(config: &BackendConfig) -> Result<Arc<dyn Backend>> {
+    let destination = Destination::parse(config.destination.as_deref().unwrap_or_default())?;
+    let mut settings = reach_plugin::PluginSettings::load_user()?;
+    if let Some(adapter) = &config.plugin {
+        settings
+            .adapters
+            .insert(destination.scheme().to_owned(), adapter.clone());
+    }
+    let options = reach_plugin::PluginOptions {
+        settings,
+        ..reach_plugin::PluginOptions::default()
+    };
+    let backend: Arc<dyn Backend> =
+        Arc::new(reach_plugin::PluginBackend::new(destination, options)?);
+    backend.connect().await?;
+    Ok(backend)
 }
 
 fn short(id: &str) -> &str {

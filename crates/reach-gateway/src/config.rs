@@ -142,6 +142,9 @@ pub enum SessionBackend {
     Local,
     /// Docker containers.
     Docker,
+    /// The target of a plugin adapter (`destination`, served by `plugin` or the gateway
+    /// user's own `[plugins]`).
+    Plugin,
 }
 
 /// How containers map onto SSH connections.
@@ -163,8 +166,15 @@ pub enum ContainerMode {
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct BackendConfig {
-    /// `local` or `docker`.
+    /// `local`, `docker` or `plugin`.
     pub kind: SessionBackend,
+    /// Plugin: the destination every session runs on (`lxd://web`); its scheme names the
+    /// adapter.
+    pub destination: Option<String>,
+    /// Plugin: the adapter (`path`, `sha256`, `args`, `env`, as `[plugins.<scheme>]` of a
+    /// user's configuration). Unset: the gateway user's own configuration. An adapter runs
+    /// only when its SHA-256 matches the pin.
+    pub plugin: Option<reach_plugin::AdapterConfig>,
     /// Docker: `connection`, `session` or `persistent`.
     pub mode: ContainerMode,
     /// Docker: the image (it must be on the engine).
@@ -197,6 +207,8 @@ impl Default for BackendConfig {
     fn default() -> Self {
         BackendConfig {
             kind: SessionBackend::Local,
+            destination: None,
+            plugin: None,
             mode: ContainerMode::Connection,
             image: None,
             command: vec!["sleep".to_owned(), "2147483647".to_owned()],
@@ -287,6 +299,16 @@ impl Config {
                  [backend])"
                     .to_owned(),
             );
+        }
+        if self.backend.kind == SessionBackend::Plugin {
+            let destination = self.backend.destination.as_deref().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "the plugin backend needs a destination (`destination = \"lxd://web\"` \
+                     under [backend])",
+                )
+            })?;
+            reach_core::Destination::parse(destination)?;
         }
         if self.backend.command.is_empty() {
             return invalid("[backend] command must name a program".to_owned());

@@ -100,7 +100,7 @@ fn registry(options: &reach::ConnectOptions) -> Registry {
     match reach_plugin::PluginSettings::load_user() {
         Ok(_) => Registry::with_options(options),
         Err(e) => {
-            let mut registry = Registry::with_options(&options);
+            let mut registry = Registry::with_options(options);
             registry.set_fallback(move |_| Err(e.clone()));
             registry
         }

@@ -44,9 +44,11 @@ fn apply_flags(config: &mut Config, args: &ServeArgs) -> reach::Result<()> {
         config.backend.kind = match backend.as_str() {
             "local" => SessionBackend::Local,
             "docker" => SessionBackend::Docker,
+            "plugin" => SessionBackend::Plugin,
             other => {
                 return Err(invalid(format!(
-                    "--backend {other}: choose `local` or `docker`"
+                    "--backend {other}: choose `local`, `docker` or `plugin` (with \
+                     `destination` under [backend])"
                 )))
             }
         };

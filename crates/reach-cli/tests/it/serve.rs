@@ -1819,3 +1819,83 @@ fn docker_a_silent_client_is_dropped_by_keepalive() {
         gw.log_text()
     );
 }
+
+/// The gateway config for the reference plugin adapter serving `demo://gw`, rooted in the
+/// gateway's directory; `pin` is its SHA-256.
+fn plugin_config(pin: &str) -> String {
+    let adapter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/plugins/reach-backend-demo");
+    format!(
+        "[auth]\nauthorized_keys = \"{{dir}}/authorized_keys\"\n[backend]\nkind = \"plugin\"\n\
+         destination = \"demo://gw\"\n[backend.plugin]\npath = \"{}\"\nsha256 = \"{pin}\"\n\
+         args = [\"--root\", \"{{dir}}\"]\n",
+        adapter.display()
+    )
+}
+
+/// `[backend] kind = "plugin"`: ssh, sftp and scp reach the reference adapter's target
+/// through the gateway, exit codes and files intact; a wrong pin stops the gateway at its
+/// start, naming both digests.
+#[test]
+fn the_gateway_serves_a_plugin_target() {
+    let adapter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/plugins/reach-backend-demo");
+    let pin = sha_hex(&std::fs::read(&adapter).unwrap());
+    let gw = Gateway::start(&plugin_config(&pin));
+    let root = std::fs::canonicalize(gw.path("")).unwrap();
+    let out = run(gw.ssh(&["pwd; echo err >&2; exit 7"]), b"");
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("{}\n", root.display()));
+    assert_eq!(text(&out.stderr), "err\n");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let out = run(gw.ssh(&["cat"]), &data);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == data, "stdin came back changed");
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src.bin");
+    std::fs::write(&src, &data).unwrap();
+    let rdir = root.display();
+    let batch = format!(
+        "put {src} {rdir}/put.bin\nget {rdir}/put.bin {back}\nmkdir {rdir}/sub\n\
+         rename {rdir}/put.bin {rdir}/sub/moved.bin\n",
+        src = src.display(),
+        back = work.path().join("back.bin").display(),
+    );
+    let mut sftp = Command::new("sftp");
+    sftp.args(gw.copy_options())
+        .args(["-b", "-", "tester@127.0.0.1"]);
+    let out = run(sftp, batch.as_bytes());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(work.path().join("back.bin")).unwrap() == data);
+    assert!(std::fs::read(root.join("sub/moved.bin")).unwrap() == data);
+    let mut scp = Command::new("scp");
+    scp.args(gw.copy_options())
+        .arg(format!("tester@127.0.0.1:{rdir}/sub/moved.bin"))
+        .arg(work.path().join("scp.bin"));
+    let out = run(scp, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(work.path().join("scp.bin")).unwrap() == data);
+
+    // A pin that is not the adapter's: the gateway does not start.
+    let dir = tempfile::tempdir().unwrap();
+    let config = plugin_config(&"0".repeat(64)).replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(dir.path().join("serve.toml"), config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_reach"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("serve.toml"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_output(child, Duration::from_secs(30));
+    assert_ne!(out.status.code(), Some(0));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains(&pin) && said.contains(&"0".repeat(64)),
+        "{said}"
+    );
+}
