@@ -206,7 +206,7 @@ fn throughput(
 }
 
 /// What the output scenarios run in the container: `mib` MiB of zeros in 1 MiB writes.
-fn dd_argv(mib: u64) -> Vec<String> {
+pub fn dd_argv(mib: u64) -> Vec<String> {
     ["dd", "if=/dev/zero", "bs=1048576", &format!("count={mib}")]
         .map(str::to_owned)
         .to_vec()
@@ -283,7 +283,7 @@ fn expect_wc(what: &str, said: &[u8], want: u64) -> Result<(), String> {
 }
 
 /// Output through the library: stdout read to its end and counted.
-async fn library_output(backend: &dyn Backend, argv: Vec<String>) -> Result<u64, String> {
+pub async fn library_output(backend: &dyn Backend, argv: Vec<String>) -> Result<u64, String> {
     let process = backend
         .exec(ExecSpec::argv(argv))
         .await

@@ -18,6 +18,8 @@
 //! - `fanout` (needs root, sshd, parallel-ssh and ansible): `true` on 50 and 500 distinct
 //!   SSH targets (32 sshd servers on 16 loopback addresses each) with `reach exec -H` vs
 //!   `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`.
+//! - `plugin` (needs python3): exec latency and a large stdout through the Python reference
+//!   adapter against the `local` backend doing the same on the same host.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -99,6 +101,7 @@ impl Section {
 mod cp;
 mod docker;
 mod fanout;
+mod plugin;
 mod serve;
 mod ssh;
 
@@ -437,13 +440,14 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 6] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
         ("cp", cp::run),
         ("serve", serve::run),
         ("fanout", fanout::run),
+        ("plugin", plugin::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {
