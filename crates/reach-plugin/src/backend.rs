@@ -5,6 +5,7 @@
 //! session and sends `connect`; all within the connect timeout. Commands, files and TCP
 //! connections then share that one session.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -14,7 +15,7 @@ use async_trait::async_trait;
 use reach_core::sync::lock;
 use reach_core::{
     Backend, BackendKind, Capabilities, Capability, Destination, Error, ErrorKind, ExecSpec,
-    FileSystem, Platform, Process, Result, TcpTunnel,
+    FileSystem, Platform, Process, Result, StdinMode, TcpTunnel,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -77,6 +78,8 @@ struct Live {
     session: Arc<Session>,
     connected: Connected,
     capabilities: Capabilities,
+    /// The features it claimed (`exec`, `stdin`, each file operation, ...).
+    features: Arc<BTreeSet<String>>,
 }
 
 /// A target served by an adapter (`lxd://web`, `incus://x`, ...).
@@ -186,10 +189,16 @@ impl PluginBackend {
         })?;
         let capabilities = capabilities(&info);
         *lock(&self.probed) = capabilities;
+        let features = info
+            .feature_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(Live {
             session,
             connected,
             capabilities,
+            features: Arc::new(features),
         })
     }
 
@@ -260,20 +269,43 @@ impl Backend for PluginBackend {
 
     async fn health_check(&self) -> Result<()> {
         let live = self.live().await?;
-        live.session
+        // Any answer is a live adapter, `unsupported` from one that serves no files too.
+        match live
+            .session
             .request("home_dir", json!({}), Some(self.options.connect_timeout))
             .await
-            .map(drop)
+        {
+            Err(e) if e.kind() != ErrorKind::Unsupported => Err(e),
+            _ => Ok(()),
+        }
     }
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>> {
         let live = self.live().await?;
+        let needs = [
+            ("exec", true, "running commands"),
+            (
+                "stdin",
+                matches!(spec.stdin, StdinMode::Piped),
+                "a command's input",
+            ),
+            ("pty", spec.pty.is_some(), "terminals (PTYs)"),
+        ];
+        for (feature, needed, what) in needs {
+            if needed && !live.features.contains(feature) {
+                return Err(Error::unsupported(&self.name(), what));
+            }
+        }
         Ok(Box::new(PluginProcess::start(live.session, spec).await?))
     }
 
     async fn fs(&self) -> Result<Arc<dyn FileSystem>> {
         let live = self.live().await?;
-        Ok(Arc::new(PluginFs::new(live.session, live.capabilities)))
+        Ok(Arc::new(PluginFs::new(
+            live.session,
+            live.capabilities,
+            live.features,
+        )))
     }
 
     async fn platform(&self) -> Result<Platform> {

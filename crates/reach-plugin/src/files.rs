@@ -1,6 +1,7 @@
 //! An adapter's files: each [`FileSystem`] operation is one request; reads and writes
 //! stream, flow-controlled like a command's output and input.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,8 @@ use crate::wire::Stream;
 pub(crate) struct PluginFs {
     session: Arc<Session>,
     capabilities: Capabilities,
+    /// The adapter's features: each file operation is asked only if it claims it.
+    features: Arc<BTreeSet<String>>,
 }
 
 /// A file's metadata as adapters send it.
@@ -70,14 +73,32 @@ impl Meta {
 }
 
 impl PluginFs {
-    pub(crate) fn new(session: Arc<Session>, capabilities: Capabilities) -> Self {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        capabilities: Capabilities,
+        features: Arc<BTreeSet<String>>,
+    ) -> Self {
         PluginFs {
             session,
             capabilities,
+            features,
+        }
+    }
+
+    /// `Unsupported`, without asking, for an operation the adapter did not claim.
+    fn claims(&self, op: &str) -> Result<()> {
+        if self.features.contains(op) {
+            Ok(())
+        } else {
+            Err(Error::unsupported(
+                self.session.name(),
+                &format!("the file operation `{op}`"),
+            ))
         }
     }
 
     async fn call(&self, op: &str, fields: Value) -> Result<Value> {
+        self.claims(op)?;
         self.session.request(op, fields, None).await
     }
 
@@ -103,6 +124,7 @@ impl PluginFs {
         options: WriteOptions,
         hash: bool,
     ) -> Result<(BoxWrite, TargetDigest)> {
+        self.claims("write")?;
         let (id, _, pipes) = self
             .session
             .open(
@@ -130,6 +152,7 @@ impl FileSystem for PluginFs {
     }
 
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
+        self.claims("read")?;
         let (id, _, pipes) = self.session.open("read", json!({"path": path})).await?;
         Ok(Box::pin(StreamReader::new(
             pipes.file,

@@ -397,3 +397,45 @@ async fn every_message_of_a_session_matches_the_schema() {
         assert!(!validator.is_valid(&bad), "the schema allowed {bad}");
     }
 }
+
+/// What an adapter does not claim in `--capabilities` is `Unsupported` without asking it:
+/// here one that runs commands and nothing else.
+#[tokio::test]
+async fn what_an_adapter_does_not_claim_is_never_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let heard = dir.path().join("heard");
+    let path = script_adapter(
+        dir.path(),
+        "bare",
+        &format!(
+            "#!/bin/sh\n{CAPABILITIES}read line\necho \"$line\" >> '{heard}'\n\
+             echo '{{\"id\":1,\"ok\":{{\"platform\":{{\"os\":\"linux\",\"arch\":\"x86_64\"}}}}}}'\n\
+             while read line; do echo \"$line\" >> '{heard}'; done\n",
+            heard = heard.display()
+        ),
+    );
+    let backend = backend(
+        "bare://x",
+        pinned("bare", &path, &[]),
+        Duration::from_secs(5),
+    );
+    let fs = backend.fs().await.unwrap();
+    let err = fs.read_dir("/").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("read_dir"), "{err}");
+    let err = reach_core::FileSystemExt::read(fs.as_ref(), "/etc/hostname")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    for spec in [
+        ExecSpec::shell("true").stdin(reach_core::StdinMode::Piped),
+        ExecSpec::shell("true").pty("xterm", reach_core::PtySize { rows: 2, cols: 2 }),
+    ] {
+        let err = backend.exec(spec).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    }
+    assert!(backend.connect_tcp("127.0.0.1", 9).await.is_err());
+    let heard = std::fs::read_to_string(&heard).unwrap();
+    assert_eq!(heard.lines().count(), 1, "the adapter was asked: {heard}");
+    assert!(heard.contains("\"op\":\"connect\""), "{heard}");
+}
