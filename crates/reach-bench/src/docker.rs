@@ -10,8 +10,8 @@ use reach_test::docker::ContainerFixture;
 use tokio::io::AsyncWriteExt;
 
 use crate::{
-    download, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload, Args,
-    Section, Series, Step,
+    download, exec_true, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload,
+    Args, Section, Series, Step,
 };
 
 /// Runs every Docker scenario in one busybox container.
@@ -28,21 +28,6 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
         throughput(args, &container, &backend, &rt)?,
         exec_streams(args, &container, &backend, &rt, reach_bin)?,
     ])
-}
-
-async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
-    let out = backend
-        .exec(ExecSpec::argv(["true"]))
-        .await
-        .map_err(|e| e.to_string())?
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`true` in the container gave {}", out.status))
-    }
 }
 
 fn exec_latency(

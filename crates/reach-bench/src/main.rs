@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use clap::Parser;
-use reach::{Backend, ExecSpec, FileSystem, WriteOptions};
+use reach::{Backend, ExecSpec, FileSystem, ProcessExt, WriteOptions};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 /// Benchmarks reach and writes docs/BENCHMARKS.md.
@@ -170,6 +170,26 @@ impl WarmDaemon {
 impl Drop for WarmDaemon {
     fn drop(&mut self) {
         let _ = self.reach().args(["connections", "stop"]).output();
+    }
+}
+
+/// Runs `true` on `backend` to its end; an error unless it succeeded.
+pub async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
+    let out = backend
+        .exec(ExecSpec::argv(["true"]))
+        .await
+        .map_err(|e| e.to_string())?
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`true` on `{}` gave {}",
+            backend.destination(),
+            out.status
+        ))
     }
 }
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reach::plugin::{AdapterConfig, PluginBackend, PluginOptions, PluginSettings, Trust};
-use reach::{Backend, Destination, ExecSpec, ProcessExt};
+use reach::{Backend, Destination};
 
 use crate::docker::{dd_argv, library_output};
-use crate::{runtime, throughput_rounds, time, Args, Section, Series, Step};
+use crate::{exec_true, runtime, throughput_rounds, time, Args, Section, Series, Step};
 
 /// `examples/plugins/reach-backend-demo`, pinned to its digest, serving `demo://bench`.
 fn demo_backend(root: &Path) -> Result<PluginBackend, String> {
@@ -52,21 +52,6 @@ pub fn run(args: &Args, _reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
         exec_latency(args, &rt, local.as_ref(), plugin.as_ref())?,
         output(args, &rt, local.as_ref(), plugin.as_ref())?,
     ])
-}
-
-async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
-    let out = backend
-        .exec(ExecSpec::argv(["true"]))
-        .await
-        .map_err(|e| e.to_string())?
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`true` gave {}", out.status))
-    }
 }
 
 fn exec_latency(

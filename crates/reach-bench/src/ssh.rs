@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use reach::ssh::{SshBackend, SshOptions};
-use reach::{Backend, Destination, ExecSpec, ProcessExt};
+use reach::{Backend, Destination};
 use reach_test::sshd::SshdFixture;
 
 use crate::{
-    download, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload, Args,
-    Section, Series, Step,
+    download, exec_true, make_source, run_ok, runtime, same_size, throughput_rounds, time, upload,
+    Args, Section, Series, Step,
 };
 
 /// The cipher both sides use in the throughput scenario (reach prefers it; OpenSSH is told).
@@ -28,21 +28,6 @@ fn options(sshd: &SshdFixture) -> SshOptions {
 fn backend(sshd: &SshdFixture) -> Result<SshBackend, String> {
     let destination = Destination::parse(&sshd.destination()).map_err(|e| e.to_string())?;
     SshBackend::new(destination, options(sshd)).map_err(|e| e.to_string())
-}
-
-async fn exec_true(ssh: &dyn Backend) -> Result<(), String> {
-    let out = ssh
-        .exec(ExecSpec::argv(["true"]))
-        .await
-        .map_err(|e| e.to_string())?
-        .output()
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`true` over ssh gave {}", out.status))
-    }
 }
 
 /// OpenSSH's options for this server, as `-o` flags (for ssh, scp and sftp alike).
