@@ -167,6 +167,16 @@ macro_rules! conformance_suite {
         /// `reach_test::conformance::CHECKS` so that none is left out.
         #[allow(dead_code)]
         pub const GENERATED_CHECKS: &[&str] = &[$(stringify!($name)),*];
+
+        /// No check of the suite is left out of this instance.
+        #[test]
+        fn every_check_is_generated() {
+            let all: Vec<&str> = $crate::conformance::CHECKS
+                .iter()
+                .map(|(name, _)| *name)
+                .collect();
+            assert_eq!(GENERATED_CHECKS, all.as_slice());
+        }
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {

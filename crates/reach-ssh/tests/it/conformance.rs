@@ -25,12 +25,3 @@ async fn fixture() -> Option<PeerFixture<SshdFixture>> {
 }
 
 reach_test::conformance_suite!(fixture());
-
-#[test]
-fn every_check_is_generated() {
-    let all: Vec<&str> = reach_test::conformance::CHECKS
-        .iter()
-        .map(|(name, _)| *name)
-        .collect();
-    assert_eq!(GENERATED_CHECKS, all.as_slice());
-}
