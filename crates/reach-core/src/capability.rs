@@ -18,6 +18,8 @@ pub enum BackendKind {
     Ssh,
     /// A container through the Docker Engine API (`reach-docker`).
     Docker,
+    /// A root file system on this host, entered with `proot` (`reach-proot`).
+    Proot,
     /// A program that speaks reach's plugin protocol (`reach-plugin`); it serves whichever
     /// scheme it is configured for, so its name here is `plugin`.
     Plugin,
@@ -25,10 +27,11 @@ pub enum BackendKind {
 
 impl BackendKind {
     /// Every kind, in declaration order.
-    pub const ALL: [BackendKind; 4] = [
+    pub const ALL: [BackendKind; 5] = [
         BackendKind::Local,
         BackendKind::Ssh,
         BackendKind::Docker,
+        BackendKind::Proot,
         BackendKind::Plugin,
     ];
 
@@ -39,6 +42,7 @@ impl BackendKind {
             BackendKind::Local => "local",
             BackendKind::Ssh => "ssh",
             BackendKind::Docker => "docker",
+            BackendKind::Proot => "proot",
             BackendKind::Plugin => "plugin",
         }
     }

@@ -66,6 +66,9 @@ impl Destination {
             }
             None => (default_scheme.to_owned(), input),
         };
+        if scheme == "proot" {
+            return Destination::parse_proot(input, rest, problems);
+        }
         if let Some((_, path)) = rest.split_once('/') {
             problems.push(format!(
                 "unexpected path `/{path}` (file arguments take `DEST:PATH`)"
@@ -106,6 +109,37 @@ impl Destination {
                 ),
             ))
         }
+    }
+
+    /// `proot://ROOT`: everything after the scheme is the root file system's directory on
+    /// this host (absolute, or relative to the working directory); it may not hold `:`,
+    /// which separates it from a path in a file argument.
+    fn parse_proot(input: &str, root: &str, mut problems: Vec<String>) -> Result<Self> {
+        if root.is_empty() {
+            problems.push("the root directory is missing".to_owned());
+        }
+        if root.contains(':') {
+            problems.push(format!(
+                "`{root}` contains `:`, which separates a root from a path in file arguments"
+            ));
+        }
+        if problems.is_empty() {
+            return Ok(Destination {
+                scheme: "proot".to_owned(),
+                user: None,
+                host: root.to_owned(),
+                port: None,
+            });
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "invalid destination `{}`: {}; expected `proot://DIR` (a root file system on \
+                 this host)",
+                input.escape_debug(),
+                problems.join("; ")
+            ),
+        ))
     }
 
     fn parse_user<'a>(&mut self, authority: &'a str, problems: &mut Vec<String>) -> &'a str {
@@ -327,6 +361,16 @@ impl Location {
             if !scheme.contains('/') && !is_valid_scheme(scheme) {
                 return Err(invalid(&format!("`{scheme}` is not a scheme name")));
             }
+            if scheme.eq_ignore_ascii_case("proot") {
+                // `proot://ROOT:PATH`: the root is a host path, so only `:` ends it.
+                let Some((root, path)) = rest.split_once(':') else {
+                    return Err(invalid("expected `proot://ROOT:PATH`"));
+                };
+                let destination = Destination::parse(&format!("proot://{root}"))
+                    .map_err(|e| invalid(e.message()))?;
+                let path = login_relative(path).map_err(invalid)?;
+                return Ok(Location { destination, path });
+            }
             if is_valid_scheme(scheme) {
                 // `scheme://host:PATH`, scp style after the scheme, unless what follows the
                 // `:` is a port (`ssh://h:2222/srv`).
@@ -468,6 +512,27 @@ mod tests {
         assert_eq!(d.scheme(), "nosuch");
         let d = Destination::parse_with_default("h:5", "docker").map(|d| d.scheme().to_owned());
         assert!(d.is_err(), "docker names take no port");
+    }
+
+    /// A proot root is a host directory: slashes are its own, `:` starts a file's path.
+    #[test]
+    fn proot_roots_are_host_directories() {
+        let d = ok("proot:///srv/roots/debian");
+        assert_eq!((d.scheme(), d.host()), ("proot", "/srv/roots/debian"));
+        assert_eq!(d.to_string(), "proot:///srv/roots/debian");
+        assert_eq!(ok("proot://./rootfs").host(), "./rootfs");
+        assert!(err("proot://").contains("root directory is missing"));
+        let at = Location::parse("proot:///srv/root:/etc/passwd").unwrap();
+        assert_eq!(
+            (at.destination.host(), at.path.as_str()),
+            ("/srv/root", "/etc/passwd")
+        );
+        let at = Location::parse("proot://rootfs:notes.txt").unwrap();
+        assert_eq!(
+            (at.destination.host(), at.path.as_str()),
+            ("rootfs", "notes.txt")
+        );
+        assert!(Location::parse("proot:///srv/root").is_err());
     }
 
     #[test]

@@ -166,6 +166,15 @@ pub fn busybox_image() -> io::Result<String> {
     }
     let dir = tempfile::tempdir()?;
     let root = dir.path();
+    busybox_rootfs(root)?;
+    import(root, &tag, r#"["/bin/sh"]"#)?;
+    Ok(tag)
+}
+
+/// Fills `root` with a minimal root file system: Debian's static busybox and a link for
+/// each of its applets in `/bin`, `/etc/passwd` and `/etc/group` (root, and `reach` with uid
+/// 1000), a sticky `/tmp`, and empty `/root`, `/home/reach`, `/proc`, `/sys`, `/dev`.
+pub fn busybox_rootfs(root: &Path) -> io::Result<()> {
     for sub in [
         "bin",
         "etc",
@@ -190,8 +199,7 @@ pub fn busybox_image() -> io::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     std::os::unix::fs::chown(root.join("home/reach"), Some(1000), Some(1000)).ok();
-    import(root, &tag, r#"["/bin/sh"]"#)?;
-    Ok(tag)
+    Ok(())
 }
 
 /// An image made from `base` with host files added at the same paths (symlinks followed: a
