@@ -233,6 +233,17 @@ pub struct ConnArgs {
     /// when its SHA-256 matches.
     #[arg(long = "allow-unpinned-plugin", global = true)]
     pub allow_unpinned_plugin: bool,
+    /// proot: make a host path visible inside the root file system (`HOST:GUEST`, or
+    /// `PATH` at the same place); repeatable.
+    #[arg(long = "proot-bind", value_name = "HOST:GUEST", global = true)]
+    pub proot_bind: Vec<String>,
+    /// proot: commands see themselves as root (uid 0), as `proot -0`.
+    #[arg(long = "proot-fake-root", global = true)]
+    pub proot_fake_root: bool,
+    /// proot: run a root file system of another architecture with this `qemu-<arch>`
+    /// emulator (from `qemu-user-static`), as `proot -q`.
+    #[arg(long = "proot-qemu", value_name = "PROGRAM", global = true)]
+    pub proot_qemu: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,8 @@
 //!   `ssh://[user@]host[:port]` and the bare `[user@]host[:port]` resolve to it.
 //! - `docker` (default): running containers through the Docker Engine API, from
 //!   `reach-docker` (re-exported as [`docker`]); `docker://[user@]container`.
+//! - `proot` (default): a root file system on this host, entered with Debian's `proot`
+//!   (`proot://DIR`), from `reach-proot` (re-exported as [`proot`]).
 //! - `plugin` (default): every other scheme, served by the user's pinned adapter
 //!   `reach-backend-<scheme>` (from `reach-plugin`, re-exported as [`plugin`];
 //!   docs/PLUGINS.md).
@@ -38,6 +40,8 @@ pub use reach_core::*;
 pub use reach_docker as docker;
 #[cfg(feature = "plugin")]
 pub use reach_plugin as plugin;
+#[cfg(feature = "proot")]
+pub use reach_proot as proot;
 #[cfg(feature = "ssh")]
 pub use reach_ssh as ssh;
 /// Copies between any two targets: streamed, verified, atomic, resumable (`reach-transfer`).
@@ -56,6 +60,9 @@ pub struct ConnectOptions {
     /// Settings for `docker` destinations.
     #[cfg(feature = "docker")]
     pub docker: reach_docker::DockerOptions,
+    /// Settings for `proot` destinations.
+    #[cfg(feature = "proot")]
+    pub proot: reach_proot::ProotOptions,
     /// Settings for destinations served by plugin adapters.
     #[cfg(feature = "plugin")]
     pub plugin: reach_plugin::PluginOptions,
@@ -73,7 +80,11 @@ pub struct Registry {
 }
 
 /// Schemes that reach will serve but this build does not.
-const PLANNED: &[(&str, &str)] = &[("ssh", "the SSH backend"), ("docker", "the Docker backend")];
+const PLANNED: &[(&str, &str)] = &[
+    ("ssh", "the SSH backend"),
+    ("docker", "the Docker backend"),
+    ("proot", "the proot backend"),
+];
 
 impl Registry {
     /// An empty registry.
@@ -111,6 +122,16 @@ impl Registry {
                 Ok(Arc::new(reach_docker::DockerBackend::new(
                     destination.clone(),
                     docker.clone(),
+                )?) as Arc<dyn Backend>)
+            });
+        }
+        #[cfg(feature = "proot")]
+        {
+            let proot = options.proot.clone();
+            registry.register("proot", move |destination| {
+                Ok(Arc::new(reach_proot::ProotBackend::new(
+                    destination.clone(),
+                    proot.clone(),
                 )?) as Arc<dyn Backend>)
             });
         }

@@ -84,6 +84,16 @@ fn connect_options(conn: &ConnArgs) -> reach::ConnectOptions {
         options.plugin.settings = settings;
     }
     options.plugin.allow_unpinned = conn.allow_unpinned_plugin;
+    options.proot.binds = conn
+        .proot_bind
+        .iter()
+        .map(|bind| match bind.split_once(':') {
+            Some((host, guest)) => (std::path::PathBuf::from(host), guest.to_owned()),
+            None => (std::path::PathBuf::from(bind), bind.clone()),
+        })
+        .collect();
+    options.proot.fake_root = conn.proot_fake_root;
+    options.proot.qemu = conn.proot_qemu.clone();
     if let Some(limit) = conn.connect_timeout {
         options.plugin.connect_timeout = limit;
     }
