@@ -10,6 +10,7 @@ mod files;
 mod forward;
 mod install;
 mod plugin;
+mod proot;
 mod serve;
 mod ssh;
 
