@@ -18,6 +18,8 @@
 //! - `fanout` (needs root, sshd, parallel-ssh and ansible): `true` on 50 and 500 distinct
 //!   SSH targets (32 sshd servers on 16 loopback addresses each) with `reach exec -H` vs
 //!   `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`.
+//! - `proot` (needs proot and busybox-static): `true` through `reach exec proot://` against
+//!   proot run directly on the same root file system.
 //! - `plugin` (needs python3): exec latency and a large stdout through the Python reference
 //!   adapter against the `local` backend doing the same on the same host.
 
@@ -102,6 +104,7 @@ mod cp;
 mod docker;
 mod fanout;
 mod plugin;
+mod proot;
 mod serve;
 mod ssh;
 
@@ -460,7 +463,7 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 7] = [
+    let scenarios: [(&str, Scenario); 8] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
@@ -468,6 +471,7 @@ fn main() {
         ("serve", serve::run),
         ("fanout", fanout::run),
         ("plugin", plugin::run),
+        ("proot", proot::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {

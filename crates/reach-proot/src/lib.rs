@@ -5,10 +5,10 @@
 //! - [`ProotBackend`]: the backend; [`ProotOptions`]: where `proot` is, binds, fake root,
 //!   `qemu` for foreign root file systems.
 //! - Commands are `proot -r DIR -w CWD [-0] -b /dev -b /proc -b /sys [-b HOST:GUEST]...
-//!   [-q QEMU] COMMAND`, run by the
+//!   [-q QEMU] -v 1 COMMAND`, run by the
 //!   local backend, so that process groups, PTYs, timeouts, signals and flow control are the
-//!   local backend's. proot reports a command killed by a signal as exit 255 plus a line on
-//!   stderr; that line is taken out of the stream and the exit reported as the signal.
+//!   local backend's. proot's own exit status is not the command's (see `status`): its
+//!   report of every process's end is read from its stderr and taken out of the stream.
 #![deny(missing_docs)]
 
 mod fs;
@@ -148,9 +148,8 @@ impl ProotBackend {
         .with_subject(Subject::Command))
     }
 
-    /// The local command that runs `spec` inside the root, and whether proot will report
-    /// its end (see `status`).
-    fn command(&self, mut spec: ExecSpec) -> Result<(ExecSpec, bool)> {
+    /// The local command that runs `spec` inside the root.
+    fn command(&self, mut spec: ExecSpec) -> Result<ExecSpec> {
         let cwd = spec.cwd.clone().unwrap_or_else(|| self.home.clone());
         let cwd_host = self.root.resolve(&self.home, &cwd, true)?;
         if !cwd_host.is_dir() {
@@ -193,7 +192,11 @@ impl ProotBackend {
             argv.push("-q".to_owned());
             argv.push(qemu.clone());
         }
-        let command: Vec<String> = match &spec.command {
+        // proot reports every traced process's end (see `status`); a shell command names
+        // its pid first, with no process more.
+        argv.extend(["-v".to_owned(), "1".to_owned()]);
+        let marker = format!("echo \"{} $$\" >&2", status::MARKER);
+        match &spec.command {
             CommandLine::Argv(words) => {
                 let program = words
                     .first()
@@ -205,34 +208,29 @@ impl ProotBackend {
                     .find(|(k, _)| k == "PATH")
                     .map_or(GUEST_PATH, |(_, v)| v.as_str());
                 self.check_program(program, path)?;
-                words.clone()
+                argv.extend(words.iter().cloned());
             }
             CommandLine::Shell(line) => {
                 self.check_program("/bin/sh", GUEST_PATH)?;
-                vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()]
+                argv.extend([
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("{marker}\n{line}"),
+                ]);
             }
             CommandLine::LoginShell => {
                 self.check_program("/bin/sh", GUEST_PATH)?;
-                vec!["/bin/sh".to_owned(), "-l".to_owned()]
+                argv.extend([
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("{marker}; exec /bin/sh -l"),
+                ]);
             }
-        };
-        let reported = self.executable("/bin/sh");
-        if reported {
-            // proot reports every traced process's end; the shell names its pid, which the
-            // command keeps (`exec`), so that its end is told from the others'.
-            argv.extend(["-v".to_owned(), "1".to_owned()]);
-            argv.extend([
-                "/bin/sh".to_owned(),
-                "-c".to_owned(),
-                format!("echo \"{} $$\" >&2; exec \"$@\"", status::MARKER),
-                "sh".to_owned(),
-            ]);
         }
-        argv.extend(command);
         spec.command = CommandLine::Argv(argv);
         // The working directory is proot's `-w`; proot itself starts in the root.
         spec.cwd = Some(self.root.dir().to_string_lossy().into_owned());
-        Ok((spec, reported))
+        Ok(spec)
     }
 }
 
@@ -280,9 +278,9 @@ impl Backend for ProotBackend {
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>> {
         let pty = spec.pty.is_some();
-        let (command, reported) = self.command(spec)?;
+        let command = self.command(spec)?;
         let inner = self.local.exec(command).await?;
-        Ok(Box::new(ProotProcess::new(inner, pty, reported)))
+        Ok(Box::new(ProotProcess::new(inner, pty)))
     }
 
     async fn fs(&self) -> Result<Arc<dyn FileSystem>> {

@@ -1,5 +1,5 @@
-//! A command under proot: the local process of `proot` itself, its output passed through
-//! [`StatusFilter`] so that a death by signal is reported as one.
+//! A command under proot: the local process of `proot` itself, its stderr (or terminal)
+//! passed through [`StatusFilter`], whose report of the command's end `wait` returns.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -11,10 +11,6 @@ use reach_core::{BoxRead, ExitStatus, Process, PtySize, Result, Signal, Streams}
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::status::{Ended, StatusFilter};
-
-/// The exit code proot gives when no traced process exited normally (its command was killed
-/// by a signal).
-const KILLED: i32 = 255;
 
 /// A stream of proot's (its command's stderr, or the terminal) with proot's status lines
 /// taken out.
@@ -79,9 +75,6 @@ pub(crate) struct ProotProcess {
     /// Whether the filtered stream has ended; its sender went with the stream.
     done: tokio::sync::watch::Receiver<bool>,
     pty: bool,
-    /// proot reports every end (`-v 1`, with the marker): its own exit status is not the
-    /// command's.
-    reported: bool,
 }
 
 impl std::fmt::Debug for ProotProcess {
@@ -93,7 +86,7 @@ impl std::fmt::Debug for ProotProcess {
 impl ProotProcess {
     /// Wraps the local process of `proot`; `pty`: its terminal output (stdout) carries
     /// proot's lines, else its stderr does.
-    pub(crate) fn new(inner: Box<dyn Process>, pty: bool, reported: bool) -> Self {
+    pub(crate) fn new(inner: Box<dyn Process>, pty: bool) -> Self {
         let report = Arc::new(Mutex::new(None));
         let (done_tx, done) = tokio::sync::watch::channel(false);
         let filtered = |stream: Option<BoxRead>| {
@@ -122,7 +115,6 @@ impl ProotProcess {
             report,
             done,
             pty,
-            reported,
         }
     }
 }
@@ -135,29 +127,26 @@ impl Process for ProotProcess {
 
     async fn wait(&self) -> Result<ExitStatus> {
         let status = self.inner.wait().await?;
-        if !self.reported && status != ExitStatus::Code(KILLED) {
-            return Ok(status);
-        }
-        // proot has exited: its report is in the stream it shares with the command, which
-        // ends unless something the command started keeps it open (not waited for long).
-        if lock(&self.report).is_none() {
-            let untaken = if self.pty {
-                self.streams.take_stdout()
-            } else {
-                self.streams.take_stderr()
-            };
-            let limit = std::time::Duration::from_secs(2);
-            match untaken {
-                // Nobody took it: read it here, for the report.
-                Some(mut stream) => {
-                    let mut sink = Vec::new();
-                    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut sink)).await;
-                }
-                // Its reader is reading it: wait for the end it reaches.
-                None => {
-                    let mut done = self.done.clone();
-                    let _ = tokio::time::timeout(limit, done.wait_for(|ended| *ended)).await;
-                }
+
+        // proot has exited: its report is in the stream it shares with the command, whose
+        // end it is (the last line is the last process's end), unless something the command
+        // started keeps the stream open (not waited for long).
+        let untaken = if self.pty {
+            self.streams.take_stdout()
+        } else {
+            self.streams.take_stderr()
+        };
+        let limit = std::time::Duration::from_secs(2);
+        match untaken {
+            // Nobody took it: read it here, for the report.
+            Some(mut stream) => {
+                let mut sink = Vec::new();
+                let _ = tokio::time::timeout(limit, stream.read_to_end(&mut sink)).await;
+            }
+            // Its reader is reading it: wait for the end it reaches.
+            None => {
+                let mut done = self.done.clone();
+                let _ = tokio::time::timeout(limit, done.wait_for(|ended| *ended)).await;
             }
         }
         Ok(match *lock(&self.report) {

@@ -32,17 +32,40 @@ pub(crate) struct StatusFilter {
     held: Vec<u8>,
     main: Option<u32>,
     ended: Option<Ended>,
+    /// The end of the process that ended last, for a command that named no pid.
+    last: Option<Ended>,
+    /// Inside proot's `argv = ...` line, which goes on over as many lines as the command
+    /// line has; it ends where proot's next line (`initial cwd`) starts, before the command
+    /// runs.
+    in_argv: bool,
 }
 
 impl StatusFilter {
-    /// How the command ended, if proot said.
+    /// How the command ended, if proot said: the end of the process the marker named, or
+    /// without a marker the end of the process that ended last.
     pub(crate) fn ended(&self) -> Option<Ended> {
-        self.ended
+        match self.main {
+            Some(_) => self.ended,
+            None => self.last,
+        }
     }
 
     /// Filters `input` into `out`.
     pub(crate) fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
+            if self.in_argv {
+                let byte = input[0];
+                input = &input[1..];
+                self.held.push(byte);
+                if byte == b'\n' {
+                    if self.held.starts_with(INFO) {
+                        self.in_argv = false;
+                        self.line();
+                    }
+                    self.held.clear();
+                }
+                continue;
+            }
             if self.held.is_empty() {
                 // Everything up to the next byte that could start a line of proot's.
                 let next = input
@@ -88,6 +111,10 @@ impl StatusFilter {
             return;
         };
         let text = text.trim_end_matches(['\r', '\n']);
+        if text.starts_with("proot info: argv = ") {
+            self.in_argv = true;
+            return;
+        }
         if let Some(pid) = text.strip_prefix(MARKER) {
             self.main = pid.trim().parse().ok();
             return;
@@ -108,13 +135,10 @@ impl StatusFilter {
         } else {
             None
         };
-        // Without the marker (no shell in the root), proot's own report of a signal is the
-        // best there is: at its default verbosity it names only a death by signal.
         if let Some(ended) = ended {
-            match self.main {
-                Some(main) if main == pid => self.ended = Some(ended),
-                None if matches!(ended, Ended::Signal(_)) => self.ended = Some(ended),
-                _ => {}
+            self.last = Some(ended);
+            if self.main == Some(pid) {
+                self.ended = Some(ended);
             }
         }
     }
@@ -153,9 +177,25 @@ mod tests {
             (out.as_slice(), ended),
             (&b"hi\r\n"[..], Some(Ended::Code(3)))
         );
-        // proot's default verbosity, no marker: only a death by signal is named.
-        let (_, ended) = through(&[b"proot info: pid 9: terminated with signal 2\n"]);
-        assert_eq!(ended, Some(Ended::Signal(2)));
+        // No marker: the process that ended last.
+        let (_, ended) = through(&[
+            b"proot info: pid 9: terminated with signal 2\n",
+            b"proot info: pid 8: exited with status 0\n",
+        ]);
+        assert_eq!(ended, Some(Ended::Code(0)));
+    }
+
+    #[test]
+    fn a_command_line_of_many_lines_is_taken_out_with_proots_header() {
+        let (out, ended) = through(&[
+            b"proot info: exe = /bin/sh\nproot info: argv = /bin/sh -c echo 1\nline two\n",
+            b"line three\nproot info: initial cwd = /\nproot info: reach main pid 4\n",
+            b"two\nproot info: pid 4: exited with status 0\n",
+        ]);
+        assert_eq!(
+            (out.as_slice(), ended),
+            (&b"two\n"[..], Some(Ended::Code(0)))
+        );
     }
 
     #[test]
