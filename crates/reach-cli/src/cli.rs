@@ -98,6 +98,11 @@ pub enum Command {
     /// PATH, never from a reach.toml in the working directory. An adapter runs only when its
     /// digest matches its pin, unless unpinned ones are allowed (--allow-unpinned-plugin).
     Plugin(PluginArgs),
+    /// Move a root file system in or out of a target as a tar stream, keeping owners,
+    /// modes, hard links, symbolic links, device nodes and extended attributes where the
+    /// target allows (local, ssh (GNU tar there), docker (a whole container, through the
+    /// engine), proot).
+    Rootfs(RootfsArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// bash: `source <(reach completions bash)`, or save it as
@@ -134,6 +139,31 @@ pub enum PluginAction {
         scheme: String,
         /// The adapter's file.
         path: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsArgs {
+    #[command(subcommand)]
+    pub action: RootfsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootfsAction {
+    /// Write the tree at DEST[:PATH] (`/` when no path is given) to FILE.tar, or to stdout
+    /// with `-`. The file appears only once the whole tree is in it.
+    Export {
+        /// `docker://NAME`, `proot:///srv/root`, `host:/srv/root`, `/srv/root` ...
+        source: String,
+        /// The tar file to write, or `-` for stdout.
+        file: String,
+    },
+    /// Unpack FILE.tar (or stdin with `-`) into DEST:PATH, made if missing.
+    Import {
+        /// The tar file to read, or `-` for stdin.
+        file: String,
+        /// `proot:///srv/root:/`, `host:/srv/new-root`, `docker://NAME:/` ...
+        destination: String,
     },
 }
 

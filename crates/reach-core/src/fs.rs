@@ -222,6 +222,29 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
             "no tree download on this backend",
         ))
     }
+    /// The root file system (or any tree) under `dir` as a tar stream that keeps what a
+    /// root file system needs: owners (numeric), modes, mtimes, hard links, symbolic links,
+    /// device nodes, FIFOs and extended attributes, as far as the target can read them.
+    /// Entries are relative to `dir`. The stream fails if packing does.
+    /// [`crate::ErrorKind::Unsupported`] by default.
+    async fn export_rootfs(&self, dir: &str) -> Result<BoxRead> {
+        let _ = dir;
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no root file system export on this backend",
+        ))
+    }
+    /// Unpacks a tar stream into `dir` (made if missing) keeping what
+    /// [`FileSystem::export_rootfs`] keeps, where the target allows it (owners and device
+    /// nodes need root there). Entries may not leave `dir`.
+    /// [`crate::ErrorKind::Unsupported`] by default, returned before reading the archive.
+    async fn import_rootfs(&self, dir: &str, archive: BoxRead) -> Result<()> {
+        let _ = (dir, archive);
+        Err(Error::new(
+            crate::ErrorKind::Unsupported,
+            "no root file system import on this backend",
+        ))
+    }
     /// The SHA-256 of every regular file under `dir`, computed on the target, with its path
     /// relative to `dir` (`sub/name`). [`crate::ErrorKind::Unsupported`] by default.
     async fn sha256_tree(&self, dir: &str) -> Result<Vec<(String, [u8; 32])>> {

@@ -161,6 +161,16 @@ impl FileSystem for DockerFs {
         }
     }
 
+    async fn export_rootfs(&self, dir: &str) -> Result<BoxRead> {
+        crate::rootfs::export(&self.conn, dir)
+    }
+
+    async fn import_rootfs(&self, dir: &str, archive: BoxRead) -> Result<()> {
+        let abs = self.abs(dir).await;
+        self.create_dir_all(&abs).await?;
+        crate::rootfs::import(&self.conn, &abs, archive).await
+    }
+
     async fn open_read(&self, path: &str) -> Result<BoxRead> {
         let abs = self.abs(path).await;
         if let Some(agent) = self.conn.agent().await {

@@ -33,6 +33,7 @@ mod image;
 mod lifecycle;
 mod ops;
 mod process;
+mod rootfs;
 mod tunnel;
 mod upload;
 use reach_tar as tar;

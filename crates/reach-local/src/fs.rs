@@ -197,6 +197,14 @@ impl FileSystem for LocalFs {
             .map_err(|e| err("create symlink", link, e))
     }
 
+    async fn export_rootfs(&self, dir: &str) -> Result<BoxRead> {
+        crate::rootfs::export(std::path::Path::new(dir))
+    }
+
+    async fn import_rootfs(&self, dir: &str, archive: BoxRead) -> Result<()> {
+        crate::rootfs::import(std::path::Path::new(dir), archive).await
+    }
+
     async fn home_dir(&self) -> Result<String> {
         Ok(crate::current_user().dir.to_string_lossy().into_owned())
     }

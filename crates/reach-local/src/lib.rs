@@ -15,6 +15,7 @@
 mod fs;
 mod process;
 mod pty;
+pub mod rootfs;
 mod write;
 
 use std::sync::Arc;

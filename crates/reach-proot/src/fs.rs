@@ -143,6 +143,16 @@ impl FileSystem for RootFs {
         self.guest(self.local.symlink(target, &host).await)
     }
 
+    async fn export_rootfs(&self, dir: &str) -> Result<BoxRead> {
+        let host = self.at(dir)?;
+        self.guest(self.local.export_rootfs(&host).await)
+    }
+
+    async fn import_rootfs(&self, dir: &str, archive: BoxRead) -> Result<()> {
+        let host = self.at(dir)?;
+        self.guest(self.local.import_rootfs(&host, archive).await)
+    }
+
     async fn home_dir(&self) -> Result<String> {
         Ok(self.home.clone())
     }

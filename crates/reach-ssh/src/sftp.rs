@@ -612,6 +612,16 @@ impl FileSystem for SftpFs {
         crate::tree::read_tree(exec, &self.addr, &remote(dir)).await
     }
 
+    async fn export_rootfs(&self, dir: &str) -> Result<BoxRead> {
+        let exec = self.tree_exec().await?;
+        crate::tree::export_rootfs(exec, &self.addr, &remote(dir)).await
+    }
+
+    async fn import_rootfs(&self, dir: &str, archive: BoxRead) -> Result<()> {
+        let exec = self.tree_exec().await?;
+        crate::tree::import_rootfs(exec, &self.addr, &remote(dir), archive).await
+    }
+
     async fn sha256_tree(&self, dir: &str) -> Result<Vec<(String, [u8; 32])>> {
         let exec = self.tree_exec().await?;
         crate::tree::sha256_tree(exec, &self.addr, &remote(dir)).await

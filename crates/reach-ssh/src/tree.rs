@@ -340,12 +340,57 @@ pub(crate) async fn read_tree(exec: &RemoteExec, addr: &str, dir: &str) -> Resul
         "cd -- {} && exec tar --hard-dereference -cf - .",
         shell_quote(dir)
     );
+    packed(exec, addr, line, format!("pack `{dir}`")).await
+}
+
+/// GNU tar's flags that keep a root file system whole: numeric owners, and every extended
+/// attribute (capabilities, SELinux labels) both ways.
+const ROOTFS_FLAGS: &str = "--numeric-owner --xattrs --xattrs-include='*'";
+
+/// Packs the root file system under `dir` with the server's GNU tar (hard links as links,
+/// devices, owners, attributes).
+pub(crate) async fn export_rootfs(exec: &RemoteExec, addr: &str, dir: &str) -> Result<BoxRead> {
+    let line = format!(
+        "cd -- {} && exec tar {ROOTFS_FLAGS} -cf - .",
+        shell_quote(dir)
+    );
+    packed(exec, addr, line, format!("export `{dir}`")).await
+}
+
+/// Unpacks a root file system into `dir` (made if missing) with the server's GNU tar, which
+/// keeps owners when it runs as root.
+pub(crate) async fn import_rootfs(
+    exec: &RemoteExec,
+    addr: &str,
+    dir: &str,
+    mut archive: BoxRead,
+) -> Result<()> {
+    let line = format!(
+        "mkdir -p -- {0} && cd -- {0} && exec tar {ROOTFS_FLAGS} -xpf -",
+        shell_quote(dir)
+    );
+    let process = start(exec, addr, line, true).await?;
+    let mut stdin = process
+        .take_stdin()
+        .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdin"))?;
+    let fed = feed(&mut archive, &mut stdin).await;
+    drop(stdin);
+    let out = process.output().await?;
+    let what = format!("import into `{dir}`");
+    if !out.status.success() {
+        return Err(failure(addr, &what, &out.stderr));
+    }
+    fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))
+}
+
+/// The stdout of the remote command `line` as a stream that fails when the command does.
+async fn packed(exec: &RemoteExec, addr: &str, line: String, what: String) -> Result<BoxRead> {
     let process = start(exec, addr, line, false).await?;
     let mut stdout = process
         .take_stdout()
         .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdout"))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
-    let (addr, what) = (addr.to_owned(), format!("pack `{dir}`"));
+    let addr = addr.to_owned();
     tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
         loop {

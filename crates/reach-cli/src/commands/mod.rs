@@ -10,6 +10,7 @@ mod forward;
 mod generate;
 mod info;
 mod plugin;
+mod rootfs;
 mod serve;
 
 use std::ffi::OsString;
@@ -154,6 +155,7 @@ async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
         Command::Serve(args) => serve::serve(args).await,
         Command::Connections(args) => connections::connections(args, json).await,
         Command::Plugin(args) => plugin::plugin(args, json, &cli.conn).await,
+        Command::Rootfs(args) => rootfs::rootfs(args, json).await,
         Command::Completions(_) | Command::Manpage(_) => Ok(0),
     }
 }

@@ -11,6 +11,7 @@ mod forward;
 mod install;
 mod plugin;
 mod proot;
+mod rootfs;
 mod serve;
 mod ssh;
 
