@@ -66,28 +66,47 @@ fn unpack(dir: &Path, reader: impl io::Read) -> io::Result<()> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
-    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+    archive.set_preserve_ownerships(running_as_root());
     archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
-    let root = nix::unistd::geteuid().is_root();
+    let root = running_as_root();
     let mut directories = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let kind = entry.header().entry_type();
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            special(dir, &entry, root)?;
-        } else if kind.is_dir() {
+        if kind.is_dir() {
             // Their modes and times last, once what they hold is in (a read-only
             // directory would refuse its own contents).
             directories.push(entry);
         } else {
-            entry.unpack_in(dir)?;
+            unpack_entry(dir, &mut entry, root)?;
         }
     }
     for mut entry in directories.into_iter().rev() {
         entry.unpack_in(dir)?;
     }
     Ok(())
+}
+
+/// Whether this process may keep owners and make device nodes.
+pub fn running_as_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Unpacks one entry of an archive into `dir` (kept inside it): device nodes and FIFOs with
+/// `mknod` (the `tar` crate writes them as empty files), everything else by the `tar`
+/// crate, with the options of its archive. `root`: keep the entry's owner on a node.
+pub fn unpack_entry<R: io::Read>(
+    dir: &Path,
+    entry: &mut tar::Entry<'_, R>,
+    root: bool,
+) -> io::Result<()> {
+    let kind = entry.header().entry_type();
+    if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+        special(dir, entry, root)
+    } else {
+        entry.unpack_in(dir).map(drop)
+    }
 }
 
 /// A device node or FIFO, made with `mknod` (devices need root), with its owner (as root),

@@ -6,6 +6,7 @@
 //!   [`conformance_suite!`] macro turns them into one `#[tokio::test]` per check for a fixture.
 //! - [`sshd::SshdFixture`]: a real OpenSSH `sshd` on a random loopback port.
 //! - [`docker`]: the Docker engine, test images built on the spot, throwaway containers.
+//! - [`registry`]: Debian's `docker-registry` on a loopback port, layered images pushed to it.
 //! - [`broken`]: a backend wrapper with one deliberate defect, used to show that every check
 //!   can fail.
 //! - [`require_real`] / [`skip`]: a test whose real peer is missing fails when
@@ -16,6 +17,7 @@ pub mod broken;
 pub mod conformance;
 pub mod docker;
 mod fixture;
+pub mod registry;
 pub mod sshd;
 
 pub use fixture::{Fixture, LocalFixture, PeerFixture};

@@ -1,0 +1,205 @@
+//! `reach pull` against Debian's real registry on a loopback port, with a layered image
+//! pushed by the real `docker push`, compared with what `skopeo copy` + `umoci unpack` make
+//! of the same image.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::process::Command;
+
+use reach_core::ErrorKind;
+use reach_oci::{pull, PullOptions};
+use reach_test::registry::{layered_image, tree_listing, RegistryFixture};
+
+fn options(registry: &RegistryFixture, cache: &Path) -> PullOptions {
+    PullOptions {
+        insecure_registries: vec![registry.address()],
+        cache: Some(cache.to_owned()),
+        docker_config: Some(cache.join("no-docker-config.json")),
+        ..PullOptions::default()
+    }
+}
+
+fn tools_or_skip(test: &str) -> bool {
+    if !reach_test::registry::available_or_skip(test) {
+        return false;
+    }
+    for tool in ["skopeo", "umoci"] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            reach_test::skip(
+                test,
+                &format!("{tool} is not installed (apt-get install {tool})"),
+            );
+            return false;
+        }
+    }
+    true
+}
+
+fn run(command: &mut Command) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The pulled tree is umoci's tree, entry for entry: whiteouts and opaque directories
+/// applied, owners, modes, links and contents kept; the image config is saved beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layered_image_pulls_to_the_same_tree_as_skopeo_and_umoci() {
+    if !tools_or_skip("reach pull") {
+        return;
+    }
+    let registry = RegistryFixture::start().unwrap();
+    let image = registry
+        .push(&layered_image(0).unwrap(), "reach-test/layers:1")
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("rootfs");
+    let report = pull(
+        &image,
+        &dir,
+        &options(&registry, &work.path().join("cache")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.layers.len(), 3, "{report:?}");
+    assert!(report.layers.iter().all(|l| !l.cached));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report.config).unwrap()).unwrap();
+    assert_eq!(config["config"]["WorkingDir"], "/opt", "{config}");
+    assert_eq!(
+        config["config"]["Env"][0], "REACH_IMAGE=layered",
+        "{config}"
+    );
+
+    let layout = work.path().join("oci");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .arg(format!("oci:{}:img", layout.display())));
+    let bundle = work.path().join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:img", layout.display()))
+        .arg(&bundle));
+    let ours = tree_listing(&dir).unwrap();
+    let theirs = tree_listing(&bundle.join("rootfs")).unwrap();
+    let differ: Vec<_> = ours
+        .iter()
+        .filter(|l| !theirs.contains(l))
+        .chain(theirs.iter().filter(|l| !ours.contains(l)))
+        .collect();
+    assert!(differ.is_empty(), "reach and umoci differ on: {differ:#?}");
+
+    for gone in ["opt/a/file", "opt/opaque/old", "bin/vi"] {
+        assert!(
+            std::fs::symlink_metadata(dir.join(gone)).is_err(),
+            "{gone} survived its whiteout"
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("opt/opaque/new")).unwrap(), b"new\n");
+    assert!(
+        ours.iter()
+            .any(|l| l.starts_with("opt/keep 644 1000:1000 file")),
+        "{ours:#?}"
+    );
+}
+
+/// A blob whose bytes are not what its digest names is refused, and no root file system,
+/// complete or partial, is left; a pull cut off by a missing blob resumes, fetching only
+/// what it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_blob_is_refused_and_a_cut_off_pull_resumes() {
+    if !tools_or_skip("reach pull: corrupted and resumed") {
+        return;
+    }
+    let registry = RegistryFixture::start().unwrap();
+    let image = registry
+        .push(&layered_image(0).unwrap(), "reach-test/broken:1")
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // Learn the layers from a first pull (into a cache of its own).
+    let first = pull(
+        &image,
+        &work.path().join("first"),
+        &options(&registry, &work.path().join("c1")),
+    )
+    .await
+    .unwrap();
+    let top = first.layers.last().unwrap().digest.clone();
+
+    // The registry's copy of the top layer is damaged, same size.
+    let blob = registry.blob_file(&top);
+    let good = std::fs::read(&blob).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    std::fs::write(&blob, &bad).unwrap();
+    let dir = work.path().join("second");
+    let err = pull(&image, &dir, &options(&registry, &work.path().join("c2")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(err.message().contains(&top), "{err}");
+    assert!(!dir.exists(), "a partial root was left");
+    let leftovers: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("reach-pull"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Cut off: the blob is gone from the registry; the others are fetched and kept.
+    std::fs::remove_file(&blob).unwrap();
+    let cache = work.path().join("c3");
+    assert!(pull(
+        &image,
+        &work.path().join("third"),
+        &options(&registry, &cache)
+    )
+    .await
+    .is_err());
+    std::fs::write(&blob, &good).unwrap();
+    let resumed = pull(
+        &image,
+        &work.path().join("third"),
+        &options(&registry, &cache),
+    )
+    .await
+    .unwrap();
+    let fetched: Vec<_> = resumed
+        .layers
+        .iter()
+        .filter(|l| !l.cached)
+        .map(|l| l.digest.clone())
+        .collect();
+    assert_eq!(fetched, vec![top.clone()], "{resumed:?}");
+    assert_eq!(
+        tree_listing(&work.path().join("third")).unwrap(),
+        tree_listing(&work.path().join("first")).unwrap()
+    );
+
+    // Bad input: a reference that is not one, and a directory that exists.
+    let err = pull(
+        "UPPER/Case:tag:x",
+        &work.path().join("x"),
+        &PullOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = pull(
+        &image,
+        &work.path().join("first"),
+        &options(&registry, &cache),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
+}

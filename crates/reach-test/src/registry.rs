@@ -1,0 +1,219 @@
+//! Debian's `docker-registry` (the CNCF distribution registry) on a loopback port, with test
+//! images built on the spot (`docker commit` over the busybox image) and pushed by the real
+//! `docker push`: nothing comes from outside.
+
+use std::io;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::docker::{busybox_image, ensure_engine, ContainerFixture};
+use crate::run_checked;
+
+/// A running registry, stopped (and its storage removed) on drop.
+#[derive(Debug)]
+pub struct RegistryFixture {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for RegistryFixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether `docker-registry` is installed and the engine answers; says why not.
+pub fn available_or_skip(test: &str) -> bool {
+    let found = Command::new("docker-registry")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        crate::skip(
+            test,
+            "docker-registry is not installed (apt-get install docker-registry)",
+        );
+        return false;
+    }
+    crate::docker::available_or_skip(test)
+}
+
+impl RegistryFixture {
+    /// A registry on a free loopback port, its storage in a temporary directory.
+    pub fn start() -> io::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let fixture = RegistryFixture { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "docker-registry did not listen on 127.0.0.1:{port} within 20 s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(fixture)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The file holding blob `digest` (`sha256:<hex>`) in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Tags `image` (on the engine) as `NAME` in this registry and pushes it; the reference.
+    pub fn push(&self, image: &str, name: &str) -> io::Result<String> {
+        let reference = format!("{}/{name}", self.address());
+        run_checked(Command::new("docker").args(["tag", image, &reference]))?;
+        run_checked(Command::new("docker").args(["push", "-q", &reference]))?;
+        Ok(reference)
+    }
+}
+
+/// Runs `script` in a container of `base` and commits the result, with Dockerfile-style
+/// `changes` to its config: one more layer.
+fn commit(base: &str, script: &str, changes: &[&str]) -> io::Result<String> {
+    let container = ContainerFixture::run(base, &[], &["sleep", "600"])?;
+    let out = container.exec(&["sh", "-c", script])?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "`{script}` in {base}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let mut command = Command::new("docker");
+    command.arg("commit");
+    for change in changes {
+        command.args(["--change", change]);
+    }
+    let committed = run_checked(command.arg(container.name()))?;
+    Ok(String::from_utf8_lossy(&committed.stdout).trim().to_owned())
+}
+
+/// A three-layer image over busybox: files with owners, modes and a hard link, then a layer
+/// that deletes a file (a whiteout), replaces a directory (an opaque directory), removes a
+/// busybox applet and adds a symbolic link (its config: `REACH_IMAGE=layered` in the
+/// environment, `/opt` the working directory); `big` MiB of incompressible bytes in a layer of
+/// its own when asked. Built anew each call (commits are quick).
+pub fn layered_image(big_mib: u64) -> io::Result<String> {
+    ensure_engine()?;
+    let base = busybox_image()?;
+    let first = commit(
+        &base,
+        "mkdir -p /opt/a/b /opt/opaque && echo one > /opt/a/file && echo keep > /opt/keep \
+         && echo old > /opt/opaque/old && ln /opt/keep /opt/hard && chown 1000:1000 /opt/keep \
+         && chmod 4711 /opt/a/file && mkfifo /opt/fifo",
+        &[],
+    )?;
+    let second = commit(
+        &first,
+        "rm /opt/a/file && rm -rf /opt/opaque && mkdir /opt/opaque && echo new > /opt/opaque/new \
+         && rm /bin/vi && ln -s /opt/keep /opt/link && chmod 700 /opt/a/b",
+        &[
+            "ENV REACH_IMAGE=layered",
+            "WORKDIR /opt",
+            "CMD [\"/bin/sh\"]",
+        ],
+    )?;
+    if big_mib == 0 {
+        return Ok(second);
+    }
+    commit(
+        &second,
+        &format!("head -c {} /dev/urandom > /opt/big.bin", big_mib << 20),
+        &[
+            "ENV REACH_IMAGE=layered",
+            "WORKDIR /opt",
+            "CMD [\"/bin/sh\"]",
+        ],
+    )
+}
+
+/// The tree under `dir` as lines a test compares: path, type, mode, owners, size and content
+/// hash (files) or target (links); device numbers for devices.
+pub fn tree_listing(dir: &Path) -> io::Result<Vec<String>> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let shown = format!("{prefix}{}", name.to_string_lossy());
+            let meta = std::fs::symlink_metadata(&path)?;
+            let kind = meta.file_type();
+            let what = if kind.is_dir() {
+                "dir".to_owned()
+            } else if kind.is_symlink() {
+                format!("link -> {}", std::fs::read_link(&path)?.display())
+            } else if kind.is_file() {
+                let data = std::fs::read(&path)?;
+                let hash: String = Sha256::digest(&data)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("file {} {hash}", data.len())
+            } else if kind.is_fifo() {
+                "fifo".to_owned()
+            } else if kind.is_char_device() || kind.is_block_device() {
+                format!("device {}", meta.rdev())
+            } else {
+                "other".to_owned()
+            };
+            let mode = if kind.is_symlink() {
+                0
+            } else {
+                meta.mode() & 0o7777
+            };
+            out.push(format!(
+                "{shown} {mode:o} {}:{} {what}",
+                meta.uid(),
+                meta.gid()
+            ));
+            if kind.is_dir() {
+                walk(&path, &format!("{shown}/"), out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out)?;
+    Ok(out)
+}
