@@ -103,6 +103,13 @@ pub enum Command {
     /// target allows (local, ssh (GNU tar there), docker (a whole container, through the
     /// engine), proot).
     Rootfs(RootfsArgs),
+    /// Pull an OCI or Docker image from a registry into a new directory, as a root file
+    /// system, without a daemon: token auth and `docker login` credentials, the platform
+    /// picked from a manifest list, every blob verified against its digest as it streams,
+    /// layers fetched in parallel into a cache (a pull that was cut off resumes) and applied
+    /// with their whiteouts. The image config is saved as DIR.image.json, which
+    /// `reach exec proot://DIR` uses. Run it with `reach exec proot://DIR -- CMD`.
+    Pull(PullArgs),
     /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
     ///
     /// bash: `source <(reach completions bash)`, or save it as
@@ -140,6 +147,20 @@ pub enum PluginAction {
         /// The adapter's file.
         path: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `[REGISTRY/]NAME[:TAG|@DIGEST]` (Docker Hub when no registry is named).
+    pub image: String,
+    /// The directory to make (it must not exist).
+    pub dir: std::path::PathBuf,
+    /// `os/arch[/variant]` to pick from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Speak plain HTTP to this registry (`host:port`); repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registry: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -63,6 +63,50 @@ pub struct ProotBackend {
     home: String,
     local: LocalBackend,
     fs: Arc<RootFs>,
+    /// From `DIR.image.json` (written by `reach pull`): the image's environment.
+    image_env: Vec<(String, String)>,
+    /// ... and its working directory.
+    image_workdir: Option<String>,
+}
+
+/// An image's environment and working directory.
+type ImageDefaults = (Vec<(String, String)>, Option<String>);
+
+/// The environment and working directory of the image config beside the root
+/// (`DIR.image.json`, as `reach pull` saves it), if there is one.
+fn image_config(root: &Path) -> Result<ImageDefaults> {
+    let mut file = root.as_os_str().to_owned();
+    file.push(".image.json");
+    let path = PathBuf::from(file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
+        Err(e) => return Err(Error::io(format!("read `{}`", path.display()), e)),
+    };
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "`{}` is not an image config ({e}): remove it or pull again",
+                path.display()
+            ),
+        )
+    })?;
+    let config = &config["config"];
+    let env = config["Env"]
+        .as_array()
+        .map(|vars| {
+            vars.iter()
+                .filter_map(|v| v.as_str()?.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let workdir = config["WorkingDir"]
+        .as_str()
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned);
+    Ok((env, workdir))
 }
 
 /// `name` on this host's `PATH`.
@@ -103,6 +147,7 @@ impl ProotBackend {
             "/".to_owned()
         };
         let fs = Arc::new(RootFs::new(root.clone(), home.clone()));
+        let (image_env, image_workdir) = image_config(root.dir())?;
         Ok(ProotBackend {
             destination,
             options,
@@ -111,6 +156,8 @@ impl ProotBackend {
             home,
             local: LocalBackend::new(),
             fs,
+            image_env,
+            image_workdir,
         })
     }
 
@@ -150,7 +197,15 @@ impl ProotBackend {
 
     /// The local command that runs `spec` inside the root.
     fn command(&self, mut spec: ExecSpec) -> Result<ExecSpec> {
-        let cwd = spec.cwd.clone().unwrap_or_else(|| self.home.clone());
+        let cwd = spec
+            .cwd
+            .clone()
+            .or_else(|| self.image_workdir.clone())
+            .unwrap_or_else(|| self.home.clone());
+        // The image's environment first: the command's own settings win.
+        let mut env = self.image_env.clone();
+        env.append(&mut spec.env);
+        spec.env = env;
         let cwd_host = self.root.resolve(&self.home, &cwd, true)?;
         if !cwd_host.is_dir() {
             return Err(Error::new(

@@ -10,6 +10,7 @@ mod forward;
 mod generate;
 mod info;
 mod plugin;
+mod pull;
 mod rootfs;
 mod serve;
 
@@ -156,6 +157,7 @@ async fn dispatch(mut cli: Cli) -> reach::Result<i32> {
         Command::Connections(args) => connections::connections(args, json).await,
         Command::Plugin(args) => plugin::plugin(args, json, &cli.conn).await,
         Command::Rootfs(args) => rootfs::rootfs(args, json).await,
+        Command::Pull(args) => pull::pull(args, json).await,
         Command::Completions(_) | Command::Manpage(_) => Ok(0),
     }
 }

@@ -11,6 +11,7 @@ mod forward;
 mod install;
 mod plugin;
 mod proot;
+mod pull;
 mod rootfs;
 mod serve;
 mod ssh;
