@@ -20,6 +20,8 @@
 //!   `xargs -P` + `ssh`, parallel-ssh and `ansible -m raw`.
 //! - `proot` (needs proot and busybox-static): `true` through `reach exec proot://` against
 //!   proot run directly on the same root file system.
+//! - `pull` (needs docker-registry, skopeo, umoci and the Docker engine): `reach pull` of a
+//!   large layered image against `skopeo copy` + `umoci unpack` of it.
 //! - `plugin` (needs python3): exec latency and a large stdout through the Python reference
 //!   adapter against the `local` backend doing the same on the same host.
 
@@ -105,6 +107,7 @@ mod docker;
 mod fanout;
 mod plugin;
 mod proot;
+mod pull;
 mod serve;
 mod ssh;
 
@@ -463,7 +466,7 @@ fn main() {
             .unwrap_or_else(|| PathBuf::from("reach"))
     });
     let mut sections = Vec::new();
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("local", local_exec),
         ("ssh", ssh::run),
         ("docker", docker::run),
@@ -472,6 +475,7 @@ fn main() {
         ("fanout", fanout::run),
         ("plugin", plugin::run),
         ("proot", proot::run),
+        ("pull", pull::run),
     ];
     for (name, scenario) in scenarios {
         if !args.wants(name) {
