@@ -311,22 +311,12 @@ pub(crate) async fn write_tree(
     if options.hash {
         line = format!("{line} && {HASH_ALL}");
     }
-    let process = start(exec, addr, line, true).await?;
-    let mut stdin = process
-        .take_stdin()
-        .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdin"))?;
-    let fed = feed(&mut archive, &mut stdin).await;
-    drop(stdin);
-    let out = process.output().await?;
     let what = format!("unpack into `{dir}`");
-    if !out.status.success() {
-        return Err(failure(addr, &what, &out.stderr));
-    }
-    fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))?;
+    let stdout = unpacked(exec, addr, line, &mut archive, &what).await?;
     if !options.hash {
         return Ok(None);
     }
-    parse_sums(&out.stdout).map(Some).ok_or_else(|| {
+    parse_sums(&stdout).map(Some).ok_or_else(|| {
         Error::new(
             ErrorKind::Protocol,
             format!("{what} on `{addr}`: unexpected output from sha256sum"),
@@ -369,18 +359,33 @@ pub(crate) async fn import_rootfs(
         "mkdir -p -- {0} && cd -- {0} && exec tar {ROOTFS_FLAGS} -xpf -",
         shell_quote(dir)
     );
+    let what = format!("import into `{dir}`");
+    unpacked(exec, addr, line, &mut archive, &what)
+        .await
+        .map(drop)
+}
+
+/// Runs the unpacking command `line` with `archive` on its stdin; its stdout once it
+/// succeeded, else its error (or the archive's, if reading that failed).
+async fn unpacked(
+    exec: &RemoteExec,
+    addr: &str,
+    line: String,
+    archive: &mut BoxRead,
+    what: &str,
+) -> Result<Vec<u8>> {
     let process = start(exec, addr, line, true).await?;
     let mut stdin = process
         .take_stdin()
         .ok_or_else(|| Error::new(ErrorKind::Protocol, "the tar process has no stdin"))?;
-    let fed = feed(&mut archive, &mut stdin).await;
+    let fed = feed(archive, &mut stdin).await;
     drop(stdin);
     let out = process.output().await?;
-    let what = format!("import into `{dir}`");
     if !out.status.success() {
-        return Err(failure(addr, &what, &out.stderr));
+        return Err(failure(addr, what, &out.stderr));
     }
-    fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))
+    fed.map_err(|e| Error::io(format_args!("{what} on `{addr}`"), e))?;
+    Ok(out.stdout)
 }
 
 /// The stdout of the remote command `line` as a stream that fails when the command does.
