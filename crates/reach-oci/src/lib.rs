@@ -249,7 +249,7 @@ pub async fn pull(image: &str, dir: &Path, options: &PullOptions) -> Result<Pull
     let platform = options.platform.clone().unwrap_or_else(this_platform);
     let client = Arc::new(Client::new(ClientConfig {
         protocol,
-        platform_resolver: Some(resolver(platform)),
+        platform_resolver: Some(resolver(platform.clone())),
         ..ClientConfig::default()
     }));
     let config_path = options.docker_config.clone().or_else(docker_config_path);
@@ -257,7 +257,21 @@ pub async fn pull(image: &str, dir: &Path, options: &PullOptions) -> Result<Pull
     let (manifest, manifest_digest, config) = client
         .pull_manifest_and_config(&reference, &auth)
         .await
-        .map_err(|e| registry_error(image, "pulling the manifest of", e))?;
+        .map_err(|e| {
+            let err = registry_error(image, "pulling the manifest of", e);
+            if err.message().contains("image index") {
+                // Its words name "the client's default platform": say which one.
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "`{image}` has no image for platform {platform}: pick one it has with \
+                         --platform OS/ARCH"
+                    ),
+                )
+            } else {
+                err
+            }
+        })?;
 
     let cache = options.cache.clone().unwrap_or_else(default_cache);
     tokio::fs::create_dir_all(cache.join("sha256"))

@@ -203,3 +203,107 @@ async fn a_corrupted_blob_is_refused_and_a_cut_off_pull_resumes() {
     .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
 }
+
+/// A manifest list: `--platform` picks its entry, and this machine's is the default; a
+/// platform the list does not have is named in the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_platform_is_picked_from_a_manifest_list() {
+    if !reach_test::registry::available_or_skip("reach pull --platform") {
+        return;
+    }
+    let registry = RegistryFixture::start().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let tree = work.path().join(arch);
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("which"), arch).unwrap();
+        let tag = format!("reach-test-platform:{arch}");
+        let tar = Command::new("tar")
+            .arg("-C")
+            .arg(&tree)
+            .args(["-cf", "-", "."])
+            .output()
+            .unwrap();
+        let mut import = Command::new("docker")
+            .args(["import", "-", &tag])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
+        assert!(import.wait().unwrap().success());
+        let pushed = registry
+            .push(&tag, &format!("reach-test/platform:{arch}"))
+            .unwrap();
+        // The manifest as the registry holds it: its digest and size go in the list.
+        let client = oci_client::Client::new(oci_client::client::ClientConfig {
+            protocol: oci_client::client::ClientProtocol::Http,
+            ..Default::default()
+        });
+        let reference: oci_client::Reference = pushed.parse().unwrap();
+        let media = "application/vnd.docker.distribution.manifest.v2+json";
+        let (bytes, digest) = client
+            .pull_manifest_raw(
+                &reference,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                &[media],
+            )
+            .await
+            .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": media,
+            "digest": digest,
+            "size": bytes.len(),
+            "platform": {"architecture": arch, "os": "linux"},
+        }));
+    }
+    let index: oci_client::manifest::OciImageIndex = serde_json::from_value(serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .unwrap();
+    let list = format!("{}/reach-test/platform:list", registry.address());
+    let client = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    client
+        .push_manifest_list(
+            &list.parse().unwrap(),
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            index,
+        )
+        .await
+        .unwrap();
+
+    let cache = work.path().join("cache");
+    let mut arm = options(&registry, &cache);
+    arm.platform = Some("linux/arm64".to_owned());
+    pull(&list, &work.path().join("arm"), &arm).await.unwrap();
+    assert_eq!(
+        std::fs::read(work.path().join("arm/which")).unwrap(),
+        b"arm64"
+    );
+    pull(
+        &list,
+        &work.path().join("here"),
+        &options(&registry, &cache),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read(work.path().join("here/which")).unwrap(),
+        b"amd64"
+    );
+    let mut none = options(&registry, &cache);
+    none.platform = Some("linux/riscv64".to_owned());
+    let err = pull(&list, &work.path().join("none"), &none)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.message().contains("reach-test/platform:list"), "{err}");
+    assert!(err.message().contains("linux/riscv64"), "{err}");
+    assert!(!work.path().join("none").exists());
+}
