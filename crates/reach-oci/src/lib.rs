@@ -15,7 +15,10 @@ mod auth;
 mod layer;
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor};
@@ -40,6 +43,66 @@ pub struct PullOptions {
     pub cache: Option<PathBuf>,
     /// The docker CLI's configuration, for credentials (default: `~/.docker/config.json`).
     pub docker_config: Option<PathBuf>,
+    /// Counters a caller may watch (a progress bar).
+    pub progress: Option<Arc<PullProgress>>,
+}
+
+/// How far a pull has come: bytes of the layers to fetch, fetched so far, and layers
+/// applied. Updated as the bytes arrive.
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    total: AtomicU64,
+    fetched: AtomicU64,
+    applied: AtomicU64,
+    layers: AtomicU64,
+}
+
+impl PullProgress {
+    /// Bytes of all layers (known once the manifest is in).
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes fetched or found in the cache so far.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+
+    /// Layers applied so far, and how many there are.
+    pub fn layers(&self) -> (u64, u64) {
+        (
+            self.applied.load(Ordering::Relaxed),
+            self.layers.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A writer that counts what goes through it into a [`PullProgress`].
+struct Counted<W> {
+    inner: W,
+    progress: Option<Arc<PullProgress>>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(progress)) = (&polled, &self.progress) {
+            progress.fetched.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// One layer of a pull.
@@ -178,6 +241,7 @@ async fn fetch(
     image: &Reference,
     layer: &OciDescriptor,
     cache: &Path,
+    progress: Option<Arc<PullProgress>>,
 ) -> Result<bool> {
     let path = cached(cache, &layer.digest)?;
     let check = path.clone();
@@ -186,6 +250,10 @@ async fn fetch(
         .await
         .unwrap_or(false);
     if have {
+        if let Some(progress) = &progress {
+            let size = u64::try_from(layer.size).unwrap_or(0);
+            progress.fetched.fetch_add(size, Ordering::Relaxed);
+        }
         return Ok(true);
     }
     let part = path.with_extension(format!("part-{}", std::process::id()));
@@ -193,9 +261,11 @@ async fn fetch(
         .await
         .map_err(|e| Error::io(format!("create `{}`", part.display()), e))?;
     // oci-client checks the digest as the bytes stream and fails the pull on a mismatch.
-    let pulled = client
-        .pull_blob(image, layer, tokio::io::BufWriter::new(file))
-        .await;
+    let counted = Counted {
+        inner: tokio::io::BufWriter::new(file),
+        progress,
+    };
+    let pulled = client.pull_blob(image, layer, counted).await;
     if let Err(e) = pulled {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(registry_error(
@@ -296,6 +366,15 @@ pub async fn pull(image: &str, dir: &Path, options: &PullOptions) -> Result<Pull
         .map_err(|e| Error::io(format!("create `{}`", building.display()), e))?;
     let mut partial = Partial(Some(building.clone()));
 
+    if let Some(progress) = &options.progress {
+        let total: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
+        progress
+            .total
+            .store(u64::try_from(total).unwrap_or(0), Ordering::Relaxed);
+        progress
+            .layers
+            .store(manifest.layers.len() as u64, Ordering::Relaxed);
+    }
     // Downloads run ahead, a few at a time; layers are applied in order as they land.
     let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL));
     let fetches: Vec<_> = manifest
@@ -309,9 +388,10 @@ pub async fn pull(image: &str, dir: &Path, options: &PullOptions) -> Result<Pull
                 cache.clone(),
                 limit.clone(),
             );
+            let progress = options.progress.clone();
             tokio::spawn(async move {
                 let _permit = limit.acquire_owned().await;
-                fetch(&client, &reference, &layer, &cache).await
+                fetch(&client, &reference, &layer, &cache, progress).await
             })
         })
         .collect();
@@ -327,6 +407,9 @@ pub async fn pull(image: &str, dir: &Path, options: &PullOptions) -> Result<Pull
             .await
             .map_err(|e| Error::new(ErrorKind::Io, format!("unpacking failed: {e}")))?
             .map_err(|e| Error::io(format!("apply layer {digest} of `{image}`"), e))?;
+        if let Some(progress) = &options.progress {
+            progress.applied.fetch_add(1, Ordering::Relaxed);
+        }
         layers.push(LayerReport {
             digest: layer.digest.clone(),
             size: u64::try_from(layer.size).unwrap_or(0),

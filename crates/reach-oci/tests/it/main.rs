@@ -61,14 +61,16 @@ async fn a_layered_image_pulls_to_the_same_tree_as_skopeo_and_umoci() {
         .unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("rootfs");
-    let report = pull(
-        &image,
-        &dir,
-        &options(&registry, &work.path().join("cache")),
-    )
-    .await
-    .unwrap();
+    let progress = std::sync::Arc::new(reach_oci::PullProgress::default());
+    let mut with_progress = options(&registry, &work.path().join("cache"));
+    with_progress.progress = Some(progress.clone());
+    let report = pull(&image, &dir, &with_progress).await.unwrap();
     assert_eq!(report.layers.len(), 3, "{report:?}");
+    // The counters a progress bar reads came to the end.
+    let sizes: u64 = report.layers.iter().map(|l| l.size).sum();
+    assert_eq!(progress.total_bytes(), sizes);
+    assert_eq!(progress.fetched_bytes(), sizes);
+    assert_eq!(progress.layers(), (3, 3));
     assert!(report.layers.iter().all(|l| !l.cached));
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report.config).unwrap()).unwrap();
