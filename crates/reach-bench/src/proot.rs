@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use reach::proot::{ProotBackend, ProotOptions};
-use reach::{Backend, Destination};
+use reach::{Backend, Destination, ProcessExt};
 
 use crate::{exec_true, run_ok, runtime, time, Args, Section, Series};
 
@@ -37,14 +37,51 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
         ]))
     };
     let library = || rt.block_on(exec_true(&backend as &dyn Backend));
+    // The same proot command line, spawned by the local backend: what reach adds to proot
+    // itself, apart from what the local backend's spawn costs.
+    let local = reach::Registry::with_defaults()
+        .resolve("local")
+        .map_err(|e| e.to_string())?;
+    let through_local = || {
+        rt.block_on(async {
+            let spec = reach::ExecSpec::argv([
+                "proot",
+                "-r",
+                &root,
+                "-w",
+                "/",
+                "-b",
+                "/dev",
+                "-b",
+                "/proc",
+                "-b",
+                "/sys",
+                "/bin/true",
+            ]);
+            let out = local
+                .exec(spec)
+                .await
+                .map_err(|e| e.to_string())?
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!("proot through the local backend: {}", out.status))
+            }
+        })
+    };
     let cli =
         || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-reuse", &dest, "--", "true"]));
     let mut theirs =
         Series::new("proot directly: `proot -r DIR -b /dev -b /proc -b /sys /bin/true`");
+    let mut spawned = Series::new("the same proot command, run by reach's local backend");
     let mut ours = Series::new("reach library: exec `true` on proot://DIR");
     let mut ours_cli = Series::new("reach CLI: `reach exec proot://DIR -- true`");
     for _ in 0..5 {
         direct()?;
+        through_local()?;
         library()?;
         cli()?;
     }
@@ -52,6 +89,7 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     for _ in 0..samples {
         for (series, step) in [
             (&mut theirs, &direct as &dyn Fn() -> Result<(), String>),
+            (&mut spawned, &through_local),
             (&mut ours, &library),
             (&mut ours_cli, &cli),
         ] {
@@ -70,6 +108,6 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
              first. The CLI adds its own start. Target: the library at most 1.1x proot's \
              time."
         ),
-        &[theirs, ours, ours_cli],
+        &[theirs, spawned, ours, ours_cli],
     )])
 }
