@@ -47,7 +47,27 @@ pub fn available_or_skip(test: &str) -> bool {
 impl RegistryFixture {
     /// A registry on a free loopback port, its storage in a temporary directory.
     pub fn start() -> io::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// A registry that lets in only `user` with `password` (HTTP Basic, from an htpasswd
+    /// file with the password's bcrypt hash, as the registry requires).
+    pub fn start_with_password(user: &str, password: &str) -> io::Result<Self> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(login: Option<(&str, &str)>) -> io::Result<Self> {
         let dir = tempfile::tempdir()?;
+        let mut auth = String::new();
+        if let Some((user, password)) = login {
+            let hash = bcrypt::hash(password, 4).map_err(io::Error::other)?;
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: reach-test\n    path: {}\n",
+                htpasswd.display()
+            );
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -56,7 +76,7 @@ impl RegistryFixture {
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
                 dir.path().join("storage").display()
             ),
         )?;
@@ -98,10 +118,54 @@ impl RegistryFixture {
 
     /// Tags `image` (on the engine) as `NAME` in this registry and pushes it; the reference.
     pub fn push(&self, image: &str, name: &str) -> io::Result<String> {
+        self.push_as(None, image, name)
+    }
+
+    /// [`push`](Self::push) by a docker CLI whose configuration directory is `config` (one
+    /// `docker login` has written credentials to), or the default.
+    pub fn push_as(&self, config: Option<&Path>, image: &str, name: &str) -> io::Result<String> {
         let reference = format!("{}/{name}", self.address());
-        run_checked(Command::new("docker").args(["tag", image, &reference]))?;
-        run_checked(Command::new("docker").args(["push", "-q", &reference]))?;
+        let docker = || {
+            let mut command = Command::new("docker");
+            if let Some(config) = config {
+                command.arg("--config").arg(config);
+            }
+            command
+        };
+        run_checked(docker().args(["tag", image, &reference]))?;
+        run_checked(docker().args(["push", "-q", &reference]))?;
         Ok(reference)
+    }
+
+    /// `docker --config CONFIG login` to this registry, which writes `CONFIG/config.json`
+    /// as every docker CLI does.
+    pub fn login(&self, config: &Path, user: &str, password: &str) -> io::Result<()> {
+        let mut login = Command::new("docker")
+            .arg("--config")
+            .arg(config)
+            .args([
+                "login",
+                "--username",
+                user,
+                "--password-stdin",
+                &self.address(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = login.stdin.take() {
+            std::io::Write::write_all(&mut stdin, password.as_bytes())?;
+        }
+        let out = login.wait_with_output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "docker login {}: {}",
+                self.address(),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -309,3 +309,108 @@ async fn the_platform_is_picked_from_a_manifest_list() {
     assert!(err.message().contains("linux/riscv64"), "{err}");
     assert!(!work.path().join("none").exists());
 }
+
+/// A registry that wants a password: `docker login`'s credentials (the docker CLI's own
+/// `config.json`) let the pull in; none, or a wrong password, is `AuthFailed` that says how
+/// to log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_docker_login() {
+    if !reach_test::registry::available_or_skip("reach pull: credentials") {
+        return;
+    }
+    let registry = RegistryFixture::start_with_password("alice", "s3cret").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("docker");
+    registry.login(&config, "alice", "s3cret").unwrap();
+    let image = registry
+        .push_as(
+            Some(&config),
+            &reach_test::docker::busybox_image().unwrap(),
+            "reach-test/private:1",
+        )
+        .unwrap();
+
+    let mut options = options(&registry, &work.path().join("cache"));
+    let err = pull(&image, &work.path().join("anonymous"), &options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    assert!(err.to_string().contains("docker login"), "{err}");
+    assert!(!work.path().join("anonymous").exists());
+
+    options.docker_config = Some(config.join("config.json"));
+    let pulled = pull(&image, &work.path().join("root"), &options)
+        .await
+        .unwrap();
+    assert!(!pulled.layers.is_empty());
+    assert!(work.path().join("root/bin/busybox").is_file());
+
+    // The same user, the wrong password.
+    let wrong = work.path().join("wrong");
+    std::fs::create_dir(&wrong).unwrap();
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:not-it");
+    std::fs::write(
+        wrong.join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.address()
+        ),
+    )
+    .unwrap();
+    options.docker_config = Some(wrong.join("config.json"));
+    options.cache = Some(work.path().join("cache2"));
+    let err = pull(&image, &work.path().join("denied"), &options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+}
+
+/// Layers compressed with zstd (recompressed by `skopeo copy --dest-compress-format zstd`,
+/// into an OCI manifest) pull to the same tree as the gzip original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_layers_pull_to_the_same_tree_as_gzip_ones() {
+    if !tools_or_skip("reach pull: zstd layers") {
+        return;
+    }
+    let registry = RegistryFixture::start().unwrap();
+    let image = registry
+        .push(&layered_image(0).unwrap(), "reach-test/gzip:1")
+        .unwrap();
+    let zstd = format!("{}/reach-test/zstd:1", registry.address());
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--dest-compress-format",
+        "zstd",
+        "--format",
+        "oci",
+        &format!("docker://{image}"),
+        &format!("docker://{zstd}"),
+    ]));
+    let manifest = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{zstd}"))
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout).into_owned();
+    assert!(
+        manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd"),
+        "skopeo did not make zstd layers: {manifest}"
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let options = options(&registry, &work.path().join("cache"));
+    pull(&image, &work.path().join("gzip"), &options)
+        .await
+        .unwrap();
+    let pulled = pull(&zstd, &work.path().join("zstd"), &options)
+        .await
+        .unwrap();
+    assert!(pulled.layers.iter().all(|l| !l.cached), "{pulled:?}");
+    assert_eq!(
+        tree_listing(&work.path().join("zstd")).unwrap(),
+        tree_listing(&work.path().join("gzip")).unwrap()
+    );
+}
