@@ -21,45 +21,32 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     )
     .map_err(|e| e.to_string())?;
     let rt = runtime()?;
-    let direct = || {
-        run_ok(Command::new("proot").args([
-            "-r",
-            &root,
-            "-w",
-            "/",
-            "-b",
-            "/dev",
-            "-b",
-            "/proc",
-            "-b",
-            "/sys",
-            "/bin/true",
-        ]))
+    // proot's command line for `/bin/true`, as it would be typed; `-v 1` is what reach adds
+    // to read the command's own end.
+    let argv = |verbose: bool| {
+        let mut argv = vec!["-r", root.as_str(), "-w", "/", "-b", "/dev", "-b", "/proc"];
+        argv.extend(["-b", "/sys"]);
+        if verbose {
+            argv.extend(["-v", "1"]);
+        }
+        argv.push("/bin/true");
+        argv.into_iter().map(str::to_owned).collect::<Vec<_>>()
     };
+    let direct = |verbose: bool| run_ok(Command::new("proot").args(argv(verbose)));
+    let plain = || direct(false);
+    let verbose = || direct(true);
     let library = || rt.block_on(exec_true(&backend as &dyn Backend));
-    // The same proot command line, spawned by the local backend: what reach adds to proot
-    // itself, apart from what the local backend's spawn costs.
+    // The `-v 1` command line spawned by the local backend: what the local backend's spawn
+    // costs, apart from the proot backend's own work.
     let local = reach::Registry::with_defaults()
         .resolve("local")
         .map_err(|e| e.to_string())?;
     let through_local = || {
         rt.block_on(async {
-            let spec = reach::ExecSpec::argv([
-                "proot",
-                "-r",
-                &root,
-                "-w",
-                "/",
-                "-b",
-                "/dev",
-                "-b",
-                "/proc",
-                "-b",
-                "/sys",
-                "/bin/true",
-            ]);
+            let mut words = vec!["proot".to_owned()];
+            words.extend(argv(true));
             let out = local
-                .exec(spec)
+                .exec(reach::ExecSpec::argv(words))
                 .await
                 .map_err(|e| e.to_string())?
                 .output()
@@ -75,12 +62,14 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     let cli =
         || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-reuse", &dest, "--", "true"]));
     let mut theirs =
-        Series::new("proot directly: `proot -r DIR -b /dev -b /proc -b /sys /bin/true`");
-    let mut spawned = Series::new("the same proot command, run by reach's local backend");
+        Series::new("proot directly: `proot -r DIR -w / -b /dev -b /proc -b /sys /bin/true`");
+    let mut theirs_verbose = Series::new("proot directly, with `-v 1` added");
+    let mut spawned = Series::new("proot with `-v 1`, spawned by reach's local backend");
     let mut ours = Series::new("reach library: exec `true` on proot://DIR");
     let mut ours_cli = Series::new("reach CLI: `reach exec proot://DIR -- true`");
     for _ in 0..5 {
-        direct()?;
+        plain()?;
+        verbose()?;
         through_local()?;
         library()?;
         cli()?;
@@ -88,7 +77,8 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
     let samples = (args.iterations / 3).max(10);
     for _ in 0..samples {
         for (series, step) in [
-            (&mut theirs, &direct as &dyn Fn() -> Result<(), String>),
+            (&mut theirs, &plain as &dyn Fn() -> Result<(), String>),
+            (&mut theirs_verbose, &verbose),
             (&mut spawned, &through_local),
             (&mut ours, &library),
             (&mut ours_cli, &cli),
@@ -108,6 +98,6 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
              first. The CLI adds its own start. Target: the library at most 1.1x proot's \
              time."
         ),
-        &[theirs, spawned, ours, ours_cli],
+        &[theirs, theirs_verbose, spawned, ours, ours_cli],
     )])
 }
