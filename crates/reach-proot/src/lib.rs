@@ -11,6 +11,7 @@
 //!   report of every process's end is read from its stderr and taken out of the stream.
 #![deny(missing_docs)]
 
+mod arch;
 mod fs;
 mod process;
 mod root;
@@ -166,33 +167,48 @@ impl ProotBackend {
         self.root.dir()
     }
 
-    /// Whether `guest` names an executable file inside the root.
-    fn executable(&self, guest: &str) -> bool {
+    /// Where `guest` is on this host, if it names an executable file inside the root.
+    fn executable(&self, guest: &str) -> Option<PathBuf> {
         self.root
             .resolve(&self.home, guest, true)
-            .is_ok_and(|host| is_executable(&host))
+            .ok()
+            .filter(|host| is_executable(host))
     }
 
-    /// Refuses a program that is not inside the root, as a shell would say it: not found.
+    /// Refuses a program that is not inside the root, as a shell would say it: not found;
+    /// and one built for another architecture when no emulator is configured.
     fn check_program(&self, program: &str, path: &str) -> Result<()> {
         let found = if program.contains('/') {
             self.executable(program)
         } else {
             path.split(':')
                 .filter(|dir| !dir.is_empty())
-                .any(|dir| self.executable(&format!("{dir}/{program}")))
+                .find_map(|dir| self.executable(&format!("{dir}/{program}")))
         };
-        if found {
-            return Ok(());
+        let Some(host) = found else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "command `{program}` not found in the root file system `{}` (PATH {path})",
+                    self.root.dir().display()
+                ),
+            )
+            .with_subject(Subject::Command));
+        };
+        if self.options.qemu.is_none() {
+            if let Some(arch) = arch::of_file(&host).filter(|arch| !arch::runs_here(arch)) {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "`{program}` in the root file system `{}` is built for {arch}, which                          this {} host cannot run: run it under qemu (apt-get install                          qemu-user-static; --proot-qemu qemu-{arch}-static)",
+                        self.root.dir().display(),
+                        std::env::consts::ARCH
+                    ),
+                )
+                .with_subject(Subject::Command));
+            }
         }
-        Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "command `{program}` not found in the root file system `{}` (PATH {path})",
-                self.root.dir().display()
-            ),
-        )
-        .with_subject(Subject::Command))
+        Ok(())
     }
 
     /// The local command that runs `spec` inside the root.

@@ -175,6 +175,12 @@ pub fn busybox_image() -> io::Result<String> {
 /// each of its applets in `/bin`, `/etc/passwd` and `/etc/group` (root, and `reach` with uid
 /// 1000), a sticky `/tmp`, and empty `/root`, `/home/reach`, `/proc`, `/sys`, `/dev`.
 pub fn busybox_rootfs(root: &Path) -> io::Result<()> {
+    busybox_rootfs_with(root, Path::new(BUSYBOX))
+}
+
+/// [`busybox_rootfs`] around another `busybox` binary (one of another architecture, say),
+/// with this host's busybox's applets linked to it.
+pub fn busybox_rootfs_with(root: &Path, busybox: &Path) -> io::Result<()> {
     for sub in [
         "bin",
         "etc",
@@ -187,7 +193,7 @@ pub fn busybox_rootfs(root: &Path) -> io::Result<()> {
     ] {
         std::fs::create_dir_all(root.join(sub))?;
     }
-    std::fs::copy(BUSYBOX, root.join("bin/busybox"))?;
+    std::fs::copy(busybox, root.join("bin/busybox"))?;
     let applets = run(Command::new(BUSYBOX).arg("--list"))?;
     for applet in String::from_utf8_lossy(&applets.stdout).lines() {
         if applet != "busybox" && !applet.is_empty() {

@@ -6,6 +6,8 @@
 //!   [`conformance_suite!`] macro turns them into one `#[tokio::test]` per check for a fixture.
 //! - [`sshd::SshdFixture`]: a real OpenSSH `sshd` on a random loopback port.
 //! - [`docker`]: the Docker engine, test images built on the spot, throwaway containers.
+//! - [`foreign`]: an arm64 busybox from Debian, for a root file system of another
+//!   architecture.
 //! - [`registry`]: Debian's `docker-registry` on a loopback port, layered images pushed to it.
 //! - [`broken`]: a backend wrapper with one deliberate defect, used to show that every check
 //!   can fail.
@@ -17,6 +19,7 @@ pub mod broken;
 pub mod conformance;
 pub mod docker;
 mod fixture;
+pub mod foreign;
 pub mod registry;
 pub mod sshd;
 

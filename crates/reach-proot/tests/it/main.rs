@@ -5,6 +5,7 @@
 mod conformance;
 mod ends;
 mod escape;
+mod foreign;
 
 use std::path::Path;
 use std::sync::Arc;
