@@ -17,14 +17,21 @@ pub struct RegistryFixture {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The token service, once [`require_token`](Self::require_token) started one.
+    token_service: Option<Child>,
 }
 
 impl Drop for RegistryFixture {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.token_service.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
+
+/// The token service the registry sends clients to (`token_server.py`, run by `python3`).
+const TOKEN_SERVER: &str = include_str!("token_server.py");
 
 /// Whether `docker-registry` is installed and the engine answers; says why not.
 pub fn available_or_skip(test: &str) -> bool {
@@ -68,36 +75,55 @@ impl RegistryFixture {
                 htpasswd.display()
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
-                dir.path().join("storage").display()
-            ),
+        let port = free_port()?;
+        let child = serve(dir.path(), port, &auth)?;
+        Ok(RegistryFixture {
+            child,
+            port,
+            dir,
+            token_service: None,
+        })
+    }
+
+    /// Restarts the registry, same port and storage, behind token authentication (what Docker
+    /// Hub and most registries use): a 401 sends clients to a token service of ours on another
+    /// loopback port, which gives a signed token to `user` with `password` only.
+    pub fn require_token(&mut self, user: &str, password: &str) -> io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let key = self.dir.path().join("token-key.pem");
+        let cert = self.dir.path().join("token-cert.pem");
+        run_checked(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=reach-test-token", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
         )?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
+        let script = self.dir.path().join("token_server.py");
+        std::fs::write(&script, TOKEN_SERVER)?;
+        let token_port = free_port()?;
+        let issuer = "reach-test-issuer";
+        let service = Command::new("python3")
+            .arg(&script)
+            .arg(token_port.to_string())
+            .args([&key, &cert])
+            .args([issuer, user, password])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()?;
-        let fixture = RegistryFixture { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "docker-registry did not listen on 127.0.0.1:{port} within 20 s"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(fixture)
+        self.token_service = Some(service);
+        wait_for(token_port, "the token service")?;
+        let auth = format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{token_port}/token\n    \
+             service: reach-test-registry\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+            cert.display()
+        );
+        self.child = serve(self.dir.path(), self.port, &auth)?;
+        Ok(())
     }
 
     /// `127.0.0.1:PORT`.
@@ -167,6 +193,54 @@ impl RegistryFixture {
         }
         Ok(())
     }
+}
+
+/// A loopback port nothing listens on (yet).
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something listens on loopback `port`.
+fn wait_for(port: u16, what: &str) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(io::Error::other(format!(
+                "{what} did not listen on 127.0.0.1:{port} within 20 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Starts `docker-registry` on loopback `port`, storage under `dir`, with `auth` (YAML, the
+/// `auth:` section or nothing) in its configuration; returns once it listens.
+fn serve(dir: &Path, port: u16, auth: &str) -> io::Result<Child> {
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.join("storage").display()
+        ),
+    )?;
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    if let Err(e) = wait_for(port, "docker-registry") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok(child)
 }
 
 /// Runs `script` in a container of `base` and commits the result, with Dockerfile-style

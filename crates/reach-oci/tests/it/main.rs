@@ -414,3 +414,45 @@ async fn zstd_layers_pull_to_the_same_tree_as_gzip_ones() {
         tree_listing(&work.path().join("gzip")).unwrap()
     );
 }
+
+/// Token authentication, as Docker Hub and most registries do it: the registry answers 401
+/// naming a token service, which gives a signed token for the credentials `docker login`
+/// keeps; without them the pull is `AuthFailed`, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_authentication_uses_the_docker_credentials() {
+    if !reach_test::registry::available_or_skip("reach pull: token authentication") {
+        return;
+    }
+    let mut registry = RegistryFixture::start().unwrap();
+    let image = registry
+        .push(
+            &reach_test::docker::busybox_image().unwrap(),
+            "reach-test/token:1",
+        )
+        .unwrap();
+    registry.require_token("bob", "t0ken").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut options = options(&registry, &work.path().join("cache"));
+    let err = pull(&image, &work.path().join("anonymous"), &options)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AuthFailed, "{err}");
+    assert!(!work.path().join("anonymous").exists());
+
+    // What `docker login` writes.
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bob:t0ken");
+    let config = work.path().join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.address()
+        ),
+    )
+    .unwrap();
+    options.docker_config = Some(config);
+    pull(&image, &work.path().join("root"), &options)
+        .await
+        .unwrap();
+    assert!(work.path().join("root/bin/busybox").is_file());
+}
