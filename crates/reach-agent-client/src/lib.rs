@@ -3,7 +3,7 @@
 //! A backend starts the agent on its target however it can (an engine exec for a container;
 //! an exec channel or a pod's exec stream next), hands its stdout and stderr as an
 //! [`Output`] and its stdin as a [`Writer`] to [`AgentConn::start`], and from then on runs
-//! commands ([`AgentConn::spawn`]), TCP connections ([`AgentConn::connect`]) and file
+//! commands ([`AgentConn::spawn`], or as a [`reach_core::Process`]: [`AgentProcess`]), TCP connections ([`AgentConn::connect`]) and file
 //! operations ([`AgentConn::op`], and the streaming [`AgentReader`] / [`AgentWriter`])
 //! through it, many at once, each flow-controlled on its own.
 //!
@@ -17,6 +17,7 @@ mod binary;
 mod conn;
 mod files;
 mod pipe;
+mod process;
 mod wire;
 
 pub use binary::{install_path, runs_on, AGENT};
@@ -28,4 +29,5 @@ pub use files::{
     WRITE_EXCLUSIVE, WRITE_SYNC, WRITE_TRUNCATE,
 };
 pub use pipe::PipeReader;
+pub use process::{argv, stdin_writer, wait_slot, AgentProcess};
 pub use wire::{put_bytes, Fields};

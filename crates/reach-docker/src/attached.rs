@@ -172,7 +172,7 @@ impl Process for MainProcess {
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
-        crate::process::wait_slot(&self.exit, &self.id).await
+        reach_agent_client::wait_slot(&self.exit, &format!("container `{}`", self.id)).await
     }
 
     /// Signals the container's main process (through the engine; with `init`, docker-init

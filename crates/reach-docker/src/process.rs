@@ -8,36 +8,27 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, Star
 use bollard::Docker;
 use futures_util::StreamExt;
 use reach_core::{
-    BoxRead, BoxWrite, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize,
-    Result, Signal, StdinMode, Streams, Subject,
+    BoxRead, BoxWrite, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize, Result, Signal,
+    StdinMode, Streams, Subject,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, watch};
 
 use bollard::container::LogOutput;
-use reach_agent_client::{self as agent, publish, AgentConn, Chunk, PipeReader, SpawnFailure};
+use reach_agent_client::{
+    self as agent, argv, publish, wait_slot, AgentConn, AgentProcess, Chunk, PipeReader,
+};
 
 use crate::{archive, engine_error, tar, Conn};
 
 /// Bytes buffered between a caller's stdin writes and the container.
 const PIPE: usize = 256 * 1024;
-/// The largest stdin frame sent to the agent.
-const STDIN_CHUNK: usize = 64 * 1024;
 
 /// How many pieces of an engine exec's output may wait for their reader (the engine sends
 /// what each read of the command's pipe gave, typically up to 32 KiB): after that the task
 /// routing the exec's output waits, the engine stops reading the command's pipes, and the
 /// command waits.
 pub(crate) const ENGINE_PIECES: usize = 64;
-
-/// The argv a command line runs as.
-fn argv(command: &CommandLine) -> Vec<String> {
-    match command {
-        CommandLine::Argv(argv) => argv.clone(),
-        CommandLine::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
-        CommandLine::LoginShell => vec!["/bin/sh".into(), "-l".into()],
-    }
-}
 
 /// The caller's end of an attached engine stream's stdin (an exec's, or a container's main
 /// process's): what it writes is copied in, and closing it closes the engine's stdin, but not
@@ -218,188 +209,13 @@ impl Lookup {
 /// Starts a command: through the agent when it runs, else as an engine exec.
 pub(crate) async fn exec(conn: Arc<Conn>, spec: ExecSpec) -> Result<Box<dyn Process>> {
     if let Some(agent) = conn.agent().await {
-        return Ok(Box::new(AgentProcess::start(&conn, agent, spec).await?));
+        let target = format!("container `{}`", conn.name);
+        return Ok(Box::new(AgentProcess::start(agent, spec, &target).await?));
     }
     if let Some(why) = conn.agent_lost() {
         return Err(Error::new(ErrorKind::SessionDropped, why));
     }
     Ok(Box::new(EngineProcess::start(conn, spec).await?))
-}
-
-fn spawn_error(conn: &Conn, argv0: &str, cwd: Option<&str>, failure: SpawnFailure) -> Error {
-    let kind = agent::errno_kind(failure.errno);
-    if failure.what == 1 {
-        let dir = cwd.unwrap_or("");
-        let message = if failure.errno == 20 {
-            format!(
-                "working directory `{dir}` in container `{}` is not a directory",
-                conn.name
-            )
-        } else {
-            format!(
-                "working directory `{dir}` in container `{}`: {}",
-                conn.name, failure.message
-            )
-        };
-        return Error::new(kind, message).with_subject(Subject::WorkingDirectory);
-    }
-    Error::new(
-        kind,
-        format!(
-            "cannot run `{argv0}` in container `{}`: {}",
-            conn.name, failure.message
-        ),
-    )
-    .with_subject(Subject::Command)
-}
-
-/// A command started by the agent.
-pub(crate) struct AgentProcess {
-    agent: Arc<AgentConn>,
-    id: u32,
-    streams: Streams,
-    exit: watch::Receiver<Option<Result<ExitStatus>>>,
-    name: String,
-    pty: bool,
-}
-
-impl std::fmt::Debug for AgentProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentProcess")
-            .field("container", &self.name)
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AgentProcess {
-    async fn start(conn: &Conn, agent: Arc<AgentConn>, spec: ExecSpec) -> Result<Self> {
-        let argv = argv(&spec.command);
-        let pty = spec.pty.as_ref().map(|p| p.size);
-        let piped = spec.stdin == StdinMode::Piped || pty.is_some();
-        let mut env = spec.env.clone();
-        if let Some(p) = &spec.pty {
-            env.push(("TERM".to_owned(), p.term.clone()));
-        }
-        let spawned = agent
-            .spawn(&argv, &env, spec.cwd.as_deref(), piped, pty)
-            .await?
-            .map_err(|f| spawn_error(conn, &argv[0], spec.cwd.as_deref(), f))?;
-        let id = spawned.id;
-        let stdin = piped.then(|| stdin_writer(agent.clone(), id));
-        if let Some(limit) = spec.timeout {
-            let mut finished = spawned.exit.clone();
-            let slot = spawned.slot.clone();
-            let killer = agent.clone();
-            let name = conn.name.clone();
-            tokio::spawn(async move {
-                let done = tokio::time::timeout(limit, finished.wait_for(Option::is_some))
-                    .await
-                    .is_ok();
-                if done {
-                    return;
-                }
-                publish(
-                    &slot,
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the command in container `{name}` ran longer than its limit of \
-                             {limit:?} and was killed"
-                        ),
-                    )),
-                );
-                let _ = killer.signal(id, 9, true).await;
-            });
-        }
-        let _ = spawned.pid;
-        Ok(AgentProcess {
-            agent,
-            id,
-            streams: Streams::new(
-                stdin,
-                Some(Box::pin(spawned.stdout)),
-                pty.is_none().then(|| Box::pin(spawned.stderr) as BoxRead),
-            ),
-            exit: spawned.exit,
-            name: conn.name.clone(),
-            pty: pty.is_some(),
-        })
-    }
-}
-
-/// A writer whose bytes become STDIN frames for the agent's command (or connection) `id`;
-/// shutting it down or dropping it sends the end of input.
-pub(crate) fn stdin_writer(agent: Arc<AgentConn>, id: u32) -> BoxWrite {
-    let (tx, mut rx) = tokio::io::duplex(PIPE);
-    let window = agent.stdin_window(id);
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; STDIN_CHUNK];
-        loop {
-            match rx.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if agent.stdin(id, &window, &buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = agent.end_stdin(id).await;
-    });
-    Box::pin(tx)
-}
-
-/// The outcome published in `exit`, once there is one.
-pub(crate) async fn wait_slot(
-    exit: &watch::Receiver<Option<Result<ExitStatus>>>,
-    name: &str,
-) -> Result<ExitStatus> {
-    let mut exit = exit.clone();
-    let outcome = match exit.wait_for(Option::is_some).await {
-        Ok(done) => done.clone(),
-        Err(_) => None,
-    };
-    outcome.unwrap_or_else(|| {
-        Err(Error::new(
-            ErrorKind::SessionDropped,
-            format!("the command in container `{name}` was torn down"),
-        ))
-    })
-}
-
-#[async_trait]
-impl Process for AgentProcess {
-    fn streams(&self) -> Option<&Streams> {
-        Some(&self.streams)
-    }
-
-    async fn wait(&self) -> Result<ExitStatus> {
-        wait_slot(&self.exit, &self.name).await
-    }
-
-    async fn signal(&self, signal: Signal) -> Result<()> {
-        let number = signal
-            .number()
-            .and_then(|n| u8::try_from(n).ok())
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidInput,
-                    format!("{signal} has no number on Linux"),
-                )
-            })?;
-        self.agent.signal(self.id, number, false).await
-    }
-
-    async fn resize(&self, size: PtySize) -> Result<()> {
-        if !self.pty {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "cannot resize: the process has no terminal (start it with a PTY)",
-            ));
-        }
-        self.agent.resize(self.id, size).await
-    }
 }
 
 /// A command run as an engine exec.
@@ -686,7 +502,7 @@ impl Process for EngineProcess {
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
-        wait_slot(&self.exit, &self.name).await
+        wait_slot(&self.exit, &format!("container `{}`", self.name)).await
     }
 
     async fn signal(&self, signal: Signal) -> Result<()> {
@@ -730,14 +546,5 @@ mod tests {
             b"OCI runtime exec failed: exec: \"/etc/passwd\": permission denied: unknown",
         );
         assert_eq!(denied.kind(), ErrorKind::PermissionDenied);
-    }
-
-    #[test]
-    fn shell_lines_run_under_bin_sh() {
-        assert_eq!(
-            argv(&CommandLine::Shell("echo hi".into())),
-            ["/bin/sh", "-c", "echo hi"]
-        );
-        assert_eq!(argv(&CommandLine::Argv(vec!["ls".into()])), ["ls"]);
     }
 }

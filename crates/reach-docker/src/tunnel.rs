@@ -44,7 +44,7 @@ pub(crate) async fn open(conn: &Conn, host: &str, port: u16) -> Result<TcpTunnel
             id,
             done: false,
         }),
-        writer: crate::process::stdin_writer(agent, id),
+        writer: reach_agent_client::stdin_writer(agent, id),
     })
 }
 
