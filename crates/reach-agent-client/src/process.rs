@@ -28,7 +28,7 @@ pub fn argv(command: &CommandLine) -> Vec<String> {
     }
 }
 
-/// A command started by the agent on `target` (a phrase for messages: "container `web`").
+/// A command started by the agent; `target` says where in messages ("in container `web`").
 pub struct AgentProcess {
     agent: Arc<AgentConn>,
     id: u32,
@@ -48,7 +48,8 @@ impl std::fmt::Debug for AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts `spec` through `agent`; `target` names where, in errors ("container `web`").
+    /// Starts `spec` through `agent`; `target` says where, in errors ("in container `web`",
+    /// "on `host:22`").
     pub async fn start(agent: Arc<AgentConn>, spec: ExecSpec, target: &str) -> Result<Self> {
         let argv = argv(&spec.command);
         let pty = spec.pty.as_ref().map(|p| p.size);
@@ -81,8 +82,8 @@ impl AgentProcess {
                     Err(Error::new(
                         ErrorKind::Timeout,
                         format!(
-                            "the command in {target} ran longer than its limit of {limit:?} \
-                             and was killed"
+                            "the command {target} ran longer than its limit of {limit:?} and \
+                             was killed"
                         ),
                     )),
                 );
@@ -123,15 +124,15 @@ fn spawn_error(target: &str, argv0: &str, cwd: Option<&str>, failure: SpawnFailu
     if failure.what == 1 {
         let dir = cwd.unwrap_or("");
         let message = if failure.errno == 20 {
-            format!("working directory `{dir}` in {target} is not a directory")
+            format!("working directory `{dir}` {target} is not a directory")
         } else {
-            format!("working directory `{dir}` in {target}: {}", failure.message)
+            format!("working directory `{dir}` {target}: {}", failure.message)
         };
         return Error::new(kind, message).with_subject(Subject::WorkingDirectory);
     }
     Error::new(
         kind,
-        format!("cannot run `{argv0}` in {target}: {}", failure.message),
+        format!("cannot run `{argv0}` {target}: {}", failure.message),
     )
     .with_subject(Subject::Command)
 }
@@ -159,7 +160,7 @@ pub fn stdin_writer(agent: Arc<AgentConn>, id: u32) -> BoxWrite {
 }
 
 /// The outcome published in `exit`, once there is one; a slot dropped without one is a
-/// command torn down with its connection, on `target`.
+/// command torn down with its connection (`target`: "in container `web`").
 pub async fn wait_slot(
     exit: &watch::Receiver<Option<Result<ExitStatus>>>,
     target: &str,
@@ -172,7 +173,7 @@ pub async fn wait_slot(
     outcome.unwrap_or_else(|| {
         Err(Error::new(
             ErrorKind::SessionDropped,
-            format!("the command in {target} was torn down"),
+            format!("the command {target} was torn down"),
         ))
     })
 }
@@ -187,9 +188,11 @@ impl Process for AgentProcess {
         wait_slot(&self.exit, &self.target).await
     }
 
+    /// To the command's whole process group, as the local backend signals: what the command
+    /// started gets it too.
     async fn signal(&self, signal: Signal) -> Result<()> {
         self.agent
-            .signal(self.id, signal_number(signal)?, false)
+            .signal(self.id, signal_number(signal)?, true)
             .await
     }
 

@@ -172,7 +172,7 @@ impl Process for MainProcess {
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
-        reach_agent_client::wait_slot(&self.exit, &format!("container `{}`", self.id)).await
+        reach_agent_client::wait_slot(&self.exit, &format!("in container `{}`", self.id)).await
     }
 
     /// Signals the container's main process (through the engine; with `init`, docker-init

@@ -209,7 +209,7 @@ impl Lookup {
 /// Starts a command: through the agent when it runs, else as an engine exec.
 pub(crate) async fn exec(conn: Arc<Conn>, spec: ExecSpec) -> Result<Box<dyn Process>> {
     if let Some(agent) = conn.agent().await {
-        let target = format!("container `{}`", conn.name);
+        let target = format!("in container `{}`", conn.name);
         return Ok(Box::new(AgentProcess::start(agent, spec, &target).await?));
     }
     if let Some(why) = conn.agent_lost() {
@@ -502,7 +502,7 @@ impl Process for EngineProcess {
     }
 
     async fn wait(&self) -> Result<ExitStatus> {
-        wait_slot(&self.exit, &format!("container `{}`", self.name)).await
+        wait_slot(&self.exit, &format!("in container `{}`", self.name)).await
     }
 
     async fn signal(&self, signal: Signal) -> Result<()> {

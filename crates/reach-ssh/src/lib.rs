@@ -17,6 +17,7 @@
 mod algorithms;
 mod auth;
 pub mod config;
+mod helper;
 mod hop;
 mod host_key;
 pub mod known_hosts;
@@ -41,6 +42,7 @@ use russh::keys::PublicKey;
 
 use config::SshConfig;
 
+pub use helper::AgentHelper;
 pub use process::{signal_from_russh, signal_to_russh, SshProcess};
 pub use sftp::SftpFs;
 /// The zeroizing buffer type that secrets in [`SshOptions`] are held in.
@@ -69,6 +71,8 @@ struct Conn {
     sessions: Arc<tokio::sync::Semaphore>,
     /// The SFTP session, opened on first use.
     sftp: tokio::sync::OnceCell<Arc<SftpFs>>,
+    /// The reach agent on the server, started on first use, or why it could not be.
+    helper: tokio::sync::OnceCell<std::result::Result<Arc<reach_agent_client::AgentConn>, String>>,
     /// Jump-host connections the handle's transport runs through.
     _carriers: Vec<Arc<Handle>>,
 }
@@ -174,6 +178,7 @@ impl SshBackend {
                 self.options.max_sessions.max(1),
             )),
             sftp: tokio::sync::OnceCell::new(),
+            helper: tokio::sync::OnceCell::new(),
         });
         *slot = Some(conn.clone());
         Ok(conn)
@@ -380,6 +385,55 @@ impl SshBackend {
 }
 
 impl SshBackend {
+    /// The reach agent on the server, when commands are to go through it: started on first
+    /// use; `None` for plain SSH (never asked for, or not possible and only `auto`).
+    async fn helper(&self, conn: &Conn) -> Result<Option<Arc<reach_agent_client::AgentConn>>> {
+        let mode = self.options.agent_helper;
+        if mode == AgentHelper::Never {
+            return Ok(None);
+        }
+        let started = conn
+            .helper
+            .get_or_init(|| async {
+                let sftp = self.sftp().await.map_err(|e| e.to_string())?;
+                let start = helper::start(
+                    conn.handle.clone(),
+                    sftp,
+                    self.addr(),
+                    self.options.agent_helper_dir.clone(),
+                );
+                let limit = self.target.connect_timeout.max(Duration::from_secs(15));
+                tokio::time::timeout(limit, start)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("the agent did not start within {limit:?}")))
+            })
+            .await;
+        match started {
+            Ok(agent) => match agent.lost() {
+                None => Ok(Some(agent.clone())),
+                Some(why) => Err(Error::new(ErrorKind::SessionDropped, why)),
+            },
+            Err(why) if mode == AgentHelper::Always => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the reach agent cannot run on `{}`: {why} (--ssh-agent-helper=auto or \
+                     never runs commands over plain SSH)",
+                    self.addr()
+                ),
+            )),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Why commands on the live connection do not go through the reach agent, if they were
+    /// to and do not (`auto`): for `reach info`.
+    pub async fn agent_helper_status(&self) -> Option<std::result::Result<(), String>> {
+        let conn = self.conn.lock().await.clone()?;
+        conn.helper
+            .get()
+            .map(|started| started.as_ref().map(drop).map_err(Clone::clone))
+    }
+
     /// A missing working directory is `NotFound` before anything runs, as on every backend.
     async fn check_cwd(&self, dir: &str) -> Result<()> {
         let fs = self.sftp().await?;
@@ -429,6 +483,15 @@ impl Backend for SshBackend {
     /// No `Signals`: the server decides whether a signal request reaches the command
     /// (OpenSSH delivers only some, to the first process, not to what it started).
     fn capabilities(&self) -> Capabilities {
+        if self.options.agent_helper == AgentHelper::Always {
+            // Through the agent, signals reach the command's process group.
+            return Capabilities::of(&[
+                Capability::Signals,
+                Capability::Pty,
+                Capability::Tcp,
+                Capability::KeepConnection,
+            ]);
+        }
         Capabilities::of(&[Capability::Pty, Capability::Tcp, Capability::KeepConnection])
     }
 
@@ -481,6 +544,17 @@ impl Backend for SshBackend {
 
     async fn exec(&self, spec: ExecSpec) -> Result<Box<dyn Process>> {
         let conn = self.conn().await?;
+        // A login shell is the user's own shell, and `ssh -A` forwards on the command's own
+        // channel: those stay plain SSH.
+        let plain = matches!(spec.command, reach_core::CommandLine::LoginShell)
+            || self.target.forward_agent.is_some();
+        if !plain {
+            if let Some(agent) = self.helper(&conn).await? {
+                let target = format!("on `{}`", self.addr());
+                let process = reach_agent_client::AgentProcess::start(agent, spec, &target);
+                return Ok(Box::new(process.await?));
+            }
+        }
         if let Some(dir) = &spec.cwd {
             self.check_cwd(dir).await?;
         }

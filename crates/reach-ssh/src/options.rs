@@ -62,6 +62,11 @@ pub struct SshOptions {
     pub keepalive_interval: Option<Duration>,
     /// Sessions (commands) open at once on the connection; more wait for a free slot.
     pub max_sessions: usize,
+    /// Whether commands go through the reach agent on the server (see [`AgentHelper`]).
+    pub agent_helper: AgentHelper,
+    /// Where the agent is put on the server (default `$XDG_RUNTIME_DIR/reach`, else
+    /// `~/.cache/reach`); made 0700.
+    pub agent_helper_dir: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -85,6 +90,8 @@ impl Default for SshOptions {
             connect_timeout: None,
             keepalive_interval: None,
             max_sessions: DEFAULT_MAX_SESSIONS,
+            agent_helper: AgentHelper::default(),
+            agent_helper_dir: None,
         }
     }
 }
@@ -120,6 +127,8 @@ impl std::fmt::Debug for SshOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("keepalive_interval", &self.keepalive_interval)
             .field("max_sessions", &self.max_sessions)
+            .field("agent_helper", &self.agent_helper)
+            .field("agent_helper_dir", &self.agent_helper_dir)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 //! reach-ssh against the real Debian sshd (`reach_test::sshd::SshdFixture`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agent_helper;
 mod algorithms;
 mod auth;
 mod conformance;
