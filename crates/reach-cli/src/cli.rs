@@ -269,6 +269,21 @@ pub struct ConnArgs {
     /// agent in the container (slower; no signals or kill-on-timeout).
     #[arg(long = "no-agent", global = true)]
     pub no_agent: bool,
+    /// SSH: run commands through reach's small agent on the server (copied once into a
+    /// private directory, started on one session): any number at once whatever the
+    /// server's MaxSessions, signals to the command's process group, kill-on-timeout.
+    /// `auto` uses it where it can run and says in `reach info` why not otherwise; `never`
+    /// (the default) runs each command on its own SSH session. Not ssh-agent (that is -A).
+    #[arg(
+        long = "ssh-agent-helper",
+        value_name = "auto|always|never",
+        global = true
+    )]
+    pub ssh_agent_helper: Option<reach::ssh::AgentHelper>,
+    /// SSH: the directory on the server for reach's agent (default
+    /// `$XDG_RUNTIME_DIR/reach`, else `~/.cache/reach`); made 0700; must allow executing.
+    #[arg(long = "ssh-agent-helper-dir", value_name = "DIR", global = true)]
+    pub ssh_agent_helper_dir: Option<String>,
     /// Connect directly instead of through the per-user connection daemon that keeps
     /// connections warm between calls (also: REACH_NO_REUSE=1, or `[connections] reuse =
     /// false` in reach.toml).

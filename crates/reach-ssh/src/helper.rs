@@ -32,6 +32,16 @@ pub enum AgentHelper {
     Always,
 }
 
+impl std::fmt::Display for AgentHelper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AgentHelper::Never => "never",
+            AgentHelper::Auto => "auto",
+            AgentHelper::Always => "always",
+        })
+    }
+}
+
 impl std::str::FromStr for AgentHelper {
     type Err = String;
 

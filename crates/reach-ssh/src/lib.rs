@@ -403,9 +403,14 @@ impl SshBackend {
                     self.options.agent_helper_dir.clone(),
                 );
                 let limit = self.target.connect_timeout.max(Duration::from_secs(15));
-                tokio::time::timeout(limit, start)
+                let started = tokio::time::timeout(limit, start)
                     .await
-                    .unwrap_or_else(|_| Err(format!("the agent did not start within {limit:?}")))
+                    .unwrap_or_else(|_| Err(format!("the agent did not start within {limit:?}")));
+                match &started {
+                    Ok(_) => tracing::debug!(to = %self.addr(), "commands run through the agent"),
+                    Err(why) => tracing::info!(to = %self.addr(), "no agent on the server: {why}"),
+                }
+                started
             })
             .await;
         match started {

@@ -45,6 +45,12 @@ pub struct ConnSettings {
     /// `-A`: forward that agent.
     #[serde(default)]
     forward_agent: bool,
+    /// `--ssh-agent-helper`: `never`, `auto` or `always`.
+    #[serde(default)]
+    agent_helper: Option<String>,
+    /// `--ssh-agent-helper-dir`.
+    #[serde(default)]
+    agent_helper_dir: Option<String>,
     /// The caller's HOME: where default keys and configuration are found.
     pub home: Option<PathBuf>,
 }
@@ -79,6 +85,8 @@ impl ConnWire {
             docker_agent: !conn.no_agent,
             agent_socket: env_path("SSH_AUTH_SOCK"),
             forward_agent: conn.forward_agent,
+            agent_helper: conn.ssh_agent_helper.map(|mode| mode.to_string()),
+            agent_helper_dir: conn.ssh_agent_helper_dir.clone(),
             home: env_path("HOME"),
         };
         ConnWire {
@@ -104,6 +112,14 @@ impl ConnWire {
         ssh.connect_timeout = settings.connect_timeout_ms.map(Duration::from_millis);
         ssh.agent_socket = settings.agent_socket.clone();
         ssh.forward_agent = settings.forward_agent.then_some(true);
+        if let Some(mode) = settings
+            .agent_helper
+            .as_deref()
+            .and_then(|m| m.parse().ok())
+        {
+            ssh.agent_helper = mode;
+        }
+        ssh.agent_helper_dir = settings.agent_helper_dir.clone();
         ssh.password = self.password.clone();
         ssh.passphrase = self.passphrase.clone();
         ssh.prompt = prompt;

@@ -920,3 +920,69 @@ fn no_log_level_shows_a_password_or_a_key() {
         }
     }
 }
+
+/// `--ssh-agent-helper always`: the command's parent on the server is reach's agent, not the
+/// server's session; a bad mode is refused naming the modes; `never` is plain SSH again.
+#[test]
+fn the_agent_helper_flag_runs_commands_through_the_agent() {
+    let Some(sshd) = sshd("the_agent_helper_flag_runs_commands_through_the_agent") else {
+        return;
+    };
+    let dest = sshd.destination();
+    let parent = "cat /proc/$PPID/comm";
+    let out = run(
+        &sshd,
+        &[
+            "exec",
+            "--ssh-agent-helper",
+            "always",
+            &dest,
+            "--",
+            "sh",
+            "-c",
+            parent,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout_text().starts_with("agent-"),
+        "{}",
+        out.stdout_text()
+    );
+    let out = run(
+        &sshd,
+        &[
+            "exec",
+            "--ssh-agent-helper=never",
+            &dest,
+            "--",
+            "sh",
+            "-c",
+            parent,
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The user's shell, which sshd started for the command line.
+    assert!(
+        !out.stdout_text().starts_with("agent-"),
+        "{}",
+        out.stdout_text()
+    );
+    let out = run(
+        &sshd,
+        &[
+            "exec",
+            "--ssh-agent-helper",
+            "sometimes",
+            &dest,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("auto, always or never"),
+        "{}",
+        out.stderr
+    );
+}
