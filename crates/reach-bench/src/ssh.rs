@@ -99,6 +99,15 @@ fn held_connection(
     };
     let ssh = backend(sshd)?;
     rt.block_on(ssh.connect()).map_err(|e| e.to_string())?;
+    let destination = Destination::parse(&sshd.destination()).map_err(|e| e.to_string())?;
+    let with_agent = SshBackend::new(
+        destination,
+        SshOptions {
+            agent_helper: reach::ssh::AgentHelper::Always,
+            ..options(sshd)
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let daemon = crate::WarmDaemon::new(reach_bin)?;
     let (key, known, dest) = (sshd.client_key(), sshd.known_hosts(), sshd.destination());
     let warm_cli = || {
@@ -116,10 +125,14 @@ fn held_connection(
     let mut ours_cli =
         Series::new("reach CLI: `reach exec host -- true` through its connection daemon");
     let mut ours = Series::new("reach library: exec `true` on a held connection");
+    let mut ours_agent = Series::new(
+        "reach library, `--ssh-agent-helper always`: exec `true` through the agent on the server",
+    );
     for _ in 0..20 {
         through_master()?;
         warm_cli()?;
         rt.block_on(exec_true(&ssh))?;
+        rt.block_on(exec_true(&with_agent))?;
     }
     for _ in 0..args.iterations {
         let (t, r) = time(through_master);
@@ -131,6 +144,9 @@ fn held_connection(
         let (t, r) = time(|| rt.block_on(exec_true(&ssh)));
         r?;
         ours.samples.push(t);
+        let (t, r) = time(|| rt.block_on(exec_true(&with_agent)));
+        r?;
+        ours_agent.samples.push(t);
     }
     let _ = Command::new("ssh")
         .args(&flags)
@@ -146,10 +162,13 @@ fn held_connection(
              asks its ControlMaster (opened by hand: `ssh -M -o ControlPersist=yes`) for a \
              new session. reach's CLI figure includes starting `reach`, which hands the \
              command to its per-user connection daemon (started by the first call, no setup); \
-             the library figure is a call that opens a session on a held connection.",
+             the library figures are a call that opens a session on a held connection, and \
+             one that asks reach's agent on the server, running on one session of that \
+             connection, to start the command (issue 29's target: at most half the time \
+             of the plain session).",
             args.iterations
         ),
-        &[theirs, ours_cli, ours],
+        &[theirs, ours_cli, ours, ours_agent],
     ))
 }
 
