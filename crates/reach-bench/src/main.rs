@@ -181,8 +181,14 @@ impl Drop for WarmDaemon {
 
 /// Runs `true` on `backend` to its end; an error unless it succeeded.
 pub async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
+    exec_ok(backend, ExecSpec::argv(["true"])).await
+}
+
+/// Runs `spec` on `backend` to its end; an error unless it succeeded.
+pub async fn exec_ok(backend: &dyn Backend, spec: ExecSpec) -> Result<(), String> {
+    let line = format!("{:?}", spec.command);
     let out = backend
-        .exec(ExecSpec::argv(["true"]))
+        .exec(spec)
         .await
         .map_err(|e| e.to_string())?
         .output()
@@ -192,7 +198,7 @@ pub async fn exec_true(backend: &dyn Backend) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`true` on `{}` gave {}",
+            "{line} on `{}` gave {}",
             backend.destination(),
             out.status
         ))

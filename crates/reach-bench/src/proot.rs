@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use reach::proot::{ProotBackend, ProotOptions};
-use reach::{Backend, Destination, ProcessExt};
+use reach::{Backend, Destination};
 
-use crate::{exec_true, run_ok, runtime, time, Args, Section, Series};
+use crate::{exec_ok, exec_true, run_ok, runtime, time, Args, Section, Series};
 
 /// Runs every proot scenario.
 pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
@@ -42,22 +42,9 @@ pub fn run(args: &Args, reach_bin: &PathBuf) -> Result<Vec<Section>, String> {
         .resolve("local")
         .map_err(|e| e.to_string())?;
     let through_local = || {
-        rt.block_on(async {
-            let mut words = vec!["proot".to_owned()];
-            words.extend(argv(true));
-            let out = local
-                .exec(reach::ExecSpec::argv(words))
-                .await
-                .map_err(|e| e.to_string())?
-                .output()
-                .await
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!("proot through the local backend: {}", out.status))
-            }
-        })
+        let mut words = vec!["proot".to_owned()];
+        words.extend(argv(true));
+        rt.block_on(exec_ok(&*local, reach::ExecSpec::argv(words)))
     };
     let cli =
         || run_ok(Command::new(reach_bin).args(["exec", "-n", "--no-reuse", &dest, "--", "true"]));
