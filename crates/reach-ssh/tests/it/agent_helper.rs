@@ -182,3 +182,55 @@ async fn where_the_agent_cannot_run_auto_falls_back_and_always_says_why() {
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
     assert!(err.message().contains("--ssh-agent-helper"), "{err}");
 }
+
+/// A directory on a `noexec` file system takes the agent's copy but cannot run it: `auto`
+/// runs commands over plain SSH, `always` says the directory may not allow executing.
+/// (Mounting needs root: as anyone else this is skipped, and fails under REACH_REQUIRE_REAL.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noexec_directory_falls_back() {
+    if !reach_test::is_root() {
+        reach_test::skip("agent helper: noexec", "mounting a noexec tmpfs needs root");
+        return;
+    }
+    let Some(sshd) = crate::fixture("agent helper: noexec") else {
+        return;
+    };
+    struct Mounted(tempfile::TempDir);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+    let mount = Mounted(tempfile::tempdir().unwrap());
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "noexec,mode=1777", "tmpfs"])
+        .arg(mount.0.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -o noexec");
+    let dir = mount.0.path().join("reach").display().to_string();
+
+    let always = backend(&sshd, AgentHelper::Always, Some(&dir));
+    let err = always.exec(ExecSpec::shell("true")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("executing"), "{err}");
+    // The copy was made: it is running it that the file system refuses.
+    assert!(std::fs::read_dir(&dir).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("agent-")));
+
+    let auto = backend(&sshd, AgentHelper::Auto, Some(&dir));
+    let out = auto
+        .exec(ExecSpec::shell("echo plain"))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
+    assert!(auto.agent_helper_status().await.unwrap().is_err());
+}
