@@ -80,7 +80,7 @@ pub fn errno_kind(errno: i32) -> ErrorKind {
 const SAID_KEPT: usize = 1024;
 
 /// Where a command's outcome is published.
-pub type Slot = watch::Sender<Option<Result<ExitStatus>>>;
+pub type Slot = reach_core::outcome::OutcomeSlot<ExitStatus>;
 
 /// What the reader routes to a running command.
 struct Route {
@@ -135,18 +135,7 @@ fn failure(payload: Bytes) -> SpawnFailure {
     }
 }
 
-/// Publishes a command's outcome unless one is already there (a timeout wins over the kill it
-/// caused).
-pub fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
-    slot.send_if_modified(|current| {
-        if current.is_none() {
-            *current = Some(outcome);
-            true
-        } else {
-            false
-        }
-    });
-}
+pub use reach_core::outcome::publish;
 
 /// What a transport delivers from the agent: its stdout carries the frames, its stderr its
 /// diagnostics (kept to explain its end).

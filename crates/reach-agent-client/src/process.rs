@@ -12,7 +12,9 @@ use reach_core::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use crate::conn::{errno_kind, publish, AgentConn, SpawnFailure};
+use reach_core::outcome::spawn_time_limit;
+
+use crate::conn::{errno_kind, AgentConn, SpawnFailure};
 
 /// Bytes buffered between a caller's stdin writes and the agent.
 const PIPE: usize = 256 * 1024;
@@ -66,29 +68,15 @@ impl AgentProcess {
         let id = spawned.id;
         let stdin = piped.then(|| stdin_writer(agent.clone(), id));
         if let Some(limit) = spec.timeout {
-            let mut finished = spawned.exit.clone();
-            let slot = spawned.slot.clone();
             let killer = agent.clone();
-            let target = target.to_owned();
-            tokio::spawn(async move {
-                let done = tokio::time::timeout(limit, finished.wait_for(Option::is_some))
-                    .await
-                    .is_ok();
-                if done {
-                    return;
-                }
-                publish(
-                    &slot,
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the command {target} ran longer than its limit of {limit:?} and \
-                             was killed"
-                        ),
-                    )),
-                );
-                let _ = killer.signal(id, 9, true).await;
-            });
+            spawn_time_limit(
+                limit,
+                spawned.slot.clone(),
+                format!("the command {target}"),
+                async move {
+                    let _ = killer.signal(id, 9, true).await;
+                },
+            );
         }
         Ok(AgentProcess {
             agent,

@@ -40,6 +40,7 @@ mod exec;
 mod fs;
 pub mod glob;
 pub mod local;
+pub mod outcome;
 pub mod path;
 pub mod pattern;
 pub mod sync;

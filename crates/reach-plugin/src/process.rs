@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use reach_core::outcome::spawn_time_limit;
 use reach_core::{
     BoxRead, CommandLine, Error, ErrorKind, ExecSpec, ExitStatus, Process, PtySize, Result, Signal,
     StdinMode, Streams,
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::input;
 use crate::pipe::StreamReader;
-use crate::session::{publish, Session};
+use crate::session::Session;
 use crate::wire::Stream;
 
 /// A running command.
@@ -61,29 +62,15 @@ impl PluginProcess {
             )) as BoxRead
         });
         if let Some(limit) = spec.timeout {
-            let mut finished = pipes.exit.clone();
-            let slot = pipes.slot.clone();
             let killer = session.clone();
-            tokio::spawn(async move {
-                let done = tokio::time::timeout(limit, finished.wait_for(Option::is_some))
-                    .await
-                    .is_ok();
-                if done {
-                    return;
-                }
-                publish(
-                    &slot,
-                    Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "the command run by {} ran longer than its limit of {limit:?} and \
-                             was killed",
-                            killer.name()
-                        ),
-                    )),
-                );
-                killer.notify("signal", json!({"proc": id, "signal": "KILL"}));
-            });
+            spawn_time_limit(
+                limit,
+                pipes.slot.clone(),
+                format!("the command run by {}", session.name()),
+                async move {
+                    killer.notify("signal", json!({"proc": id, "signal": "KILL"}));
+                },
+            );
         }
         Ok(PluginProcess {
             session,

@@ -30,19 +30,9 @@ pub(crate) const WINDOW: u32 = 1 << 20;
 const SAID_KEPT: usize = 2048;
 
 /// Where an outcome (a command's exit, a write's close) is published, once.
-pub(crate) type Slot<T> = watch::Sender<Option<Result<T>>>;
+pub(crate) type Slot<T> = reach_core::outcome::OutcomeSlot<T>;
 
-/// Publishes `outcome` unless there already is one (a timeout wins over the kill it causes).
-pub(crate) fn publish<T>(slot: &Slot<T>, outcome: Result<T>) {
-    slot.send_if_modified(|current| {
-        if current.is_none() {
-            *current = Some(outcome);
-            true
-        } else {
-            false
-        }
-    });
-}
+pub(crate) use reach_core::outcome::publish;
 
 /// What the router holds for one command, read, write or TCP connection.
 #[derive(Default)]

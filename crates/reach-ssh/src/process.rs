@@ -191,19 +191,9 @@ pub(crate) async fn open_session(
     }
 }
 
-type Slot = watch::Sender<Option<Result<ExitStatus>>>;
+type Slot = reach_core::outcome::OutcomeSlot<ExitStatus>;
 
-/// Publishes the outcome unless one is there already (the first word wins).
-fn publish(slot: &Slot, outcome: Result<ExitStatus>) {
-    slot.send_if_modified(|current| {
-        if current.is_none() {
-            *current = Some(outcome);
-            true
-        } else {
-            false
-        }
-    });
-}
+use reach_core::outcome::publish;
 
 impl SshProcess {
     pub(crate) async fn start(
