@@ -6,6 +6,7 @@ mod exit;
 mod inventory;
 mod logging;
 mod output;
+mod progress;
 mod term;
 mod warm;
 

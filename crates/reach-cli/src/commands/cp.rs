@@ -2,13 +2,13 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reach::transfer::{hex, CopyOptions, Endpoint, Progress, Summary, Transfer};
 use reach::{Error, ErrorKind, Location};
 use serde_json::{json, Value};
 
 use crate::cli::CpArgs;
+use crate::progress::Sample;
 use crate::{exit, output};
 
 /// Exit code after Ctrl-C or SIGTERM, as a shell reports SIGINT.
@@ -134,35 +134,13 @@ fn summary_json(summary: &Summary) -> Value {
 }
 
 /// Draws the copy's progress bar on stderr (bytes, rate, ETA, files) until aborted; the bar
-/// is cleared when the task ends.
+/// Draws the copy's progress on stderr (bytes, rate, ETA, files) until aborted.
 async fn draw(progress: Arc<Progress>) {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(progress.total_bytes()),
-        indicatif::ProgressDrawTarget::stderr_with_hz(5),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{percent:>3}% {bytes} / {total_bytes}  {bytes_per_sec}  ETA {eta}  files {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    // Cleared however the task ends: finished, aborted or interrupted.
-    struct Clear(indicatif::ProgressBar);
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            self.0.finish_and_clear();
-        }
-    }
-    let bar = Clear(bar);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        bar.0.set_length(progress.total_bytes());
-        bar.0.set_position(progress.done_bytes());
-        bar.0.set_message(format!(
-            "{}/{}",
-            progress.done_files(),
-            progress.total_files()
-        ));
-    }
+    let template = "{percent:>3}% {bytes} / {total_bytes}  {bytes_per_sec}  ETA {eta}  files {msg}";
+    crate::progress::draw(template, || Sample {
+        total: progress.total_bytes(),
+        done: progress.done_bytes(),
+        message: format!("{}/{}", progress.done_files(), progress.total_files()),
+    })
+    .await;
 }

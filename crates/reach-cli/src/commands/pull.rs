@@ -2,12 +2,12 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
 
 use reach_oci::{PullOptions, PullProgress};
 
 use crate::cli::PullArgs;
 use crate::output;
+use crate::progress::Sample;
 
 pub async fn pull(args: PullArgs, json: bool) -> reach::Result<i32> {
     let progress = Arc::new(PullProgress::default());
@@ -42,31 +42,16 @@ pub async fn pull(args: PullArgs, json: bool) -> reach::Result<i32> {
 }
 
 /// Draws the pull's progress on stderr (bytes fetched, rate, layers applied) until aborted;
-/// cleared when the task ends.
+/// Draws the pull's progress on stderr (bytes fetched, rate, layers applied) until aborted.
 async fn draw(progress: Arc<PullProgress>) {
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(0),
-        indicatif::ProgressDrawTarget::stderr_with_hz(5),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{percent:>3}% {bytes} / {total_bytes}  {bytes_per_sec}  layers {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    struct Clear(indicatif::ProgressBar);
-    impl Drop for Clear {
-        fn drop(&mut self) {
-            self.0.finish_and_clear();
-        }
-    }
-    let bar = Clear(bar);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        bar.0.set_length(progress.total_bytes());
-        bar.0.set_position(progress.fetched_bytes());
+    let template = "{percent:>3}% {bytes} / {total_bytes}  {bytes_per_sec}  layers {msg}";
+    crate::progress::draw(template, || {
         let (applied, layers) = progress.layers();
-        bar.0.set_message(format!("{applied}/{layers}"));
-    }
+        Sample {
+            total: progress.total_bytes(),
+            done: progress.fetched_bytes(),
+            message: format!("{applied}/{layers}"),
+        }
+    })
+    .await;
 }
