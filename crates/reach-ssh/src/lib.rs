@@ -430,8 +430,9 @@ impl SshBackend {
         }
     }
 
-    /// Why commands on the live connection do not go through the reach agent, if they were
-    /// to and do not (`auto`): for `reach info`.
+    /// Whether commands on the live connection go through the reach agent: `None` before it
+    /// was tried (always so under `never`), else `Ok` or why it could not start (what `auto`
+    /// fell back for).
     pub async fn agent_helper_status(&self) -> Option<std::result::Result<(), String>> {
         let conn = self.conn.lock().await.clone()?;
         conn.helper
@@ -485,8 +486,10 @@ impl Backend for SshBackend {
         BackendKind::Ssh
     }
 
-    /// No `Signals`: the server decides whether a signal request reaches the command
-    /// (OpenSSH delivers only some, to the first process, not to what it started).
+    /// No `Signals` over plain SSH: the server decides whether a signal request reaches the
+    /// command (OpenSSH delivers only some, to the first process, not to what it started).
+    /// With the agent helper `always`, commands run through the agent, which signals the
+    /// command's process group.
     fn capabilities(&self) -> Capabilities {
         if self.options.agent_helper == AgentHelper::Always {
             // Through the agent, signals reach the command's process group.
